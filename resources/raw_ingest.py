@@ -1,0 +1,227 @@
+"""Reads Sentinel scenes onto a region grid and writes a raw partition, one block at a time.
+
+Each observation (a date; for S1 a date and orbit direction) becomes one GeoTIFF on the region grid:
+the same-date granules mosaicked (first clear pixel wins), invalid pixels in the GDAL mask. Sources
+are windowed COG reads through a WarpedVRT, so only the pixels of a block are fetched and memory
+is bounded by the block size, not the region (the per-pixel count of valid observations, 2 bytes a
+pixel, is the only region-sized array). A scene that cannot be read is skipped and reported, and the
+observation is redone without it so nothing of it is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from resources.regions import RegionGrid
+from resources.sentinel import remove_offset, s1_to_tessera_units, scl_clear
+from resources.stac import S1_BANDS, S2_20M_BANDS, S2_BANDS, Scene, Sensor
+from resources.storage import INDEX_FILE, grid_to_json
+
+log = logging.getLogger(__name__)
+
+BAND_NAMES: dict[str, tuple[str, ...]] = {"s2": S2_BANDS, "s1": S1_BANDS}
+DTYPES = {"s2": "uint16", "s1": "int16"}
+UNITS = {
+    "s2": "surface reflectance x 10000, baseline offset removed",
+    "s1": "TESSERA S1 units: clip((20*log10(gamma0) + 50) * 200, 0, 32767), 0 = no data",
+}
+
+
+class SceneReadError(Exception):
+    def __init__(self, scene: Scene, reason: str):
+        super().__init__(f"{scene.id}: {reason}")
+        self.scene = scene
+        self.reason = reason
+
+
+@dataclass
+class Observation:
+    date: str
+    doy: int
+    orbit: str | None
+    scenes: list[Scene]
+
+    @property
+    def key(self) -> str:
+        return self.date.replace("-", "") + (f"_{self.orbit[:3]}" if self.orbit else "")
+
+
+@dataclass
+class IngestReport:
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    scenes_used: int = 0
+    seconds: float = 0.0
+
+
+def group_observations(sensor: Sensor, scenes: list[Scene]) -> list[Observation]:
+    """Same-date granules form one observation; S1 orbit directions are kept apart."""
+    def key(scene: Scene) -> tuple[str, str]:
+        return scene.date.isoformat(), (scene.orbit_state or "unknown") if sensor == "s1" else ""
+
+    groups = []
+    for (date, orbit), members in groupby(sorted(scenes, key=lambda s: (key(s), s.id)), key=key):
+        members = list(members)
+        groups.append(Observation(date, members[0].date.timetuple().tm_yday, orbit or None, members))
+    return groups
+
+
+class _SceneReader:
+    """The bands of one scene warped onto the grid, and the grid window the scene covers."""
+
+    def __init__(self, scene: Scene, grid: RegionGrid, stack: contextlib.ExitStack):
+        self.scene = scene
+        self.vrts: dict[str, WarpedVRT] = {}
+        self.footprint: Window | None = None
+        try:
+            for band, href in scene.hrefs.items():
+                src = stack.enter_context(rasterio.open(href))
+                resampling = Resampling.bilinear if band in S2_20M_BANDS else Resampling.nearest
+                self.vrts[band] = stack.enter_context(WarpedVRT(
+                    src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=resampling,
+                ))
+                if self.footprint is None:
+                    bounds = transform_bounds(src.crs, grid.crs, *src.bounds)
+                    self.footprint = from_bounds(*bounds, transform=grid.transform)
+        except RasterioError as exc:
+            raise SceneReadError(scene, f"unreadable asset: {exc}") from exc
+
+    def covers(self, window: Window) -> bool:
+        fp = self.footprint
+        return fp is not None and not (
+            fp.col_off >= window.col_off + window.width or fp.col_off + fp.width <= window.col_off
+            or fp.row_off >= window.row_off + window.height or fp.row_off + fp.height <= window.row_off
+        )
+
+    def read(self, band: str, window: Window) -> np.ma.MaskedArray:
+        try:
+            return self.vrts[band].read(1, window=window, masked=True)
+        except RasterioError as exc:
+            raise SceneReadError(self.scene, f"corrupt or truncated {band}: {exc}") from exc
+
+
+def _mosaic_s2(readers: list[_SceneReader], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    h, w = int(window.height), int(window.width)
+    values = np.zeros((len(S2_BANDS), h, w), np.uint16)
+    filled = np.zeros((h, w), bool)
+    for reader in readers:
+        if not reader.covers(window):
+            continue
+        scl = reader.read("SCL", window)
+        take = ~np.ma.getmaskarray(scl) & scl_clear(scl.filled(0)) & ~filled
+        if not take.any():
+            continue
+        bands = [reader.read(band, window) for band in S2_BANDS]
+        for band in bands:
+            take &= ~np.ma.getmaskarray(band)
+        for b, band in enumerate(bands):
+            values[b][take] = remove_offset(band.data[take], reader.scene.offset_dn)
+        filled |= take
+    return values, filled
+
+
+def _mosaic_s1(readers: list[_SceneReader], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    h, w = int(window.height), int(window.width)
+    values = np.zeros((len(S1_BANDS), h, w), np.int16)
+    filled = np.zeros((h, w), bool)
+    for reader in readers:
+        if not reader.covers(window):
+            continue
+        units = [s1_to_tessera_units(reader.read(band, window).filled(np.nan)) for band in S1_BANDS]
+        take = ((units[0] != 0) | (units[1] != 0)) & ~filled
+        for b in range(len(S1_BANDS)):
+            values[b][take] = units[b][take]
+        filled |= take
+    return values, filled
+
+
+def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path: Path, block: int,
+                       counts: np.ndarray) -> int:
+    """Write one observation; returns its valid pixel count (0: nothing written)."""
+    mosaic = _mosaic_s2 if sensor == "s2" else _mosaic_s1
+    profile = dict(
+        driver="GTiff", width=grid.width, height=grid.height, count=len(BAND_NAMES[sensor]),
+        dtype=DTYPES[sensor], crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=256,
+        blockysize=256, compress="deflate", predictor=2,
+    )
+    obs_valid = np.zeros(grid.shape, bool)
+    with contextlib.ExitStack() as stack:
+        readers = [_SceneReader(scene, grid, stack) for scene in obs.scenes]
+        stack.enter_context(rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True))
+        dst = stack.enter_context(rasterio.open(path, "w", **profile))
+        for i, name in enumerate(BAND_NAMES[sensor], start=1):
+            dst.set_band_description(i, name)
+        dst.update_tags(date=obs.date, doy=obs.doy, orbit=obs.orbit or "", scenes=",".join(s.id for s in obs.scenes))
+        for window in grid.blocks(block):
+            values, valid = mosaic(readers, window)
+            dst.write(values, window=window)
+            dst.write_mask(valid.astype(np.uint8) * 255, window=window)
+            r, c = int(window.row_off), int(window.col_off)
+            obs_valid[r:r + valid.shape[0], c:c + valid.shape[1]] = valid
+    n_valid = int(obs_valid.sum())
+    if n_valid:
+        counts += obs_valid
+    else:
+        path.unlink()
+    return n_valid
+
+
+def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path, block: int = 512,
+           progress: Callable[[str], None] | None = None) -> IngestReport:
+    """Write every observation of `scenes` into `out_dir` (a fresh folder) and its index."""
+    start = time.perf_counter()
+    report = IngestReport()
+    (out_dir / "obs").mkdir()
+    counts = np.zeros(grid.shape, np.uint16)
+    observations = group_observations(sensor, scenes)
+    for n, obs in enumerate(observations, start=1):
+        path = out_dir / "obs" / f"{obs.key}.tif"
+        while obs.scenes:
+            try:
+                n_valid = _write_observation(sensor, obs, grid, path, block, counts)
+                break
+            except SceneReadError as exc:
+                report.skipped.append((exc.scene.id, exc.reason))
+                obs.scenes = [s for s in obs.scenes if s.id != exc.scene.id]
+                path.unlink(missing_ok=True)
+        else:
+            continue
+        if n_valid == 0:
+            report.skipped += [(s.id, "no clear pixels over the region") for s in obs.scenes]
+            continue
+        report.scenes_used += len(obs.scenes)
+        report.observations.append({
+            "date": obs.date, "doy": obs.doy, "orbit": obs.orbit, "file": f"obs/{obs.key}.tif",
+            "scenes": [s.id for s in obs.scenes], "valid_fraction": round(n_valid / counts.size, 4),
+        })
+        if progress and (n % 10 == 0 or n == len(observations)):
+            progress(f"{sensor}: {n}/{len(observations)} observations written")
+    with rasterio.open(out_dir / "valid_count.tif", "w", driver="GTiff", width=grid.width, height=grid.height,
+                       count=1, dtype="uint16", crs=grid.crs, transform=grid.transform, compress="deflate") as dst:
+        dst.write(counts, 1)
+        dst.set_band_description(1, "valid observations")
+    report.seconds = time.perf_counter() - start
+    index = {
+        "sensor": sensor, "grid": grid_to_json(grid), "bands": list(BAND_NAMES[sensor]), "dtype": DTYPES[sensor],
+        "units": UNITS[sensor], "observations": report.observations,
+        "skipped": [{"id": i, "reason": r} for i, r in report.skipped],
+    }
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=1))
+    return report

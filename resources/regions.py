@@ -1,0 +1,210 @@
+"""Regions: a name plus a WGS84 bbox, resolved to the 10 m UTM grid every per-region product shares.
+
+`regions.yaml` is the one source of regions. Validation happens here, before any work starts,
+so that a typo in a bbox fails in milliseconds rather than after an hour of downloads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from affine import Affine
+from dagster import ConfigurableResource
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from resources.errors import (
+    InvalidBBoxError,
+    InvalidRegionNameError,
+    RegionTooLargeError,
+    UnknownRegionError,
+    YearOutOfRangeError,
+)
+
+FIRST_YEAR = 2017
+PIXEL_SIZE_M = 10.0
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def last_year() -> int:
+    return dt.date.today().year
+
+
+def validate_year(year: int | str) -> int:
+    """The years TESSERA covers: Sentinel-2 L2A is global from 2017; nothing exists after this year."""
+    try:
+        value = int(year)
+    except (TypeError, ValueError):
+        raise YearOutOfRangeError(f"year {year!r} is not an integer") from None
+    if not FIRST_YEAR <= value <= last_year():
+        raise YearOutOfRangeError(
+            f"year {value} is out of range: choose one of {FIRST_YEAR}..{last_year()}"
+        )
+    return value
+
+
+def validate_bbox(bbox: tuple[float, float, float, float] | list[float]) -> tuple[float, float, float, float]:
+    """West, south, east, north in degrees; UTM only spans 80 S .. 84 N, so neither do we."""
+    if len(bbox) != 4:
+        raise InvalidBBoxError(f"bbox must be 4 numbers W S E N, got {len(bbox)}: {list(bbox)}")
+    try:
+        west, south, east, north = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise InvalidBBoxError(f"bbox must be numbers W S E N, got {list(bbox)}") from None
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise InvalidBBoxError(f"bbox has a non-finite coordinate: {list(bbox)}")
+    if not (-180.0 <= west <= 180.0 and -180.0 <= east <= 180.0):
+        raise InvalidBBoxError(f"bbox longitude out of range [-180, 180]: W={west}, E={east}")
+    if not (-80.0 <= south <= 84.0 and -80.0 <= north <= 84.0):
+        raise InvalidBBoxError(
+            f"bbox latitude out of the UTM range [-80, 84]: S={south}, N={north}"
+        )
+    if west >= east:
+        raise InvalidBBoxError(
+            f"bbox is inverted or empty in longitude: W={west} must be less than E={east} "
+            "(bboxes crossing the antimeridian are not supported)"
+        )
+    if south >= north:
+        raise InvalidBBoxError(f"bbox is inverted or empty in latitude: S={south} must be less than N={north}")
+    return west, south, east, north
+
+
+def validate_region_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise InvalidRegionNameError(
+            f"bad region name {name!r}: use 1-63 characters of a-z, 0-9, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RegionGrid:
+    """The 10 m pixel grid of a region in its UTM zone; every raster of the region lives on it."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        left, top = self.transform.c, self.transform.f
+        return left, top - self.height * PIXEL_SIZE_M, left + self.width * PIXEL_SIZE_M, top
+
+    def blocks(self, size: int) -> list[Window]:
+        """Square windows tiling the grid, the unit that bounds memory in every streaming step."""
+        return [
+            Window(col, row, min(size, self.width - col), min(size, self.height - row))
+            for row in range(0, self.height, size)
+            for col in range(0, self.width, size)
+        ]
+
+    def window_transform(self, window: Window) -> Affine:
+        return self.transform @ Affine.translation(window.col_off, window.row_off)
+
+
+def utm_crs_for(lon: float, lat: float) -> CRS:
+    """The UTM zone of a point; north zones are EPSG 326zz, south 327zz."""
+    zone = min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def region_grid(bbox: tuple[float, float, float, float]) -> RegionGrid:
+    """The grid of a bbox: UTM zone of its centre (deterministic at zone boundaries), 10 m pixels
+    snapped to multiples of 10 m so that grids of overlapping regions line up pixel for pixel."""
+    west, south, east, north = validate_bbox(bbox)
+    crs = utm_crs_for((west + east) / 2.0, (south + north) / 2.0)
+    minx, miny, maxx, maxy = transform_bounds("EPSG:4326", crs, west, south, east, north, densify_pts=21)
+    left = math.floor(minx / PIXEL_SIZE_M) * PIXEL_SIZE_M
+    bottom = math.floor(miny / PIXEL_SIZE_M) * PIXEL_SIZE_M
+    right = math.ceil(maxx / PIXEL_SIZE_M) * PIXEL_SIZE_M
+    top = math.ceil(maxy / PIXEL_SIZE_M) * PIXEL_SIZE_M
+    width = int(round((right - left) / PIXEL_SIZE_M))
+    height = int(round((top - bottom) / PIXEL_SIZE_M))
+    return RegionGrid(
+        crs=crs,
+        transform=Affine(PIXEL_SIZE_M, 0.0, left, 0.0, -PIXEL_SIZE_M, top),
+        width=width,
+        height=height,
+    )
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    bbox: tuple[float, float, float, float]
+    demo: bool = False
+
+    @property
+    def grid(self) -> RegionGrid:
+        return region_grid(self.bbox)
+
+    def area_km2(self) -> float:
+        grid = self.grid
+        return grid.width * grid.height * (PIXEL_SIZE_M / 1000.0) ** 2
+
+
+def make_region(name: str, bbox: list[float] | tuple[float, ...], max_area_km2: float, demo: bool = False) -> Region:
+    region = Region(validate_region_name(name), validate_bbox(bbox), demo)
+    area = region.area_km2()
+    if area > max_area_km2:
+        raise RegionTooLargeError(
+            f"region {name!r} covers {area:,.0f} km2, more than the limit of {max_area_km2:,.0f} km2: "
+            "split it into several regions or raise max_area_km2"
+        )
+    return region
+
+
+class RegionCatalog(ConfigurableResource):
+    """Regions defined in a YAML file (`regions: {name: {bbox: [W, S, E, N], demo: bool}}`)."""
+
+    path: str = "regions.yaml"
+    max_area_km2: float = 2500.0
+
+    def _read(self) -> dict[str, dict]:
+        path = Path(self.path)
+        if not path.exists():
+            return {}
+        document = yaml.safe_load(path.read_text()) or {}
+        return dict(document.get("regions") or {})
+
+    def all(self) -> list[Region]:
+        return [
+            make_region(name, spec["bbox"], self.max_area_km2, bool(spec.get("demo", False)))
+            for name, spec in sorted(self._read().items())
+        ]
+
+    def get(self, name: str) -> Region:
+        spec = self._read().get(name)
+        if spec is None:
+            known = ", ".join(sorted(self._read())) or "none"
+            raise UnknownRegionError(
+                f"unknown region {name!r} (known: {known}); add it with `tessera regions add`"
+            )
+        return make_region(name, spec["bbox"], self.max_area_km2, bool(spec.get("demo", False)))
+
+    def add(self, name: str, bbox: list[float] | tuple[float, ...]) -> Region:
+        """Validate, then rewrite the file atomically so a crash never leaves it half-written."""
+        region = make_region(name, bbox, self.max_area_km2)
+        regions = self._read()
+        regions[name] = {"bbox": [round(v, 7) for v in region.bbox]}
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump({"regions": regions}, handle, sort_keys=True)
+        os.replace(tmp, path)
+        return region

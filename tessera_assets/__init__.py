@@ -1,0 +1,1 @@
+"""Dagster assets, partitions, sensors and the `tessera` command line."""

@@ -1,0 +1,144 @@
+"""s2_raw and s1_raw: the Sentinel time series of a (year, region) on the region's 10 m grid."""
+
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from resources.demo_catalog import ensure_demo_catalog
+from resources.errors import NoScenesFoundError
+from resources.previews import markdown_image, s1_composite, s2_true_colour
+from resources.raw_ingest import ingest
+from resources.regions import RegionCatalog
+from resources.stac import Sensor, StacCatalog
+from resources.storage import RawPartition, TesseraStorage, atomic_directory
+from tessera_assets.partitions import year_and_region, year_region_partitions
+
+# Most of the region must have this many valid observations for an embedding worth having.
+MIN_OBSERVATIONS = {"s2": 5, "s1": 5}
+MIN_COVERED_FRACTION = 0.9
+# Physical ranges of valid values: reflectance x 1e4 up to 2.0 (bright clouds and snow stay below);
+# S1 units are 20*log10 of power gamma0, so +10 dB of backscatter is units 14000 and the noise floor
+# clips to 0. Values beyond are errors in the source or in our scaling.
+PHYSICAL_RANGE = {"s2": (0, 20000), "s1": (0, 14000)}
+MAX_OUT_OF_RANGE_FRACTION = 0.001
+
+
+def _checks(sensor: Sensor) -> list[AssetCheckSpec]:
+    asset_key = f"{sensor}_raw"
+    return [
+        AssetCheckSpec("enough_observations", asset=asset_key,
+                       description=f"at least {MIN_OBSERVATIONS[sensor]} valid observations over "
+                                   f"{MIN_COVERED_FRACTION:.0%} of the region"),
+        AssetCheckSpec("physical_range", asset=asset_key,
+                       description=f"valid values within {PHYSICAL_RANGE[sensor]}"),
+    ]
+
+
+def _out_of_range_fraction(partition, sensor: Sensor) -> tuple[float, list[float]]:
+    """Sampled from the preview-resolution reads of every observation (cheap at any region size)."""
+    lo, hi = PHYSICAL_RANGE[sensor]
+    total = bad = 0
+    extremes = [np.inf, -np.inf]
+    for obs in partition.observations:
+        with rasterio.open(partition.folder / obs["file"]) as src:
+            h, w = max(1, src.height // 4), max(1, src.width // 4)
+            data = src.read(out_shape=(src.count, h, w))
+            valid = src.read_masks(1, out_shape=(h, w)) > 0
+        values = data[:, valid]
+        total += values.size
+        bad += int(((values < lo) | (values > hi)).sum())
+        if values.size:
+            extremes = [min(extremes[0], float(values.min())), max(extremes[1], float(values.max()))]
+    return (bad / total if total else 0.0), extremes
+
+
+def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: TesseraStorage,
+                    regions: RegionCatalog, catalog: StacCatalog) -> MaterializeResult:
+    year, region_name = year_and_region(context)
+    region = regions.get(region_name)
+    grid = region.grid
+    if catalog.provider == "demo":
+        ensure_demo_catalog(Path(catalog.url).parent, [r for r in regions.all() if r.demo])
+    started = time.perf_counter()
+    found = catalog.search(sensor, region.bbox, year)
+    collection = catalog.collection(sensor)
+    context.log.info(f"{len(found.scenes)} {collection} scenes for {region_name} {year}, "
+                     f"{len(found.rejected)} rejected")
+    if not found.scenes:
+        reasons = "; ".join(f"{i}: {r}" for i, r in found.rejected[:5])
+        raise NoScenesFoundError(
+            f"no usable {collection} scenes for region {region_name!r} in {year} at {catalog.url}"
+            + (f" ({len(found.rejected)} rejected: {reasons})" if found.rejected else "")
+        )
+    final_dir = storage.raw_dir(sensor, year, region_name)
+    with atomic_directory(final_dir) as tmp:
+        report = ingest(sensor, found.scenes, grid, tmp, progress=context.log.info)
+        partition = RawPartition(tmp)
+        (s2_true_colour if sensor == "s2" else s1_composite)(partition, tmp / "preview.png")
+        counts = partition.valid_count()
+        out_of_range, extremes = _out_of_range_fraction(partition, sensor)
+    need = MIN_OBSERVATIONS[sensor]
+    covered = float((counts >= need).mean())
+    skipped = found.rejected + report.skipped
+    skipped_md = "\n".join(f"| {i} | {r} |" for i, r in skipped[:50])
+    metadata = {
+        "scenes_found": len(found.scenes) + len(found.rejected),
+        "scenes_used": report.scenes_used,
+        "scenes_skipped": len(skipped),
+        "skipped_reasons": MetadataValue.md("| scene | reason |\n|---|---|\n" + skipped_md) if skipped else "none",
+        "observations": len(report.observations),
+        "valid_obs_per_pixel_min": int(counts.min()),
+        "valid_obs_per_pixel_median": float(np.median(counts)),
+        "valid_obs_per_pixel_max": int(counts.max()),
+        "coverage_any_valid": round(float((counts > 0).mean()), 4),
+        f"coverage_at_least_{need}": round(covered, 4),
+        "grid": f"{grid.crs.to_string()} {grid.width} x {grid.height} px at 10 m",
+        "ingest_seconds": round(report.seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "path": MetadataValue.path(str(final_dir)),
+        "preview": markdown_image(final_dir / "preview.png", f"{sensor} composite"),
+    }
+    severity = AssetCheckSeverity.WARN
+    return MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            AssetCheckResult(
+                check_name="enough_observations", passed=covered >= MIN_COVERED_FRACTION, severity=severity,
+                metadata={"covered_fraction": covered, "min_observations": need},
+            ),
+            AssetCheckResult(
+                check_name="physical_range", passed=out_of_range <= MAX_OUT_OF_RANGE_FRACTION,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={"out_of_range_fraction": out_of_range, "min_value": extremes[0], "max_value": extremes[1]},
+            ),
+        ],
+    )
+
+
+@asset(partitions_def=year_region_partitions, group_name="raw", check_specs=_checks("s2"),
+       kinds={"python", "geotiff"})
+def s2_raw(context: AssetExecutionContext, storage: TesseraStorage, regions: RegionCatalog,
+           s2_catalog: StacCatalog) -> MaterializeResult:
+    """Sentinel-2 L2A: 10 bands in TESSERA order, SCL-masked, offset removed, one GeoTIFF per date."""
+    return materialize_raw("s2", context, storage, regions, s2_catalog)
+
+
+@asset(partitions_def=year_region_partitions, group_name="raw", check_specs=_checks("s1"),
+       kinds={"python", "geotiff"})
+def s1_raw(context: AssetExecutionContext, storage: TesseraStorage, regions: RegionCatalog,
+           s1_catalog: StacCatalog) -> MaterializeResult:
+    """Sentinel-1 RTC VV/VH in TESSERA units, one GeoTIFF per date and orbit direction."""
+    return materialize_raw("s1", context, storage, regions, s1_catalog)

@@ -1,0 +1,34 @@
+"""Resources chosen by deployment, in one place: `local` (the embedded demo catalog, the default)
+or `cloud` (Planetary Computer for both sensors). Set TESSERA_DEPLOYMENT to choose; TESSERA_HOME
+moves the data root, TESSERA_REGIONS the regions file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from resources.regions import RegionCatalog
+from resources.stac import StacCatalog
+from resources.storage import TesseraStorage
+
+PLANETARY_COMPUTER_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+
+def tessera_home() -> str:
+    return os.environ.get("TESSERA_HOME", ".tessera")
+
+
+def build_resources(deployment: str | None = None) -> dict[str, Any]:
+    deployment = deployment or os.environ.get("TESSERA_DEPLOYMENT", "local")
+    home = tessera_home()
+    storage = TesseraStorage(root=f"{home}/data")
+    regions = RegionCatalog(path=os.environ.get("TESSERA_REGIONS", "regions.yaml"))
+    if deployment == "local":
+        demo = StacCatalog(url=f"{home}/data/demo_catalog/catalog.json", provider="demo")
+        catalogs = {"s2_catalog": demo, "s1_catalog": demo}
+    elif deployment == "cloud":
+        pc = StacCatalog(url=PLANETARY_COMPUTER_API, provider="planetary-computer")
+        catalogs = {"s2_catalog": pc, "s1_catalog": pc}
+    else:
+        raise ValueError(f"unknown TESSERA_DEPLOYMENT {deployment!r}: use 'local' or 'cloud'")
+    return {"storage": storage, "regions": regions, **catalogs}

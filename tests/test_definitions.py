@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import yaml
+from dagster import Definitions
+
+from tessera_assets.definitions import defs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_load_and_validate():
+    Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"s2_raw", "s1_raw"} <= keys
+
+
+def test_raw_job_is_partitioned_by_year_and_region():
+    job = defs.resolve_job_def("raw_ingest")
+    dims = {d.name for d in job.partitions_def.partitions_defs}
+    assert dims == {"year", "region"}
+
+
+def test_workspace_points_at_the_definitions_module():
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    target = workspace["load_from"][0]["python_module"]
+    assert target["module_name"] == "tessera_assets.definitions"
+    assert target["attribute"] == "defs"
+
+
+def test_seed_regions_are_valid_and_include_the_demo():
+    from resources.regions import RegionCatalog
+
+    regions = RegionCatalog(path=str(ROOT / "regions.yaml")).all()
+    demo = {r.name: r for r in regions if r.demo}
+    assert "demo" in demo
+    grid = demo["demo"].grid
+    assert 240 <= grid.width <= 290 and 240 <= grid.height <= 290

@@ -1,0 +1,188 @@
+"""s2_raw / s1_raw materialised for real on a tiny demo partition, through a Dagster instance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from dagster import materialize
+
+from conftest import TINY_REGION, TINY_YEAR, make_env
+from resources.storage import RawPartition
+from tessera_assets.partitions import year_region_key
+from tessera_assets.raw.assets import s1_raw, s2_raw
+
+
+def _materialize(env, instance, region=TINY_REGION, year=TINY_YEAR, **kwargs):
+    return materialize([s2_raw, s1_raw], partition_key=year_region_key(year, region), instance=instance,
+                       resources=env.resources, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ingested(demo_env):
+    from dagster import instance_for_test
+
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("region", [TINY_REGION, "nowhere"])
+        result = _materialize(demo_env, instance)
+        yield demo_env, instance, result
+
+
+def _metadata(result, asset):
+    events = [e for e in result.get_asset_materialization_events()
+              if e.event_specific_data.materialization.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in events[0].event_specific_data.materialization.metadata.items()}
+
+
+def test_partition_is_georeferenced_with_dates_and_masks(ingested):
+    env, _, result = ingested
+    assert result.success
+    storage = env.resources["storage"]
+    s2 = storage.open_raw("s2", TINY_YEAR, TINY_REGION)
+    grid = env.resources["regions"].get(TINY_REGION).grid
+    assert s2.grid == grid
+    assert len(s2.observations) > 40
+    assert all(o["doy"] == _doy(o["date"]) for o in s2.observations)
+    first = s2.observations[0]
+    with rasterio.open(s2.folder / first["file"]) as src:
+        assert src.crs == grid.crs and src.transform == grid.transform
+        assert src.count == 10 and src.descriptions[0] == "B04"
+        assert src.tags()["date"] == first["date"]
+        mask = src.read_masks(1)
+    assert set(np.unique(mask)) <= {0, 255}
+    assert abs((mask > 0).mean() - first["valid_fraction"]) < 1e-3
+
+
+def _doy(date: str) -> int:
+    import datetime as dt
+
+    return dt.date.fromisoformat(date).timetuple().tm_yday
+
+
+def test_same_date_granules_are_mosaicked(ingested):
+    env, _, _ = ingested
+    s2 = env.resources["storage"].open_raw("s2", TINY_YEAR, TINY_REGION)
+    both = [o for o in s2.observations if len(o["scenes"]) == 2]
+    assert len(both) > len(s2.observations) // 2  # the rest lost one granule to the cloud-cover filter
+    assert max(o["valid_fraction"] for o in both) > 0.99, "full coverage needs both granules"
+
+
+def _source_dn(env, scene_id: str, band: str, lon_lat_xy) -> int:
+    href = env.catalog_root / "sentinel-2-l2a" / scene_id / f"{band}.tif"
+    with rasterio.open(href) as src:
+        return int(next(src.sample([lon_lat_xy]))[0])
+
+
+def test_baseline_offset_removed_exactly_once(ingested):
+    env, _, _ = ingested
+    s2 = env.resources["storage"].open_raw("s2", TINY_YEAR, TINY_REGION)
+    grid = s2.grid
+    checked = set()
+    for obs in s2.observations:
+        offset = 1000 if obs["date"] >= "2022-01-25" else 0
+        if offset in checked:
+            continue
+        with rasterio.open(s2.folder / obs["file"]) as src:
+            data, mask = src.read(1), src.read_masks(1) > 0
+        rows, cols = np.nonzero(mask[:, : grid.width // 3])  # the west third lies in granule A only
+        if len(rows) == 0:
+            continue
+        xy = rasterio.transform.xy(grid.transform, rows[0], cols[0])
+        source = _source_dn(env, obs["scenes"][0], "B04", xy)
+        assert data[rows[0], cols[0]] == source - offset
+        checked.add(offset)
+    assert checked == {0, 1000}
+
+
+def test_masked_pixels_agree_with_scl(ingested):
+    env, _, _ = ingested
+    s2 = env.resources["storage"].open_raw("s2", TINY_YEAR, TINY_REGION)
+    obs = min(s2.observations, key=lambda o: abs(o["valid_fraction"] - 0.5))
+    with rasterio.open(s2.folder / obs["file"]) as src:
+        valid = src.read_masks(1) > 0
+    scl_path = env.catalog_root / "sentinel-2-l2a" / obs["scenes"][0] / "SCL.tif"
+    with rasterio.open(scl_path) as src, rasterio.vrt.WarpedVRT(
+        src, crs=s2.grid.crs, transform=s2.grid.transform, width=s2.grid.width, height=s2.grid.height
+    ) as vrt:
+        scl = vrt.read(1)
+    cols = slice(0, s2.grid.width // 3)
+    assert not valid[:, cols][np.isin(scl[:, cols], (0, 3, 8, 9))].any()
+    assert valid[:, cols][np.isin(scl[:, cols], (4, 5, 6, 10))].all()
+
+
+def test_s1_keeps_orbits_apart_in_tessera_units(ingested):
+    env, _, result = ingested
+    s1 = env.resources["storage"].open_raw("s1", TINY_YEAR, TINY_REGION)
+    orbits = {o["orbit"] for o in s1.observations}
+    assert orbits == {"ascending", "descending"}
+    values, valid = s1.read_block(s1.grid.blocks(1000)[0])
+    vv, vh = values[:, 0][valid], values[:, 1][valid]
+    assert vv.dtype == np.int16 and ((vv > 0) | (vh > 0)).all(), "valid means some band is non-zero"
+    assert not values[:, :, ~valid.any(axis=0)].any()
+    assert 2000 < np.median(vv) < 12000
+    assert _metadata(result, "s1_raw")["observations"] == len(s1.observations)
+
+
+def test_metadata_and_checks(ingested):
+    _, _, result = ingested
+    meta = _metadata(result, "s2_raw")
+    for key in ("scenes_found", "scenes_used", "scenes_skipped", "valid_obs_per_pixel_median",
+                "coverage_any_valid", "ingest_seconds", "peak_rss_mb", "preview"):
+        assert key in meta
+    assert meta["scenes_used"] <= meta["scenes_found"]
+    assert meta["preview"].startswith("![s2 composite](data:image/png;base64,")
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {("s2_raw", "enough_observations"): True, ("s2_raw", "physical_range"): True,
+                      ("s1_raw", "enough_observations"): True, ("s1_raw", "physical_range"): True}
+
+
+def test_rematerialising_replaces_cleanly(ingested):
+    env, instance, _ = ingested
+    folder = env.resources["storage"].raw_dir("s2", TINY_YEAR, TINY_REGION)
+    before = (folder / "index.json").read_text()
+    files_before = sorted(p.name for p in (folder / "obs").iterdir())
+    assert _materialize(env, instance).success
+    assert (folder / "index.json").read_text() == before
+    assert sorted(p.name for p in (folder / "obs").iterdir()) == files_before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "no temporary folders left"
+
+
+def test_no_scenes_names_region_year_and_collection(ingested):
+    env, instance, _ = ingested
+    result = _materialize(env, instance, region="nowhere", raise_on_error=False)
+    assert not result.success
+    messages = sorted(e.event_specific_data.error.cause.message for e in result.get_step_failure_events())
+    assert "no usable sentinel-1-rtc scenes for region 'nowhere' in 2022" in messages[0]
+    assert "no usable sentinel-2-l2a scenes for region 'nowhere' in 2022" in messages[1]
+
+
+def test_unknown_region_fails_before_any_work(ingested):
+    env, instance, _ = ingested
+    instance.add_dynamic_partitions("region", ["ghost"])
+    result = _materialize(env, instance, region="ghost", raise_on_error=False)
+    message = result.get_step_failure_events()[0].event_specific_data.error.cause.message
+    assert "unknown region 'ghost'" in message
+
+
+def test_corrupt_cog_is_skipped_and_reported(tmp_path, demo_env):
+    from dagster import instance_for_test
+
+    env = make_env(tmp_path)  # an own copy of the catalog, then one COG truncated
+    victim = sorted((env.catalog_root / "sentinel-2-l2a").glob("*_A_2022071*"))[0]
+    band = victim / "B08.tif"
+    band.write_bytes(band.read_bytes()[: band.stat().st_size // 3])
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("region", [TINY_REGION])
+        result = materialize([s2_raw], partition_key=year_region_key(TINY_YEAR, TINY_REGION),
+                             instance=instance, resources=env.resources)
+    assert result.success
+    meta = _metadata(result, "s2_raw")
+    assert victim.name in meta["skipped_reasons"]
+    s2 = env.resources["storage"].open_raw("s2", TINY_YEAR, TINY_REGION)
+    assert all(victim.name not in o["scenes"] for o in s2.observations)
+    index = json.loads((s2.folder / "index.json").read_text())
+    assert any(s["id"] == victim.name and ("corrupt" in s["reason"] or "unreadable" in s["reason"])
+               for s in index["skipped"])
