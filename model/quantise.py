@@ -1,0 +1,24 @@
+"""TESSERA's storage format: int8 with one float32 scale per pixel.
+
+`scale = max|x| / 127`, `q = round(x / scale)`, dequantised as `q * scale`; a NaN scale means no data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def quantise(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., D) float -> int8 (..., D) and float32 scales (...). Rows that are NaN get scale NaN."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    scale = np.abs(x).max(axis=-1) / 127.0
+    missing = ~np.isfinite(scale)
+    safe = np.where(missing | (scale == 0), 1.0, scale)
+    q = np.clip(np.rint(x / safe[..., None]), -127, 127)
+    q = np.where(missing[..., None], 0, q).astype(np.int8)
+    return q, np.where(missing, np.nan, scale).astype(np.float32)
+
+
+def dequantise(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 (..., D) and scales (...) -> float32 (..., D); no-data rows (scale NaN) come back NaN."""
+    return q.astype(np.float32) * scale[..., None].astype(np.float32)

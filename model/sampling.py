@@ -1,0 +1,51 @@
+"""Temporal sampling: which valid observations of each pixel the encoder sees.
+
+v1.0 draws a fixed number of valid steps at random (without replacement when there are enough,
+otherwise with replacement) and sorts them in time, so its embeddings are stochastic. The
+deterministic mode (the default, as in v1.1) picks evenly spaced steps among all valid ones, so the
+same inputs always give the same embedding. Both are vectorised over pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Mode = Literal["deterministic", "random"]
+
+
+def _valid_time_order(valid: np.ndarray) -> np.ndarray:
+    """Per pixel, time indices with the valid ones first, each group in time order. valid: (N, T)."""
+    return np.argsort(~valid, axis=1, kind="stable")
+
+
+def sample_steps(valid: np.ndarray, steps: int, mode: Mode = "deterministic",
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """Time indices (N, steps), sorted in time, for pixels with at least one valid step.
+
+    Pixels with none get index 0 everywhere; callers must leave them out (they have no embedding)."""
+    n_pixels, n_times = valid.shape
+    counts = np.maximum(valid.sum(axis=1), 1)[:, None]
+    order = _valid_time_order(valid)
+    if mode == "deterministic":
+        # evenly spaced ranks 0 .. count-1 among the valid steps (repeats when count < steps)
+        ranks = np.floor(np.linspace(0.0, 1.0, steps)[None, :] * (counts - 1) + 0.5).astype(np.int64)
+        return np.take_along_axis(order, ranks, axis=1)
+    if mode != "random":
+        raise ValueError(f"unknown sampling mode {mode!r}: use 'deterministic' or 'random'")
+    rng = rng or np.random.default_rng()
+    ranks = np.sort(rng.integers(0, counts, (n_pixels, steps)), axis=1)
+    indices = np.take_along_axis(order, ranks, axis=1)  # with replacement
+    if n_times >= steps:
+        keys = rng.random((n_pixels, n_times))
+        keys[~valid] = np.inf
+        without = np.sort(np.argsort(keys, axis=1)[:, :steps], axis=1)
+        indices = np.where(counts >= steps, without, indices)
+    return indices
+
+
+def gather_sequences(values: np.ndarray, doy: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Model input (N, steps, bands + 1) from values (N, T, bands), doy (T,) and indices (N, steps)."""
+    picked = np.take_along_axis(values, indices[:, :, None], axis=1).astype(np.float32)
+    return np.concatenate([picked, doy[indices][:, :, None].astype(np.float32)], axis=2)
