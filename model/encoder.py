@@ -8,12 +8,14 @@ before the recurrence, and the transformer uses PyTorch's fused inference path.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.config import S1_BAND_COUNT, S2_BAND_COUNT, ModelConfig, Normalisation, preset
@@ -48,13 +50,13 @@ class GRU(nn.Module):
         batch, steps, size = x.shape
         input_weight = torch.cat([cell.W_ir.weight, cell.W_iz.weight, cell.W_ih.weight])
         input_bias = torch.cat([cell.b_r, cell.b_z, cell.b_h])
-        gates_x = torch.nn.functional.linear(x, input_weight, input_bias)  # one GEMM for every step
+        gates_x = F.linear(x, input_weight, input_bias)  # one GEMM for every step
         hidden_weight = torch.cat([cell.W_hr.weight, cell.W_hz.weight])
         h = x.new_zeros(batch, size)
         outputs = []
         for t in range(steps):
             gx = gates_x[:, t]
-            rz = torch.sigmoid(gx[:, : 2 * size] + torch.nn.functional.linear(h, hidden_weight))
+            rz = torch.sigmoid(gx[:, : 2 * size] + F.linear(h, hidden_weight))
             r, z = rz[:, :size], rz[:, size:]
             candidate = torch.tanh(gx[:, 2 * size:] + cell.W_hh(r * h))
             h = h + z * (candidate - h)
@@ -80,7 +82,21 @@ class TemporalAwarePooling(nn.Module):
 
 
 def doy_encoding(doy: torch.Tensor, width: int) -> torch.Tensor:
-    """Sinusoidal encoding of the raw day of year (base 10000; sin on even, cos on odd channels)."""
+    """Sinusoidal encoding of the raw day of year (base 10000; sin on even, cos on odd channels).
+
+    Days of year are integers, so the encoding is a lookup in a table computed by the same formula
+    (identical values, and no sin/cos over every step of every pixel)."""
+    if not torch.is_floating_point(doy) or bool((doy == doy.round()).all() and doy.min() >= 0 and doy.max() <= 366):
+        return _doy_table(width, doy.device)[doy.long()]
+    return _doy_formula(doy, width)
+
+
+@functools.lru_cache(maxsize=8)
+def _doy_table(width: int, device: torch.device) -> torch.Tensor:
+    return _doy_formula(torch.arange(367, device=device), width)
+
+
+def _doy_formula(doy: torch.Tensor, width: int) -> torch.Tensor:
     position = doy.float().unsqueeze(-1)
     div = torch.exp(torch.arange(0, width, 2, device=doy.device, dtype=torch.float32) * (-math.log(10000.0) / width))
     angles = position * div
@@ -101,7 +117,41 @@ class SensorBackbone(nn.Module):
 
     def forward(self, bands: torch.Tensor, doy: torch.Tensor) -> torch.Tensor:
         x = self.embedding(bands) + doy_encoding(doy, self.embedding[0].out_features).to(bands.dtype)
-        return self.attn_pool(self.transformer_encoder(x))
+        if self.training or torch.is_grad_enabled():
+            x = self.transformer_encoder(x)
+        else:
+            for layer in self.transformer_encoder.layers:
+                x = encoder_layer_inference(layer, x)
+        return self.attn_pool(x)
+
+
+# Pixels per slice in CPU inference: the feed-forward intermediate (rows x 4096) then stays in cache,
+# which lifts the layer from ~0.85 to ~0.94 of the machine's GEMM rate. GPUs take the whole batch.
+CPU_INFERENCE_CHUNK = 16
+
+
+def encoder_layer_inference(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """A post-norm encoder layer in eval mode (no dropout), computed slice by slice of pixels;
+    the same arithmetic as `layer(x)`, arranged for cache locality."""
+    batch, steps, width = x.shape
+    attn = layer.self_attn
+    heads = attn.num_heads
+    chunk = batch if x.is_cuda else CPU_INFERENCE_CHUNK
+    flat = x.reshape(batch * steps, width)
+    out = torch.empty_like(flat)
+    rows = chunk * steps
+    for start in range(0, batch * steps, rows):
+        xc = flat[start:start + rows]
+        n = xc.shape[0] // steps
+        qkv = F.linear(xc, attn.in_proj_weight, attn.in_proj_bias).view(n, steps, 3, heads, width // heads)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n * steps, width)
+        y = F.layer_norm(xc + F.linear(a, attn.out_proj.weight, attn.out_proj.bias), (width,),
+                         layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
+        hidden = torch.relu_(F.linear(y, layer.linear1.weight, layer.linear1.bias))
+        out[start:start + rows] = F.layer_norm(y + F.linear(hidden, layer.linear2.weight, layer.linear2.bias),
+                                               (width,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
+    return out.view(batch, steps, width)
 
 
 class TesseraEncoder(nn.Module):
