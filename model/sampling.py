@@ -43,9 +43,3 @@ def sample_steps(valid: np.ndarray, steps: int, mode: Mode = "deterministic",
         without = np.sort(np.argsort(keys, axis=1)[:, :steps], axis=1)
         indices = np.where(counts >= steps, without, indices)
     return indices
-
-
-def gather_sequences(values: np.ndarray, doy: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Model input (N, steps, bands + 1) from values (N, T, bands), doy (T,) and indices (N, steps)."""
-    picked = np.take_along_axis(values, indices[:, :, None], axis=1).astype(np.float32)
-    return np.concatenate([picked, doy[indices][:, :, None].astype(np.float32)], axis=2)

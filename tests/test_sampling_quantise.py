@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from model.quantise import dequantise, quantise
-from model.sampling import gather_sequences, sample_steps
+from model.sampling import sample_steps
 
 
 def _valid(seed=0, n=200, t=70):
@@ -45,13 +45,21 @@ def test_random_sampling_follows_v1():
     assert any(len(np.unique(a[i])) < 40 for i in few), "with replacement when there are not"
 
 
-def test_gather_builds_model_input_with_doy_last():
-    values = np.arange(2 * 5 * 3).reshape(2, 5, 3).astype(np.uint16)
-    doy = np.array([10, 20, 30, 40, 50])
-    seq = gather_sequences(values, doy, np.array([[0, 2, 4], [1, 1, 3]]))
-    assert seq.shape == (2, 3, 4)
-    assert seq[1, :, -1].tolist() == [20, 20, 40]
-    assert seq[0, 1, :3].tolist() == values[0, 2].tolist()
+def test_model_inputs_gather_values_with_each_pixels_doy_last():
+    from model.series import PixelSeries
+
+    s2 = np.arange(2 * 5 * 10).reshape(2, 5, 10).astype(np.uint16)
+    s2_valid = np.array([[1, 0, 1, 0, 1], [0, 1, 0, 1, 0]], bool)
+    doy = np.array([[10, 20, 30, 40, 50], [15, 25, 35, 45, 55]], np.int16)
+    s1 = np.ones((2, 3, 2), np.int16)
+    series = PixelSeries(s2, s2_valid, doy, s1, np.ones((2, 3), bool), doy[:, :3])
+    s2_in, s1_in = series.model_inputs(3)
+    assert s2_in.shape == (2, 3, 11) and s1_in.shape == (2, 3, 3)
+    assert s2_in[0, :, -1].tolist() == [10, 30, 50]
+    assert s2_in[1, :, -1].tolist() == [25, 45, 45]  # ranks 0, 0.5 -> 1, 1 over its two valid steps
+    assert s2_in[0, 1, :10].tolist() == s2[0, 2].tolist()
+    padded = PixelSeries.concat([series, series.subset(np.array([0]))])
+    assert len(padded) == 3 and padded.has_data.all()
 
 
 def test_quantisation_round_trip():

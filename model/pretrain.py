@@ -1,0 +1,172 @@
+"""Self-supervised pretraining: Barlow Twins on two temporal views of each pixel, with mixup.
+
+Each step draws a batch of pixels from a globally shuffled pool (pixels of every region and year
+mixed), samples two independent v1.0-style views per pixel, and minimises
+`sum_i (1 - C_ii)^2 + lambda * sum_{i!=j} C_ij^2` on batch-standardised projector outputs, plus the
+mixup regulariser: a mix of view 1 with a permuted batch of view 2 must correlate with both views as
+the same mix of their correlations. Training resumes from its last state file after an interruption.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.encoder import TesseraEncoder
+from model.series import PixelSeries
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 400
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 40
+    grad_clip: float = 2.0
+    barlow_lambda: float = 5e-3
+    mixup_weight: float = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+def projector(config: ModelConfig) -> nn.Sequential:
+    """Linear layers with BatchNorm and ReLU between them, widening the embedding for the loss."""
+    dims = (config.embedding_dim, *config.projector_dims)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        layers.append(nn.Linear(a, b, bias=i == len(dims) - 2))
+        if i < len(dims) - 2:
+            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def _standardise(z: torch.Tensor) -> torch.Tensor:
+    return (z - z.mean(0)) / (z.std(0) + 1e-6)
+
+
+def cross_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _standardise(a).T @ _standardise(b) / a.shape[0]
+
+
+def barlow_twins_loss(c: torch.Tensor, lam: float) -> torch.Tensor:
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on_diag + lam * off_diag
+
+
+def _views(pool: PixelSeries, index: np.ndarray, steps: int, rng: np.random.Generator, encoder: TesseraEncoder,
+           device: torch.device) -> list[torch.Tensor]:
+    batch = pool.subset(index)
+    out = []
+    for _ in range(2):
+        s2, s1 = batch.model_inputs(steps, "random", rng)
+        s2_n, s2_doy, s1_n, s1_doy = encoder.normalise(torch.from_numpy(s2).to(device), torch.from_numpy(s1).to(device))
+        out += [s2_n, s2_doy, s1_n, s1_doy]
+    return out
+
+
+def _schedule(config: PretrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _parameter_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; biases, norms and GRU gate biases are left alone."""
+    decay, no_decay = [], []
+    for module in modules:
+        for param in module.parameters():
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfig, state_path: Path,
+             device: torch.device | None = None, progress: Callable[[int, float], None] | None = None) -> TesseraEncoder:
+    """Train an encoder; `state_path` holds the resumable state while training runs."""
+    pool = pool.subset(np.nonzero(pool.has_data)[0])
+    if len(pool) < config.batch_size:
+        raise ValueError(f"pretraining needs at least {config.batch_size} pixels with S1 and S2 data, got {len(pool)}")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config.seed)
+    encoder = TesseraEncoder(model_config).to(device)
+    head = projector(model_config).to(device)
+    optimizer = torch.optim.AdamW(_parameter_groups([encoder, head], config.weight_decay), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    rng = np.random.default_rng(config.seed)
+    step, losses, seconds = 0, [], 0.0
+    identity = {"model": model_config.to_dict(), "pretrain": asdict(config), "pixels": len(pool)}
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state["identity"] == identity:
+            encoder.load_state_dict(state["encoder"])
+            head.load_state_dict(state["projector"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+            step, losses, seconds = state["step"], state["losses"], state["seconds"]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    encoder.train()
+    head.train()
+    order = rng.permutation(len(pool))
+    cursor = (step * config.batch_size) % len(pool)
+    started = time.perf_counter()
+    while step < config.steps:
+        if cursor + config.batch_size > len(order):
+            order, cursor = rng.permutation(len(pool)), 0
+        index = order[cursor:cursor + config.batch_size]
+        cursor += config.batch_size
+        a2, a2d, a1, a1d, b2, b2d, b1, b1d = _views(pool, index, model_config.sample_steps, rng, encoder, device)
+        with autocast:
+            za = head(encoder(a2, a2d, a1, a1d)).float()
+            zb = head(encoder(b2, b2d, b1, b1d)).float()
+            loss = barlow_twins_loss(cross_correlation(za, zb), config.barlow_lambda)
+            if config.mixup_weight > 0:
+                alpha = float(rng.beta(1.0, 1.0))
+                perm = torch.from_numpy(rng.permutation(len(index))).to(device)
+                zm = head(encoder(alpha * a2 + (1 - alpha) * b2[perm], a2d, alpha * a1 + (1 - alpha) * b1[perm], a1d)).float()
+                target_a = alpha * cross_correlation(za, za) + (1 - alpha) * cross_correlation(zb[perm], za)
+                target_b = alpha * cross_correlation(za, zb) + (1 - alpha) * cross_correlation(zb[perm], zb)
+                mix = (cross_correlation(zm, za) - target_a).pow(2).sum() + (cross_correlation(zm, zb) - target_b).pow(2).sum()
+                loss = loss + config.mixup_weight * config.barlow_lambda * mix
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(head.parameters()), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if progress:
+            progress(step, losses[-1])
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_state(state_path, {
+                "identity": identity, "encoder": encoder.state_dict(), "projector": head.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "step": step, "losses": losses,
+                "seconds": seconds + time.perf_counter() - started,
+            })
+    encoder.eval()
+    encoder.metadata = {
+        "preset": model_config.name, "steps": step, "losses": losses, "pixels": len(pool), "device": str(device),
+        "seconds": round(seconds + time.perf_counter() - started, 1), "pretrain": asdict(config),
+    }
+    return encoder.cpu()
+
+
+def _save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
