@@ -194,7 +194,8 @@ class TesseraEncoder(nn.Module):
 
         S2 `(B, T, 11)` reflectance x 1e4 with DOY last; S1 `(B, T, 3)` TESSERA units with DOY last.
         Returns numpy for numpy input, a CPU tensor for tensor input. `precision="bf16"` computes in
-        bfloat16 (on CPUs with avx512_bf16 and on GPUs); results stay within cosine 0.999 of fp32."""
+        bfloat16 (autocast over fp32 weights, or natively once `model.inference.prepare_for_inference`
+        cast the weights); results stay within cosine 0.999 of fp32."""
         as_numpy = isinstance(s2, np.ndarray)
         s2_t, s1_t = torch.as_tensor(s2), torch.as_tensor(s1)
         if s2_t.ndim != 3 or s2_t.shape[-1] != S2_BAND_COUNT + 1:
@@ -210,10 +211,7 @@ class TesseraEncoder(nn.Module):
             s2_b = s2_t[start:start + batch_size].to(device, non_blocking=True)
             s1_b = s1_t[start:start + batch_size].to(device, non_blocking=True)
             s2_n, s2_doy, s1_n, s1_doy = self.normalise(s2_b, s1_b)
-            if dtype != model_dtype and device.type == "cuda":
-                with torch.autocast("cuda", dtype=dtype):
-                    out = self(s2_n, s2_doy, s1_n, s1_doy)
-            else:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != model_dtype):
                 out = self(s2_n.to(model_dtype), s2_doy, s1_n.to(model_dtype), s1_doy)
             outputs.append(out.float().cpu())
         result = torch.cat(outputs) if outputs else torch.zeros(0, self.config.embedding_dim)

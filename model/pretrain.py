@@ -26,11 +26,11 @@ from model.series import PixelSeries
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 400
-    batch_size: int = 256
+    steps: int = 200
+    batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-6
-    warmup_steps: int = 40
+    warmup_steps: int = 20
     grad_clip: float = 2.0
     barlow_lambda: float = 5e-3
     mixup_weight: float = 1.0

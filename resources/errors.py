@@ -41,5 +41,5 @@ class CatalogError(TesseraError):
     """A STAC catalog that cannot be opened or searched."""
 
 
-class RawPartitionMissingError(TesseraError, FileNotFoundError):
-    """A raw partition that has not been materialised yet."""
+class PartitionNotMaterialisedError(TesseraError, FileNotFoundError):
+    """A partition (raw data, embeddings) that has not been materialised yet."""

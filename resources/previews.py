@@ -45,7 +45,7 @@ def markdown_image(path: Path, alt: str = "preview") -> MetadataValue:
     return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
 
 
-def _decimated_shape(height: int, width: int) -> tuple[int, int]:
+def preview_shape(height: int, width: int) -> tuple[int, int]:
     factor = max(1, int(np.ceil(max(height, width) / PREVIEW_MAX_PX)))
     return max(1, height // factor), max(1, width // factor)
 
@@ -53,7 +53,7 @@ def _decimated_shape(height: int, width: int) -> tuple[int, int]:
 def median_composite(partition: RawPartition, bands: tuple[int, ...]) -> np.ndarray:
     """Per-pixel median over valid observations of some bands, read at preview resolution only."""
     grid = partition.grid
-    h, w = _decimated_shape(grid.height, grid.width)
+    h, w = preview_shape(grid.height, grid.width)
     stack = np.full((len(partition.observations), h, w, len(bands)), np.nan, np.float32)
     for t, obs in enumerate(partition.observations):
         with rasterio.open(partition.folder / obs["file"]) as src:
@@ -76,3 +76,51 @@ def s1_composite(partition: RawPartition, path: Path) -> Path:
     db = tessera_units_to_db(median_composite(partition, (0, 1)))
     rgb = np.stack([db[..., 0], db[..., 1], db[..., 0] - db[..., 1]], axis=-1)
     return save_png(stretch(rgb), path)
+
+
+def pca_false_colour(vectors: np.ndarray, sample: int = 20000, seed: int = 0) -> np.ndarray:
+    """First three principal components of embeddings (h, w, d) as RGB, the usual way to look at
+    them: pixels of similar embeddings get similar colours. No-data (NaN) pixels stay black."""
+    h, w, d = vectors.shape
+    flat = vectors.reshape(-1, d).astype(np.float32)
+    ok = np.isfinite(flat).all(axis=1)
+    rgb = np.full((h * w, 3), np.nan, np.float32)
+    if ok.sum() >= 3:
+        rng = np.random.default_rng(seed)
+        rows = np.nonzero(ok)[0]
+        fit = flat[rng.choice(rows, size=min(sample, len(rows)), replace=False)]
+        mean = fit.mean(axis=0)
+        _, _, components = np.linalg.svd(fit - mean, full_matrices=False)
+        rgb[ok] = (flat[ok] - mean) @ components[:3].T
+    return stretch(rgb.reshape(h, w, 3))
+
+
+def loss_curve(losses: list[float], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=1, color="0.6", label="step")
+    if len(losses) >= 10:
+        k = max(5, len(losses) // 20)
+        ax.plot(np.arange(k, len(losses) + 1), np.convolve(losses, np.ones(k) / k, mode="valid"), lw=2, label=f"mean of {k}")
+    ax.set(xlabel="step", ylabel="loss", title=title, yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def embedding_preview(folder: Path, path: Path) -> Path:
+    """PCA false colour of an embeddings partition, read at preview resolution."""
+    from resources.storage import EMBEDDINGS_FILE, SCALES_FILE
+
+    with rasterio.open(folder / SCALES_FILE) as src:
+        h, w = preview_shape(src.height, src.width)
+        scales = src.read(1, out_shape=(h, w))
+    with rasterio.open(folder / EMBEDDINGS_FILE) as src:
+        vectors = np.moveaxis(src.read(out_shape=(src.count, h, w)), 0, -1).astype(np.float32)
+    return save_png(pca_false_colour(vectors * scales[..., None]), path)

@@ -20,7 +20,7 @@ from dagster import ConfigurableResource
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from resources.errors import RawPartitionMissingError
+from resources.errors import PartitionNotMaterialisedError
 from resources.regions import RegionGrid
 
 INDEX_FILE = "index.json"
@@ -54,10 +54,33 @@ class TesseraStorage(ConfigurableResource):
     def raw_dir(self, sensor: str, year: int, region: str) -> Path:
         return self.path("raw", sensor, str(year), region)
 
+    def embeddings_dir(self, year: int, region: str) -> Path:
+        return self.path("embeddings", str(year), region)
+
+    def model_path(self, name: str = "encoder.pt") -> Path:
+        return self.path("models", name)
+
+    def open_embeddings(self, year: int, region: str) -> "EmbeddingPartition":
+        folder = self.embeddings_dir(year, region)
+        if not (folder / SCALES_FILE).exists():
+            raise PartitionNotMaterialisedError(
+                f"embeddings for year {year}, region {region!r} are not materialised (looked in {folder})"
+            )
+        return EmbeddingPartition(folder)
+
+    def raw_partitions(self) -> list[tuple[int, str]]:
+        """(year, region) of every raw partition materialised for both sensors."""
+        found = []
+        for index in sorted(self.path("raw", "s2").glob(f"*/*/{INDEX_FILE}")):
+            year, region = int(index.parent.parent.name), index.parent.name
+            if (self.raw_dir("s1", year, region) / INDEX_FILE).exists():
+                found.append((year, region))
+        return found
+
     def open_raw(self, sensor: str, year: int, region: str) -> "RawPartition":
         folder = self.raw_dir(sensor, year, region)
         if not (folder / INDEX_FILE).exists():
-            raise RawPartitionMissingError(
+            raise PartitionNotMaterialisedError(
                 f"{sensor}_raw for year {year}, region {region!r} is not materialised (looked in {folder})"
             )
         return RawPartition(folder)
@@ -109,3 +132,50 @@ class RawPartition:
     def valid_count(self) -> np.ndarray:
         with rasterio.open(self.folder / "valid_count.tif") as src:
             return src.read(1)
+
+
+EMBEDDINGS_FILE = "embeddings.tif"
+SCALES_FILE = "scales.tif"
+
+
+class EmbeddingWriter:
+    """Writes an embeddings partition block by block: int8 vectors (one band per dimension, pixel
+    interleaved so a pixel's vector is contiguous) and float32 per-pixel scales (NaN = no data)."""
+
+    def __init__(self, folder: Path, grid: RegionGrid, dim: int):
+        common = dict(driver="GTiff", width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform,
+                      tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+        self._vectors = rasterio.open(folder / EMBEDDINGS_FILE, "w", count=dim, dtype="int8", interleave="pixel",
+                                      **common)
+        self._scales = rasterio.open(folder / SCALES_FILE, "w", count=1, dtype="float32", nodata=float("nan"),
+                                     predictor=3, **common)
+        self._scales.set_band_description(1, "quantisation scale (NaN: no data)")
+
+    def write(self, window: Window, vectors: np.ndarray, scales: np.ndarray) -> None:
+        """vectors (h, w, dim) int8 and scales (h, w) float32 for one window."""
+        self._vectors.write(np.moveaxis(vectors, -1, 0), window=window)
+        self._scales.write(scales[None], window=window)
+
+    def close(self) -> None:
+        self._vectors.close()
+        self._scales.close()
+
+
+@dataclass
+class EmbeddingPartition:
+    """A materialised embeddings partition in TESSERA's int8 + scale format, on the region grid."""
+
+    folder: Path
+
+    @property
+    def grid(self) -> RegionGrid:
+        with rasterio.open(self.folder / SCALES_FILE) as src:
+            return RegionGrid(src.crs, src.transform, src.width, src.height)
+
+    def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """int8 vectors (h, w, dim) and scales (h, w)."""
+        with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
+            vectors = np.moveaxis(src.read(window=window), 0, -1)
+        with rasterio.open(self.folder / SCALES_FILE) as src:
+            scales = src.read(1, window=window)
+        return vectors, scales

@@ -17,16 +17,26 @@ from dagster import DagsterInstance, materialize
 from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog
 from resources.errors import TesseraError
 from resources.regions import Region, validate_year
+from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
 from tessera_assets.partitions import region_partitions, year_region_key
 from tessera_assets.raw.assets import s1_raw, s2_raw
 from tessera_assets.resources_by_deployment import build_resources, tessera_home
 
-PIPELINE_STAGES = [[s2_raw, s1_raw]]
+# Each stage is materialised for every demo partition (or once, if unpartitioned) before the next.
+PIPELINE_STAGES = [[s2_raw, s1_raw], [encoder_checkpoint], [embeddings]]
+INSTANCE_CONFIG = """\
+# Written by `tessera`: runs queue, and GPU steps (pool "gpu") run one at a time.
+concurrency:
+  pools:
+    default_limit: 1
+"""
 
 
 def dagster_instance() -> DagsterInstance:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(tessera_home(), "dagster").resolve())))
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(INSTANCE_CONFIG)
     return DagsterInstance.get()
 
 
@@ -37,12 +47,20 @@ def seed_region_partitions(instance: DagsterInstance, regions: list[Region]) -> 
         instance.add_dynamic_partitions(region_partitions.name, missing)
 
 
-def _metadata_value(result, asset_name: str, key: str):
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        if materialization.asset_key.to_user_string() == asset_name and key in materialization.metadata:
-            return materialization.metadata[key].value
-    return None
+def _print_summary(results: dict[tuple[str, str], dict]) -> None:
+    encoder = results.get(("encoder_checkpoint", ""))
+    if encoder:
+        print(f"\nencoder: {encoder.get('preset')} ({encoder.get('parameters'):,} parameters), "
+              f"loss {encoder.get('first_loss')} -> {encoder.get('final_loss')} in {encoder.get('seconds')} s")
+    header = f"{'partition':<18} {'s2 obs':>6} {'s2 cover':>8} {'s1 obs':>6} {'embedded':>9} {'px/s':>8} {'no-data':>8}"
+    print("\n" + header)
+    for key in sorted({k for _, k in results if k}):
+        s2 = results.get(("s2_raw", key), {})
+        s1 = results.get(("s1_raw", key), {})
+        emb = results.get(("embeddings", key), {})
+        print(f"{key:<18} {s2.get('observations', '-'):>6} {s2.get('coverage_at_least_5', '-'):>8} "
+              f"{s1.get('observations', '-'):>6} {emb.get('pixels_embedded', '-'):>9} "
+              f"{emb.get('pixels_per_second', '-'):>8} {emb.get('no_data_fraction', '-'):>8}")
 
 
 def run_demo(years: list[int], region_names: list[str] | None) -> int:
@@ -56,25 +74,20 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
     started = time.perf_counter()
     ensure_demo_catalog(Path(resources["s2_catalog"].url).parent, demo_regions)
     print(f"demo catalog ready in {time.perf_counter() - started:.1f} s; Dagster instance at {os.environ['DAGSTER_HOME']}")
-    rows = []
+    results = {}
     for stage in PIPELINE_STAGES:
-        for region in chosen:
-            for year in years:
-                key = year_region_key(year, region.name)
-                t0 = time.perf_counter()
-                result = materialize(stage, partition_key=key, instance=instance, resources=resources)
-                if not result.success:
-                    print(f"FAILED {key}", file=sys.stderr)
-                    return 1
-                rows.append((str(key), time.perf_counter() - t0, result))
-    print(f"\n{'partition':<20} {'seconds':>8} {'s2 obs':>7} {'s2 cover':>9} {'s1 obs':>7} {'peak MB':>8}")
-    for key, seconds, result in rows:
-        print(
-            f"{key:<20} {seconds:8.1f} {_metadata_value(result, 's2_raw', 'observations') or '-':>7} "
-            f"{_metadata_value(result, 's2_raw', 'coverage_at_least_5') or '-':>9} "
-            f"{_metadata_value(result, 's1_raw', 'observations') or '-':>7} "
-            f"{_metadata_value(result, 's1_raw', 'peak_rss_mb') or '-':>8}"
-        )
+        keys = [year_region_key(y, r.name) for r in chosen for y in years] if stage[0].partitions_def else [None]
+        for key in keys:
+            t0 = time.perf_counter()
+            result = materialize(stage, partition_key=key, instance=instance, resources=resources)
+            if not result.success:
+                print(f"FAILED {[a.key.to_user_string() for a in stage]} {key or ''}", file=sys.stderr)
+                return 1
+            for event in result.get_asset_materialization_events():
+                m = event.event_specific_data.materialization
+                results[(m.asset_key.to_user_string(), str(key or ""))] = {k: v.value for k, v in m.metadata.items()}
+            print(f"{', '.join(a.key.to_user_string() for a in stage)} {key or ''}: {time.perf_counter() - t0:.1f} s")
+    _print_summary(results)
     print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from resources.compute import ComputeDevice
 from resources.regions import RegionCatalog
 from resources.stac import StacCatalog
 from resources.storage import TesseraStorage
@@ -31,4 +32,4 @@ def build_resources(deployment: str | None = None) -> dict[str, Any]:
         catalogs = {"s2_catalog": pc, "s1_catalog": pc}
     else:
         raise ValueError(f"unknown TESSERA_DEPLOYMENT {deployment!r}: use 'local' or 'cloud'")
-    return {"storage": storage, "regions": regions, **catalogs}
+    return {"storage": storage, "regions": regions, "compute": ComputeDevice(), **catalogs}

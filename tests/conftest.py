@@ -9,6 +9,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, instance_for_test
 
+from resources.compute import ComputeDevice
 from resources.demo_catalog import ensure_demo_catalog
 from resources.regions import RegionCatalog
 from resources.stac import StacCatalog
@@ -49,6 +50,8 @@ def make_env(root: Path) -> DemoEnv:
         "regions": RegionCatalog(path=str(regions_file)),
         "s2_catalog": catalog,
         "s1_catalog": catalog,
+        # small blocks so that the tiny region streams through several of them
+        "compute": ComputeDevice(device="cpu", precision="fp32", block_size=24),
     }
     ensure_demo_catalog(Path(catalog.url).parent, [r for r in resources["regions"].all() if r.demo])
     return DemoEnv(root, resources)

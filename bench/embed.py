@@ -1,0 +1,144 @@
+"""Encoder throughput against the machine's own limit; prints JSON.
+
+    .venv/bin/python bench/embed.py [--v1-pixels 512] [--small-pixels 8192] [--e2e-region demo --e2e-year 2022]
+
+For each preset and precision: pixels/s of the forward pass, the model's FLOP/s, and the same run's
+large-GEMM FLOP/s, whose ratio is the utilisation. Accuracy: max |fast - reference| in fp32 and min
+cosine(bf16, reference fp32), against `model.reference` (op by op). End to end: a materialised raw
+partition streamed to stored embeddings, as a fraction of the pure forward rate on the same pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.config import ModelConfig, preset
+from model.encoder import TesseraEncoder
+from model.inference import cpu_supports_bf16, embed_inputs, prepare_for_inference, sample_inputs
+from model.reference import reference_embed
+
+
+def flops_per_pixel(config: ModelConfig, steps: int | None = None) -> float:
+    """Multiply-adds x 2 of both backbones and the fusion (attention scores included)."""
+    t, d, f = steps or config.sample_steps, config.width, config.feedforward
+    layer = 2 * (3 * d * d + d * d + 2 * d * f) + 2 * 2 * t * d  # per step: projections, FFN, scores
+    backbone = t * (2 * (10 * d + d * d) + config.layers * layer + 2 * 6 * d * d)  # embed + layers + GRU
+    backbone_s1 = backbone - t * 2 * 8 * d
+    return backbone + backbone_s1 + 2 * 2 * d * config.embedding_dim
+
+
+def gemm_flops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def inputs(batch: int, steps: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    doy2 = np.sort(rng.integers(1, 366, (batch, steps, 1)), axis=1)
+    doy1 = np.sort(rng.integers(1, 366, (batch, steps, 1)), axis=1)
+    s2 = np.concatenate([rng.uniform(0, 6000, (batch, steps, 10)), doy2], axis=2).astype(np.float32)
+    s1 = np.concatenate([rng.uniform(2000, 9000, (batch, steps, 2)), doy1], axis=2).astype(np.float32)
+    return s2, s1
+
+
+def randomised(name: str) -> TesseraEncoder:
+    torch.manual_seed(0)
+    encoder = TesseraEncoder.from_preset(name)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return encoder.eval()
+
+
+def throughput(encoder: TesseraEncoder, precision: str, pixels: int, batch: int) -> float:
+    model = prepare_for_inference(randomised(encoder.config.name), torch.device("cpu"), precision)
+    s2, s1 = inputs(pixels)
+    model.embed(s2[:batch // 4], s1[:batch // 4], batch_size=batch, precision=precision)  # warm up
+    start = time.perf_counter()
+    model.embed(s2, s1, batch_size=batch, precision=precision)
+    return pixels / (time.perf_counter() - start)
+
+
+def accuracy(name: str) -> dict[str, float]:
+    encoder = randomised(name)
+    s2, s1 = inputs(64, seed=1)
+    reference = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2), torch.from_numpy(s1)).numpy()
+    fp32 = encoder.embed(s2, s1)
+    bf16 = prepare_for_inference(randomised(name), torch.device("cpu"), "bf16").embed(s2, s1, precision="bf16")
+    cosine = (bf16 * reference).sum(1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(reference, axis=1)
+    return {"max_abs_diff_fp32": float(np.abs(fp32 - reference).max()), "min_cosine_bf16": float(cosine.min())}
+
+
+def end_to_end(name: str, precision: str, region: str, year: int, home: Path, max_blocks: int | None) -> dict:
+    """Stream a raw partition to stored embeddings; compare with the forward pass alone on its pixels."""
+    from resources.pixel_series import read_window
+    from resources.storage import EmbeddingWriter, TesseraStorage
+    from tessera_assets.embeddings.streaming import stream_partition
+
+    storage = TesseraStorage(root=str(home / "data"))
+    s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
+    encoder = prepare_for_inference(randomised(name), torch.device("cpu"), precision)
+    windows = s2.grid.blocks(128)[:max_blocks]
+    batch = 1024
+    prepared = [sample_inputs(read_window(s2, s1, w), encoder.config.sample_steps) for w in windows]
+    embed_inputs(encoder, prepared[0], batch, precision)  # warm up
+    start = time.perf_counter()
+    for p in prepared:
+        embed_inputs(encoder, p, batch, precision)
+    forward = sum(len(p.index) for p in prepared) / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = EmbeddingWriter(Path(tmp), s2.grid, encoder.config.embedding_dim)
+        stats = stream_partition(encoder, s2, s1, writer, 128, "deterministic", 0, batch, precision, windows=windows)
+        writer.close()
+    e2e = stats.embedded / stats.seconds
+    return {"preset": name, "precision": precision, "pixels": stats.embedded, "forward_px_per_s": round(forward, 1),
+            "end_to_end_px_per_s": round(e2e, 1), "end_to_end_over_forward": round(e2e / forward, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--v1-pixels", type=int, default=1024)
+    parser.add_argument("--small-pixels", type=int, default=16384)
+    parser.add_argument("--e2e-region", default="demo")
+    parser.add_argument("--e2e-year", type=int, default=2022)
+    parser.add_argument("--home", default=".tessera")
+    args = parser.parse_args()
+    precisions = ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
+    gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
+    report: dict = {
+        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "gemm_gflops": {p: round(v / 1e9, 1) for p, v in gemm.items()}, "presets": {},
+    }
+    for name, pixels, batch in (("tessera-v1", args.v1_pixels, 1024), ("tessera-small", args.small_pixels, 4096)):
+        config = preset(name)
+        flop = flops_per_pixel(config)
+        entry = {"gflop_per_pixel": round(flop / 1e9, 4), **accuracy(name)}
+        for precision in precisions:
+            rate = throughput(TesseraEncoder(config), precision, pixels, batch)
+            entry[precision] = {"px_per_s": round(rate, 1), "model_gflops": round(rate * flop / 1e9, 1),
+                                "utilisation": round(rate * flop / gemm[precision], 3)}
+        report["presets"][name] = entry
+    home = Path(args.home)
+    if (home / "data" / "raw" / "s2" / str(args.e2e_year) / args.e2e_region).exists():
+        report["end_to_end"] = [
+            end_to_end("tessera-small", precisions[-1], args.e2e_region, args.e2e_year, home, None),
+            end_to_end("tessera-v1", precisions[-1], args.e2e_region, args.e2e_year, home, 2),
+        ]
+    else:
+        report["end_to_end"] = f"skipped: materialise s2_raw/s1_raw {args.e2e_region}|{args.e2e_year} first (make demo)"
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""encoder_checkpoint (load official weights, or pretrain) and embeddings[year, region]."""
+
+import resource
+import time
+
+import numpy as np
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from model.config import preset
+from model.encoder import TesseraEncoder
+from model.inference import prepare_for_inference
+from model.pretrain import PretrainConfig, pretrain
+from model.quantise import dequantise, quantise
+from model.series import PixelSeries
+from resources.compute import ComputeDevice
+from resources.pixel_series import sample_pixels
+from resources.previews import embedding_preview, loss_curve, markdown_image
+from resources.storage import EmbeddingPartition, EmbeddingWriter, TesseraStorage, atomic_directory
+from tessera_assets.embeddings.streaming import embed_block, stream_partition
+from tessera_assets.partitions import year_and_region, year_region_partitions
+
+
+class EncoderConfig(Config):
+    """Either load a checkpoint (official TESSERA or our own) or pretrain a preset on the raw data."""
+
+    checkpoint_path: str | None = Field(None, description="official or tessera checkpoint to load instead of training")
+    trusted_checkpoint: bool = Field(False, description="allow pickled objects in the checkpoint file")
+    preset: str = Field("tessera-small", description="preset to pretrain: tessera-small or tessera-v1")
+    steps: int = 200
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    pixels_per_partition: int = 4000
+    seed: int = 0
+
+
+@asset(deps=[AssetKey("s2_raw"), AssetKey("s1_raw")], group_name="model", pool="gpu", kinds={"pytorch"})
+def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, storage: TesseraStorage,
+                       compute: ComputeDevice) -> MaterializeResult:
+    """The encoder every embeddings partition uses, saved with its preset and normalisation."""
+    started = time.perf_counter()
+    path = storage.model_path()
+    if config.checkpoint_path:
+        encoder = TesseraEncoder.from_checkpoint(config.checkpoint_path, trusted=config.trusted_checkpoint)
+        encoder.save(path)
+        return MaterializeResult(metadata={
+            "source": config.checkpoint_path, "preset": encoder.config.name,
+            "parameters": encoder.parameter_count(), "path": MetadataValue.path(str(path)),
+            "seconds": round(time.perf_counter() - started, 2),
+        })
+    partitions = storage.raw_partitions()
+    if not partitions:
+        raise ValueError("no raw partitions with both s2_raw and s1_raw to pretrain on: materialise some first")
+    rng = np.random.default_rng(config.seed)
+    pool = PixelSeries.concat([
+        sample_pixels(storage.open_raw("s2", y, r), storage.open_raw("s1", y, r), config.pixels_per_partition, rng)
+        for y, r in partitions
+    ])
+    context.log.info(f"pretraining {config.preset} on {len(pool)} pixels from {len(partitions)} partitions")
+    device, _ = compute.resolve()
+    train = PretrainConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                           warmup_steps=max(1, config.steps // 10), seed=config.seed)
+
+    def progress(step: int, loss: float) -> None:
+        if step % 50 == 0 or step == train.steps:
+            context.log.info(f"step {step}/{train.steps}: loss {loss:.3f}")
+
+    encoder = pretrain(pool, preset(config.preset), train, storage.model_path("pretrain-state.pt"), device, progress)
+    encoder.metadata["partitions"] = [f"{r}|{y}" for y, r in partitions]
+    encoder.save(path)
+    storage.model_path("pretrain-state.pt").unlink(missing_ok=True)
+    losses = encoder.metadata["losses"]
+    curve = loss_curve(losses, storage.model_path("loss.png"), f"{config.preset} Barlow Twins loss")
+    return MaterializeResult(metadata={
+        "preset": config.preset, "parameters": encoder.parameter_count(), "steps": len(losses),
+        "pixels": len(pool), "partitions": len(partitions), "device": str(device),
+        "first_loss": round(losses[0], 3), "final_loss": round(float(np.mean(losses[-10:])), 3),
+        "seconds": round(time.perf_counter() - started, 1), "path": MetadataValue.path(str(path)),
+        "loss_curve": markdown_image(curve, "loss curve"),
+    })
+
+
+class EmbeddingsConfig(Config):
+    sampling: str = Field("deterministic", description="deterministic (v1.1, default) or random (v1.0)")
+    seed: int = Field(0, description="seed of random sampling, per block")
+
+
+EMBEDDING_CHECKS = [
+    AssetCheckSpec("finite_where_valid", asset="embeddings", description="no NaN/inf in embedded pixels"),
+    AssetCheckSpec("positive_scales", asset="embeddings", description="scale > 0 wherever there is data"),
+    AssetCheckSpec("reproducible", asset="embeddings",
+                   description="re-embedding a block gives the stored bytes (deterministic sampling)"),
+]
+
+
+@asset(partitions_def=year_region_partitions, deps=[AssetKey("s2_raw"), AssetKey("s1_raw"), AssetKey("encoder_checkpoint")],
+       group_name="embeddings", pool="gpu", check_specs=EMBEDDING_CHECKS, kinds={"pytorch", "geotiff"})
+def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage: TesseraStorage,
+               compute: ComputeDevice) -> MaterializeResult:
+    """128-d TESSERA embeddings of every pixel, int8 + per-pixel scale, on the region grid."""
+    year, region = year_and_region(context)
+    s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
+    device, precision = compute.resolve()
+    encoder = prepare_for_inference(TesseraEncoder.from_checkpoint(storage.model_path()), device, precision)
+    grid = s2.grid
+    final = storage.embeddings_dir(year, region)
+    with atomic_directory(final) as tmp:
+        writer = EmbeddingWriter(tmp, grid, encoder.config.embedding_dim)
+        try:
+            stats = stream_partition(encoder, s2, s1, writer, compute.block_size, config.sampling, config.seed,
+                                     compute.batch_size, precision, progress=context.log.info)
+        finally:
+            writer.close()
+        embedding_preview(tmp, tmp / "preview.png")
+        checks = _checks(EmbeddingPartition(tmp), encoder, s2, s1, config, compute, precision)
+    return MaterializeResult(
+        metadata={
+            "pixels": stats.pixels, "pixels_embedded": stats.embedded,
+            "no_data_fraction": round(stats.no_data_fraction, 4),
+            "pixels_per_second": round(stats.embedded / max(stats.seconds, 1e-9), 1),
+            "forward_pixels_per_second": round(stats.embedded / max(stats.forward_seconds, 1e-9), 1),
+            "end_to_end_over_forward": round(stats.forward_seconds / max(stats.seconds, 1e-9), 3),
+            "seconds": round(stats.seconds, 2), "device": str(device), "precision": precision,
+            "preset": encoder.config.name, "sampling": config.sampling,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "path": MetadataValue.path(str(final)),
+            "pca_preview": markdown_image(final / "preview.png", "PCA of embeddings"),
+        },
+        check_results=checks,
+    )
+
+
+def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsConfig, compute: ComputeDevice,
+            precision) -> list[AssetCheckResult]:
+    """Read back block by block (memory stays bounded), and re-embed the first block."""
+    valid_pixels, finite, positive = 0, True, True
+    for window in partition.grid.blocks(1024):
+        q, scales = partition.read(window)
+        valid = np.isfinite(scales)
+        valid_pixels += int(valid.sum())
+        finite &= bool(np.isfinite(dequantise(q[valid], scales[valid])).all())
+        positive &= bool((scales[valid] > 0).all())
+    window = partition.grid.blocks(compute.block_size)[0]
+    q_again, scales_again = quantise(
+        embed_block(encoder, s2, s1, window, 0, config.sampling, config.seed, compute.batch_size, precision)
+    )
+    q_stored, scales_stored = partition.read(window)
+    same = bool(np.array_equal(q_again, q_stored) and np.array_equal(scales_again, scales_stored, equal_nan=True))
+    return [
+        AssetCheckResult(check_name="finite_where_valid", passed=finite, metadata={"valid_pixels": valid_pixels}),
+        AssetCheckResult(check_name="positive_scales", passed=positive),
+        AssetCheckResult(check_name="reproducible", passed=same, severity=AssetCheckSeverity.WARN,
+                         metadata={"sampling": config.sampling, "block": str(window)}),
+    ]

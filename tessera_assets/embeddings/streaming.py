@@ -1,0 +1,86 @@
+"""Streams a (year, region) through the encoder block by block, with reading and sampling of the
+next block and quantising and writing of the previous one running beside the forward pass, so the
+encoder is the only thing on the critical path and memory is bounded by the block, not the region."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.windows import Window
+
+from model.encoder import TesseraEncoder
+from model.inference import EncoderInputs, Precision, embed_inputs, sample_inputs
+from model.quantise import quantise
+from model.sampling import Mode
+from resources.pixel_series import read_window
+from resources.storage import EmbeddingWriter, RawPartition
+
+
+@dataclass
+class StreamStats:
+    pixels: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+    forward_seconds: float = 0.0
+
+    @property
+    def no_data_fraction(self) -> float:
+        return 1 - self.embedded / self.pixels if self.pixels else 0.0
+
+
+def block_rng(seed: int, block_index: int) -> np.random.Generator:
+    """Random sampling seeded per block, so results do not depend on thread timing or block order."""
+    return np.random.default_rng([seed, block_index])
+
+
+def embed_block(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, window: Window, index: int,
+                mode: Mode, seed: int, batch_size: int, precision: Precision) -> np.ndarray:
+    """One block's float32 embeddings (h, w, dim), NaN where there is no data; used by checks."""
+    inputs = sample_inputs(read_window(s2, s1, window), encoder.config.sample_steps, mode, block_rng(seed, index))
+    vectors = embed_inputs(encoder, inputs, batch_size, precision)
+    return vectors.reshape(int(window.height), int(window.width), -1)
+
+
+def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, writer: EmbeddingWriter,
+                     block: int, mode: Mode, seed: int, batch_size: int, precision: Precision,
+                     progress: Callable[[str], None] | None = None, windows: list[Window] | None = None) -> StreamStats:
+    """Embed every block of the grid (or the given windows, which the benchmark uses)."""
+    windows = windows or s2.grid.blocks(block)
+    steps = encoder.config.sample_steps
+    stats = StreamStats()
+    started = time.perf_counter()
+
+    def load(i: int) -> EncoderInputs:
+        return sample_inputs(read_window(s2, s1, windows[i]), steps, mode, block_rng(seed, i))
+
+    def store(window: Window, vectors: np.ndarray) -> None:
+        q, scales = quantise(vectors)
+        h, w = int(window.height), int(window.width)
+        writer.write(window, q.reshape(h, w, -1), scales.reshape(h, w))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, ThreadPoolExecutor(1, thread_name_prefix="write") as out:
+        upcoming = reader.submit(load, 0)
+        written = None
+        for i, window in enumerate(windows):
+            inputs = upcoming.result()
+            if i + 1 < len(windows):
+                upcoming = reader.submit(load, i + 1)
+            t0 = time.perf_counter()
+            vectors = embed_inputs(encoder, inputs, batch_size, precision)
+            stats.forward_seconds += time.perf_counter() - t0
+            stats.pixels += inputs.count
+            stats.embedded += len(inputs.index)
+            if written is not None:
+                written.result()
+            written = out.submit(store, window, vectors)
+            if progress and (i % 10 == 9 or i + 1 == len(windows)):
+                rate = stats.embedded / max(stats.forward_seconds, 1e-9)
+                progress(f"block {i + 1}/{len(windows)}: {stats.embedded} px embedded, {rate:,.0f} px/s forward")
+        if written is not None:
+            written.result()
+    stats.seconds = time.perf_counter() - started
+    return stats
