@@ -51,15 +51,15 @@ class GRU(nn.Module):
         input_weight = torch.cat([cell.W_ir.weight, cell.W_iz.weight, cell.W_ih.weight])
         input_bias = torch.cat([cell.b_r, cell.b_z, cell.b_h])
         gates_x = F.linear(x, input_weight, input_bias)  # one GEMM for every step
-        hidden_weight = torch.cat([cell.W_hr.weight, cell.W_hz.weight])
+        hidden_rz = torch.cat([cell.W_hr.weight, cell.W_hz.weight]).T
+        hidden_h = cell.W_hh.weight.T
         h = x.new_zeros(batch, size)
         outputs = []
         for t in range(steps):
             gx = gates_x[:, t]
-            rz = torch.sigmoid(gx[:, : 2 * size] + F.linear(h, hidden_weight))
-            r, z = rz[:, :size], rz[:, size:]
-            candidate = torch.tanh(gx[:, 2 * size:] + cell.W_hh(r * h))
-            h = h + z * (candidate - h)
+            rz = torch.sigmoid(torch.addmm(gx[:, : 2 * size], h, hidden_rz))
+            candidate = torch.tanh(torch.addmm(gx[:, 2 * size:], rz[:, :size] * h, hidden_h))
+            h = torch.lerp(h, candidate, rz[:, size:])  # (1 - z) h + z h~, in one pass
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 

@@ -16,6 +16,7 @@ from dagster import DagsterInstance, materialize
 
 from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog
 from resources.errors import TesseraError
+from resources.geotessera_export import export_partition
 from resources.regions import Region, validate_year
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
 from tessera_assets.partitions import region_partitions, year_region_key
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="materialise the demo pipeline end to end")
     demo.add_argument("--years", type=int, nargs="+", default=list(DEFAULT_YEARS))
     demo.add_argument("--regions", nargs="+", default=None, help="demo regions to run (default: all)")
+    export = commands.add_parser("export", help="write embeddings in the official geotessera tile layout")
+    export.add_argument("--year", type=int, required=True)
+    export.add_argument("--region", required=True)
+    export.add_argument("--out", required=True, help="tile root, as geotessera's embeddings_dir")
     regions = commands.add_parser("regions", help="list or add regions")
     region_commands = regions.add_subparsers(dest="regions_command", required=True)
     region_commands.add_parser("list")
@@ -108,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return run_demo([validate_year(y) for y in args.years], args.regions)
-        catalog = build_resources()["regions"]
-        if args.regions_command == "add":
+        resources = build_resources()
+        catalog = resources["regions"]
+        if args.command == "export":
+            region = catalog.get(args.region)
+            partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
+            tiles = export_partition(partition, args.year, region.bbox, Path(args.out))
+            print(f"wrote {len(tiles)} tiles under {args.out}: {', '.join(p.parent.name for p in tiles)}")
+        elif args.regions_command == "add":
             region = catalog.add(args.name, args.bbox)
             seed_region_partitions(dagster_instance(), [region])
             grid = region.grid
