@@ -59,7 +59,7 @@ def run(home: Path, pixels: int, checkpoint: Path) -> dict:
 
     (home / "regions.yaml").write_text(yaml.safe_dump({"regions": {"bench": {"bbox": bbox_for(pixels), "demo": True}}}))
     regions = RegionCatalog(path=str(home / "regions.yaml")).all()
-    ensure_demo_catalog(home / "data" / "demo_catalog", regions, DemoSpec(years=(2022,)))
+    ensure_demo_catalog(home / "data" / "demo_catalog", regions, DemoSpec())
     (home / "data" / "models").mkdir(parents=True, exist_ok=True)
     shutil.copy(checkpoint, home / "data" / "models" / "encoder.pt")
     grid = regions[0].grid

@@ -124,3 +124,26 @@ def embedding_preview(folder: Path, path: Path) -> Path:
     with rasterio.open(folder / EMBEDDINGS_FILE) as src:
         vectors = np.moveaxis(src.read(out_shape=(src.count, h, w)), 0, -1).astype(np.float32)
     return save_png(pca_false_colour(vectors * scales[..., None]), path)
+
+
+def similarity_png(raster: Path, path: Path, marker: tuple[int, int] | None = None) -> Path:
+    """A similarity raster in a perceptual colour map (dark: unlike, bright: alike), the query marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with rasterio.open(raster) as src:
+        h, w = preview_shape(src.height, src.width)
+        data = src.read(1, out_shape=(h, w))
+        factor = src.height / h
+    fig, ax = plt.subplots(figsize=(5, 5 * h / w + 0.4), dpi=100)
+    shown = ax.imshow(data, cmap="magma", vmin=np.nanpercentile(data, 2) if np.isfinite(data).any() else 0, vmax=1)
+    if marker is not None:
+        ax.plot(marker[1] / factor, marker[0] / factor, marker="+", color="cyan", markersize=14, mew=2)
+    ax.set_axis_off()
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="cosine similarity")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

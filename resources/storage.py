@@ -179,3 +179,27 @@ class EmbeddingPartition:
         with rasterio.open(self.folder / SCALES_FILE) as src:
             scales = src.read(1, window=window)
         return vectors, scales
+
+
+def write_similarity_raster(partition: EmbeddingPartition, query: np.ndarray, path: Path,
+                            block: int = 512) -> dict[str, float]:
+    """Cosine similarity of every pixel to `query` as a float32 GeoTIFF (NaN: no data), by blocks."""
+    grid = partition.grid
+    unit = query / np.linalg.norm(query)
+    total = count = above = 0.0
+    with rasterio.open(path, "w", driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="float32",
+                       crs=grid.crs, transform=grid.transform, nodata=float("nan"), tiled=True, blockxsize=256,
+                       blockysize=256, compress="deflate") as dst:
+        dst.set_band_description(1, "cosine similarity")
+        for window in grid.blocks(block):
+            q, scales = partition.read(window)
+            vectors = q.astype(np.float32)  # the scale cancels in the cosine
+            norms = np.linalg.norm(vectors, axis=-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sim = np.where(np.isfinite(scales) & (norms > 0), vectors @ unit / norms, np.nan).astype(np.float32)
+            dst.write(sim[None], window=window)
+            ok = np.isfinite(sim)
+            total += float(sim[ok].sum())
+            count += float(ok.sum())
+            above += float((sim[ok] > 0.9).sum())
+    return {"mean": total / count if count else float("nan"), "above_0.9": above / count if count else 0.0}

@@ -14,17 +14,20 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
+from model.errors import ModelError
 from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog
 from resources.errors import TesseraError
 from resources.geotessera_export import export_partition
+from resources.similarity import SearchFilter, Similarity, write_results
 from resources.regions import Region, validate_year
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
 from tessera_assets.partitions import region_partitions, year_region_key
 from tessera_assets.raw.assets import s1_raw, s2_raw
+from tessera_assets.vectors.assets import embedding_table, load_queries, similarity_map
 from tessera_assets.resources_by_deployment import build_resources, tessera_home
 
 # Each stage is materialised for every demo partition (or once, if unpartitioned) before the next.
-PIPELINE_STAGES = [[s2_raw, s1_raw], [encoder_checkpoint], [embeddings]]
+PIPELINE_STAGES = [[s2_raw, s1_raw], [encoder_checkpoint], [embeddings], [embedding_table], [similarity_map]]
 INSTANCE_CONFIG = """\
 # Written by `tessera`: runs queue, and GPU steps (pool "gpu") run one at a time.
 concurrency:
@@ -46,6 +49,23 @@ def seed_region_partitions(instance: DagsterInstance, regions: list[Region]) -> 
     missing = [r.name for r in regions if r.name not in known]
     if missing:
         instance.add_dynamic_partitions(region_partitions.name, missing)
+
+
+def _example_search(resources: dict, regions: list[Region], year: int) -> None:
+    """The first saved query, searched in its own region and year: what a user would try first."""
+    queries = load_queries("queries.yaml")
+    if not queries:
+        return
+    name, spec = next(iter(sorted(queries.items())))
+    similarity = Similarity(resources["vectors"])
+    query, origin = similarity.vector_at(spec["lon"], spec["lat"], spec["year"])
+    results = similarity.search(query, k=10, filters=SearchFilter(years=[year]))
+    print(f"\nexample search: the 10 pixels of {year} most like '{name}' ({spec['lon']}, {spec['lat']}, {spec['year']})")
+    print_results(results)
+    home = Path(tessera_home())
+    written = write_results(results, str(home / f"search_{name}.geojson"))
+    png = resources["storage"].path("similarity", str(year), origin["region"], f"{name}.png")
+    print(f"results: {written}; similarity map: {png}")
 
 
 def _print_summary(results: dict[tuple[str, str], dict]) -> None:
@@ -89,8 +109,25 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
                 results[(m.asset_key.to_user_string(), str(key or ""))] = {k: v.value for k, v in m.metadata.items()}
             print(f"{', '.join(a.key.to_user_string() for a in stage)} {key or ''}: {time.perf_counter() - t0:.1f} s")
     _print_summary(results)
+    _example_search(resources, chosen, max(years))
     print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
     return 0
+
+
+def run_search(vectors, args) -> "pa.Table":
+    similarity = Similarity(vectors)
+    query, _ = similarity.vector_at(args.lon, args.lat, args.year)
+    filters = SearchFilter(years=args.years or [args.year], regions=args.search_regions,
+                           bbox=tuple(args.bbox) if args.bbox else None, h3_cells=args.h3,
+                           within_m=args.within_m, centre=(args.lon, args.lat))
+    return similarity.search(query, k=args.k, filters=filters)
+
+
+def print_results(results) -> None:
+    print(f"{'rank':>4} {'similarity':>10} {'lon':>11} {'lat':>10} {'year':>5} {'region':<12} h3 (res 13)")
+    for rank, row in enumerate(results.to_pylist(), start=1):
+        print(f"{rank:>4} {row['similarity']:>10.4f} {row['lon']:>11.6f} {row['lat']:>10.6f} {row['year']:>5} "
+              f"{row['region']:<12} {row['h3_r13']:x}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--year", type=int, required=True)
     export.add_argument("--region", required=True)
     export.add_argument("--out", required=True, help="tile root, as geotessera's embeddings_dir")
+    search = commands.add_parser("search", help="find the pixels most like the pixel at a point")
+    search.add_argument("--lon", type=float, required=True)
+    search.add_argument("--lat", type=float, required=True)
+    search.add_argument("--year", type=int, required=True, help="year of the query pixel")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--within-m", type=float, default=None, help="only within this radius of the point")
+    search.add_argument("--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"))
+    search.add_argument("--years", type=int, nargs="+", help="years to search (default: the query's year)")
+    search.add_argument("--regions", nargs="+", dest="search_regions")
+    search.add_argument("--h3", nargs="+", default=[], help="H3 cells (any resolution) to search within")
+    search.add_argument("--out", help="write results.geojson or results.parquet")
     regions = commands.add_parser("regions", help="list or add regions")
     region_commands = regions.add_subparsers(dest="regions_command", required=True)
     region_commands.add_parser("list")
@@ -115,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo([validate_year(y) for y in args.years], args.regions)
         resources = build_resources()
         catalog = resources["regions"]
-        if args.command == "export":
+        if args.command == "search":
+            results = run_search(resources["vectors"], args)
+            print_results(results)
+            if args.out:
+                print(f"wrote {write_results(results, args.out)}")
+        elif args.command == "export":
             region = catalog.get(args.region)
             partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
             tiles = export_partition(partition, args.year, region.bbox, Path(args.out))
@@ -131,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{region.name:<20} {' '.join(f'{v:.4f}' for v in region.bbox)}  {grid.crs.to_string()} "
                       f"{grid.width}x{grid.height}{'  (demo)' if region.demo else ''}")
         return 0
-    except TesseraError as exc:
+    except (TesseraError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

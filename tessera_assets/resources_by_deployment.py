@@ -11,6 +11,7 @@ from resources.compute import ComputeDevice
 from resources.regions import RegionCatalog
 from resources.stac import StacCatalog
 from resources.storage import TesseraStorage
+from resources.vector_store import VectorStore
 
 PLANETARY_COMPUTER_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
 
@@ -32,4 +33,5 @@ def build_resources(deployment: str | None = None) -> dict[str, Any]:
         catalogs = {"s2_catalog": pc, "s1_catalog": pc}
     else:
         raise ValueError(f"unknown TESSERA_DEPLOYMENT {deployment!r}: use 'local' or 'cloud'")
-    return {"storage": storage, "regions": regions, "compute": ComputeDevice(), **catalogs}
+    vectors = VectorStore(uri=os.environ.get("TESSERA_LANCEDB_URI", f"{home}/data/lancedb"))
+    return {"storage": storage, "regions": regions, "compute": ComputeDevice(), "vectors": vectors, **catalogs}

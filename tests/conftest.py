@@ -14,6 +14,7 @@ from resources.demo_catalog import ensure_demo_catalog
 from resources.regions import RegionCatalog
 from resources.stac import StacCatalog
 from resources.storage import TesseraStorage
+from resources.vector_store import VectorStore
 
 TINY_REGION = "tiny"
 TINY_BBOX = [5.05, 51.216, 5.0557, 51.2196]  # about 40 x 40 px near Mol, Belgium
@@ -52,6 +53,7 @@ def make_env(root: Path) -> DemoEnv:
         "s1_catalog": catalog,
         # small blocks so that the tiny region streams through several of them
         "compute": ComputeDevice(device="cpu", precision="fp32", block_size=24),
+        "vectors": VectorStore(uri=str(root / "data" / "lancedb")),
     }
     ensure_demo_catalog(Path(catalog.url).parent, [r for r in resources["regions"].all() if r.demo])
     return DemoEnv(root, resources)
@@ -66,3 +68,29 @@ def demo_env(tmp_path_factory) -> DemoEnv:
 def instance() -> DagsterInstance:
     with instance_for_test() as inst:
         yield inst
+
+
+TRAIN_RUN_CONFIG = {"ops": {"encoder_checkpoint": {"config": {
+    "steps": 40, "batch_size": 64, "pixels_per_partition": 800, "learning_rate": 2e-3}}}}
+
+
+@pytest.fixture(scope="session")
+def embedded_env(demo_env):
+    """The tiny region ingested for two years, a small encoder pretrained on it, both years embedded."""
+    from dagster import materialize
+
+    from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
+    from tessera_assets.partitions import year_region_key
+    from tessera_assets.raw.assets import s1_raw, s2_raw
+
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("region", [TINY_REGION])
+        keys = [year_region_key(year, TINY_REGION) for year in (TINY_YEAR - 1, TINY_YEAR)]
+        for key in keys:
+            if not demo_env.resources["storage"].raw_dir("s2", int(key.keys_by_dimension["year"]), TINY_REGION).exists():
+                assert materialize([s2_raw, s1_raw], partition_key=key, instance=instance, resources=demo_env.resources).success
+        trained = materialize([encoder_checkpoint], instance=instance, resources=demo_env.resources,
+                              run_config=TRAIN_RUN_CONFIG)
+        results = {key: materialize([embeddings], partition_key=key, instance=instance, resources=demo_env.resources)
+                   for key in keys}
+        yield demo_env, instance, trained, results[keys[-1]]

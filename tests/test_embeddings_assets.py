@@ -5,28 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from dagster import instance_for_test, materialize
+from dagster import materialize
 
 from conftest import TINY_REGION, TINY_YEAR
 from model.encoder import TesseraEncoder
 from model.quantise import dequantise
+from resources.storage import TesseraStorage
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
 from tessera_assets.partitions import year_region_key
-from tessera_assets.raw.assets import s1_raw, s2_raw
-
-TRAIN = {"ops": {"encoder_checkpoint": {"config": {"steps": 12, "batch_size": 64, "pixels_per_partition": 600}}}}
-
 
 @pytest.fixture(scope="module")
-def embedded(demo_env):
-    key = year_region_key(TINY_YEAR, TINY_REGION)
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("region", [TINY_REGION])
-        if not demo_env.resources["storage"].raw_dir("s2", TINY_YEAR, TINY_REGION).exists():
-            assert materialize([s2_raw, s1_raw], partition_key=key, instance=instance, resources=demo_env.resources).success
-        trained = materialize([encoder_checkpoint], instance=instance, resources=demo_env.resources, run_config=TRAIN)
-        result = materialize([embeddings], partition_key=key, instance=instance, resources=demo_env.resources)
-        yield demo_env, instance, trained, result
+def embedded(embedded_env):
+    return embedded_env
 
 
 def _metadata(result, asset):
@@ -40,10 +30,10 @@ def _metadata(result, asset):
 def test_encoder_checkpoint_is_pretrained_and_reported(embedded):
     env, _, trained, _ = embedded
     meta = _metadata(trained, "encoder_checkpoint")
-    assert meta["preset"] == "tessera-small" and meta["steps"] == 12 and meta["partitions"] == 1
+    assert meta["preset"] == "tessera-small" and meta["steps"] == 40 and meta["partitions"] == 2
     assert meta["loss_curve"].startswith("![loss curve](data:image/png;base64,")
     encoder = TesseraEncoder.from_checkpoint(env.resources["storage"].model_path())
-    assert encoder.metadata["partitions"] == [f"{TINY_REGION}|{TINY_YEAR}"]
+    assert encoder.metadata["partitions"] == [f"{TINY_REGION}|{TINY_YEAR - 1}", f"{TINY_REGION}|{TINY_YEAR}"]
 
 
 def test_embeddings_are_georeferenced_int8_with_scales(embedded):
@@ -104,11 +94,12 @@ def test_checkpoint_path_loads_instead_of_training(embedded, tmp_path):
     env, instance, _, _ = embedded
     path = TesseraEncoder.from_preset("tessera-small").save(tmp_path / "mine.pt", training={"note": "test"})
     config = {"ops": {"encoder_checkpoint": {"config": {"checkpoint_path": str(path)}}}}
-    result = materialize([encoder_checkpoint], instance=instance, resources=env.resources, run_config=config)
+    resources = dict(env.resources, storage=TesseraStorage(root=str(tmp_path / "data")))  # keep the trained one
+    result = materialize([encoder_checkpoint], instance=instance, resources=resources, run_config=config)
     assert _metadata(result, "encoder_checkpoint")["source"] == str(path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
     config = {"ops": {"encoder_checkpoint": {"config": {"checkpoint_path": str(bad)}}}}
-    failed = materialize([encoder_checkpoint], instance=instance, resources=env.resources, run_config=config,
+    failed = materialize([encoder_checkpoint], instance=instance, resources=resources, run_config=config,
                          raise_on_error=False)
     assert "cannot read checkpoint" in failed.get_step_failure_events()[0].event_specific_data.error.cause.message

@@ -144,7 +144,7 @@ def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsCo
             precision) -> list[AssetCheckResult]:
     """Read back block by block (memory stays bounded), and re-embed the first block."""
     valid_pixels, finite, positive = 0, True, True
-    for window in partition.grid.blocks(1024):
+    for window in partition.grid.blocks(256):
         q, scales = partition.read(window)
         valid = np.isfinite(scales)
         valid_pixels += int(valid.sum())

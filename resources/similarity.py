@@ -1,0 +1,215 @@
+"""'Where else looks like this pixel?': the one home of similarity search over the embedding table.
+
+A query vector comes from a point (lon, lat, year), a pixel key, or positive and negative examples
+(`2 mean(pos) - mean(neg)`, or `mean(pos)` alone, normalised). Results are ranked by cosine
+similarity and can be restricted to years, regions, a bbox, H3 cells of any resolution (converted to
+the stored filter columns) or a radius around a point. Filters are applied before the top-k
+(prefilter), so a filtered search never returns rows outside the filter and never comes back short
+because of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import h3
+import numpy as np
+import pyarrow as pa
+
+from model.errors import VectorDimensionError
+from resources.errors import TesseraError
+from resources.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore
+
+MAX_K = 10_000
+EARTH_RADIUS_M = 6_371_008.8
+RESULT_COLUMNS = ["key", "year", "region", "row", "col", "lon", "lat", "h3_r13"]
+
+
+class SearchError(TesseraError, ValueError):
+    """A search that cannot be answered as asked; the message says why."""
+
+
+@dataclass
+class SearchFilter:
+    years: list[int] | None = None
+    regions: list[str] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    h3_cells: list[str] = field(default_factory=list)
+    within_m: float | None = None
+    centre: tuple[float, float] | None = None  # (lon, lat) for within_m
+
+
+def _check_point(lon: float, lat: float) -> None:
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90) or not (math.isfinite(lon) and math.isfinite(lat)):
+        raise SearchError(f"point out of range: lon={lon} must be in [-180, 180], lat={lat} in [-90, 90]")
+
+
+def _cells_clause(cells: list[str]) -> str:
+    """H3 cells of any resolution as a predicate on the stored columns (7, 9, 13)."""
+    clauses = []
+    for cell in cells:
+        if not h3.is_valid_cell(cell):
+            raise SearchError(f"not an H3 cell: {cell!r}")
+        res = h3.get_resolution(cell)
+        if res < 3:
+            raise SearchError(f"H3 cell {cell} (resolution {res}) is too coarse to filter by; use a bbox")
+        if res > KEY_RESOLUTION:
+            column, members = f"h3_r{KEY_RESOLUTION}", [h3.str_to_int(h3.cell_to_parent(cell, KEY_RESOLUTION))]
+        else:  # the finest stored column at least as fine as the cell: its children there
+            target = next(r for r in (*FILTER_RESOLUTIONS, KEY_RESOLUTION) if r >= res)
+            column, members = f"h3_r{target}", [h3.str_to_int(c) for c in h3.cell_to_children(cell, target)]
+        clauses.append(f"{column} IN ({', '.join(str(m) for m in members)})")
+    return "(" + " OR ".join(clauses) + ")"
+
+
+def _radius_bbox(lon: float, lat: float, metres: float) -> tuple[float, float, float, float]:
+    dlat = math.degrees(metres / EARTH_RADIUS_M)
+    dlon = math.degrees(metres / (EARTH_RADIUS_M * max(math.cos(math.radians(lat)), 1e-6)))
+    return lon - dlon, lat - dlat, lon + dlon, lat + dlat
+
+
+def haversine_m(lon1, lat1, lon2, lat2) -> np.ndarray:
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(a))
+
+
+def where_clause(f: SearchFilter) -> str | None:
+    parts = []
+    if f.years:
+        parts.append(f"year IN ({', '.join(str(int(y)) for y in f.years)})")
+    if f.regions:
+        parts.append("region IN (" + ", ".join("'" + r.replace("'", "''") + "'" for r in f.regions) + ")")
+    boxes = [f.bbox] if f.bbox else []
+    if f.within_m is not None:
+        if f.centre is None or f.within_m <= 0:
+            raise SearchError(f"within_m needs a query point and a positive radius, got {f.within_m}")
+        boxes.append(_radius_bbox(*f.centre, f.within_m))
+    for w, s, e, n in boxes:
+        if w >= e or s >= n:
+            raise SearchError(f"bad bbox: W={w} S={s} E={e} N={n} (need W < E and S < N)")
+        parts.append(f"lon >= {w} AND lon <= {e} AND lat >= {s} AND lat <= {n}")
+    if f.h3_cells:
+        parts.append(_cells_clause(f.h3_cells))
+    return " AND ".join(parts) or None
+
+
+class Similarity:
+    """Queries over one VectorStore."""
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+        self.table = store.table()
+        if self.table is None or self.table.count_rows() == 0:
+            raise SearchError("the embedding table is empty: materialise embedding_table first")
+        self.dim = self.table.schema.field("vector").type.list_size
+
+    # -- query vectors ---------------------------------------------------------------------------
+    def vector_at(self, lon: float, lat: float, year: int) -> tuple[np.ndarray, dict]:
+        """The embedding of the pixel whose centre is nearest to a point."""
+        _check_point(lon, lat)
+        if self.table.count_rows(f"year = {int(year)}") == 0:
+            years = sorted(set(self.table.search().select(["year"]).limit(None).to_arrow()["year"].to_pylist()))
+            raise SearchError(f"year {year} is not in the embedding table (materialised years: {years})")
+        cell = h3.latlng_to_cell(lat, lon, FILTER_RESOLUTIONS[-1])
+        ring = [h3.str_to_int(c) for c in h3.grid_disk(cell, 1)]
+        rows = (self.table.search().where(f"year = {int(year)} AND h3_r9 IN ({', '.join(map(str, ring))})")
+                .select(RESULT_COLUMNS + ["vector"]).limit(None).to_arrow())
+        if rows.num_rows:
+            distance = haversine_m(lon, lat, rows["lon"].to_numpy(), rows["lat"].to_numpy())
+            best = int(np.argmin(distance))
+            if distance[best] <= 10.0:  # within a pixel diagonal of a pixel centre
+                return self._row_vector(rows, best)
+        raise SearchError(f"point ({lon}, {lat}) is outside every materialised partition of {year}")
+
+    def vector_of_key(self, key: str) -> tuple[np.ndarray, dict]:
+        rows = (self.table.search().where("key = '" + key.replace("'", "''") + "'")
+                .select(RESULT_COLUMNS + ["vector"]).limit(1).to_arrow())
+        if rows.num_rows == 0:
+            raise SearchError(f"no pixel with key {key!r}")
+        return self._row_vector(rows, 0)
+
+    @staticmethod
+    def _row_vector(rows: pa.Table, i: int) -> tuple[np.ndarray, dict]:
+        vector = np.asarray(rows["vector"][i].as_py(), np.float32)
+        return vector, {c: rows[c][i].as_py() for c in RESULT_COLUMNS}
+
+    def example_vector(self, positives: list[np.ndarray], negatives: list[np.ndarray] | None = None) -> np.ndarray:
+        if not positives:
+            raise SearchError("at least one positive example is needed")
+        pos = np.mean([normalise(self.check(v)) for v in positives], axis=0)
+        if negatives:
+            neg = np.mean([normalise(self.check(v)) for v in negatives], axis=0)
+            return normalise(2 * pos - neg)
+        return normalise(pos)
+
+    def check(self, vector) -> np.ndarray:
+        v = np.asarray(vector, np.float32).ravel()
+        if v.shape[0] != self.dim:
+            raise VectorDimensionError(f"query vector has {v.shape[0]} dimensions, the table holds {self.dim}")
+        if not np.isfinite(v).all() or not np.any(v):
+            raise SearchError("query vector must be finite and non-zero")
+        return v
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(self, vector, k: int = 10, filters: SearchFilter | None = None, exact: bool = False) -> pa.Table:
+        """The k most similar pixels (cosine), best first, with a `similarity` column."""
+        if not isinstance(k, int) or k <= 0 or k > MAX_K:
+            raise SearchError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        vector = self.check(vector)
+        filters = filters or SearchFilter()
+        if filters.years:
+            known = self.table.count_rows(f"year IN ({', '.join(str(int(y)) for y in filters.years)})")
+            if known == 0:
+                raise SearchError(f"none of the years {filters.years} is in the embedding table")
+        where = where_clause(filters)
+        fetch = k * 2 if filters.within_m is not None else k  # the radius is refined exactly below
+        query = (self.table.search(vector, vector_column_name="vector").distance_type("cosine")
+                 .select(RESULT_COLUMNS).limit(fetch))
+        if where:
+            query = query.where(where, prefilter=True)
+        if exact:
+            query = query.bypass_vector_index()
+        else:
+            query = query.nprobes(self.store.nprobes).refine_factor(self.store.refine_factor)
+        result = query.to_arrow()
+        similarity = 1.0 - result["_distance"].to_numpy()
+        result = result.drop_columns(["_distance"]).append_column("similarity", pa.array(similarity, pa.float32()))
+        if filters.within_m is not None:
+            lon, lat = filters.centre
+            inside = haversine_m(lon, lat, result["lon"].to_numpy(), result["lat"].to_numpy()) <= filters.within_m
+            result = result.filter(pa.array(inside))
+        return result.slice(0, k)
+
+
+def normalise(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def write_results(results: pa.Table, path: str) -> str:
+    """Results as GeoJSON points or GeoParquet (WKB point geometry, EPSG:4326), by file extension."""
+    import json
+    import struct
+
+    import pyarrow.parquet as pq
+
+    if path.endswith(".geojson") or path.endswith(".json"):
+        rows = results.to_pylist()
+        features = [{
+            "type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
+            "properties": {k: (f"{v:x}" if k == "h3_r13" else v) for k, v in r.items() if k not in ("lon", "lat")},
+        } for r in rows]
+        with open(path, "w") as handle:
+            json.dump({"type": "FeatureCollection", "features": features}, handle)
+    elif path.endswith(".parquet"):
+        wkb = [struct.pack("<BIdd", 1, 1, lon, lat) for lon, lat in
+               zip(results["lon"].to_pylist(), results["lat"].to_pylist())]
+        table = results.append_column("geometry", pa.array(wkb, pa.binary()))
+        geo = {"version": "1.1.0", "primary_column": "geometry",
+               "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Point"]}}}  # CRS: OGC:CRS84
+        table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+        pq.write_table(table, path)
+    else:
+        raise SearchError(f"unknown output format for {path!r}: use .geojson or .parquet")
+    return path

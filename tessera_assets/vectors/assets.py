@@ -1,0 +1,78 @@
+"""embedding_table[year, region] (LanceDB, H3) and similarity_map[year, region] for saved queries."""
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from resources.previews import markdown_image, similarity_png
+from resources.similarity import Similarity
+from resources.storage import TesseraStorage, atomic_directory, write_similarity_raster
+from resources.vector_store import VectorStore, pixel_rows
+from tessera_assets.partitions import year_and_region, year_region_partitions
+
+
+@asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings")], group_name="search",
+       pool="lancedb", kinds={"lancedb"})
+def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vectors: VectorStore) -> MaterializeResult:
+    """One row per embedded pixel of the partition in the shared LanceDB table, replacing exactly
+    this partition's rows in one commit."""
+    year, region = year_and_region(context)
+    partition = storage.open_embeddings(year, region)
+    s2_counts = storage.open_raw("s2", year, region).valid_count()
+    s1_counts = storage.open_raw("s1", year, region).valid_count()
+    dim = partition.read(partition.grid.blocks(1)[0])[0].shape[-1]
+    report = vectors.write_partition(year, region, pixel_rows(partition, year, region, s2_counts, s1_counts), dim)
+    context.log.info(f"{report.rows} rows for {region} {year}; table has {report.table_rows}; index {report.index['type']}")
+    return MaterializeResult(metadata={
+        "rows": report.rows, "table_rows": report.table_rows, "table_version": report.version,
+        "index": MetadataValue.json(report.index), "index_type": report.index["type"],
+        "unindexed_rows": report.index.get("unindexed_rows"),
+        "write_seconds": round(report.write_seconds, 2), "index_seconds": round(report.index_seconds, 2),
+        "uri": vectors.uri,
+    })
+
+
+class SavedQueries(Config):
+    queries_path: str = Field("queries.yaml", description="saved queries: {name: {lon, lat, year}}")
+
+
+def load_queries(path: str) -> dict[str, dict]:
+    file = Path(path)
+    if not file.exists():
+        return {}
+    queries = (yaml.safe_load(file.read_text()) or {}).get("queries") or {}
+    for name, spec in queries.items():
+        missing = {"lon", "lat", "year"} - set(spec)
+        if missing:
+            raise ValueError(f"saved query {name!r} in {path} lacks {', '.join(sorted(missing))}")
+    return queries
+
+
+@asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), AssetKey("embedding_table")],
+       group_name="search", kinds={"geotiff"})
+def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage: TesseraStorage,
+                   vectors: VectorStore) -> MaterializeResult:
+    """Cosine similarity of every pixel of the partition to each saved query pixel (any year)."""
+    year, region = year_and_region(context)
+    queries = load_queries(config.queries_path)
+    if not queries:
+        raise ValueError(f"no saved queries in {config.queries_path}: add {{queries: {{name: {{lon, lat, year}}}}}}")
+    partition = storage.open_embeddings(year, region)
+    similarity = Similarity(vectors)
+    metadata = {"queries": len(queries)}
+    final = storage.path("similarity", str(year), region)
+    with atomic_directory(final) as tmp:
+        for name, spec in sorted(queries.items()):
+            query, origin = similarity.vector_at(float(spec["lon"]), float(spec["lat"]), int(spec["year"]))
+            stats = write_similarity_raster(partition, query, tmp / f"{name}.tif")
+            similarity_png(tmp / f"{name}.tif", tmp / f"{name}.png", marker=(origin["row"], origin["col"])
+                           if origin["region"] == region and origin["year"] == year else None)
+            metadata[f"{name}_mean_similarity"] = round(stats["mean"], 4)
+            metadata[f"{name}_fraction_above_0.9"] = round(stats["above_0.9"], 4)
+    for name in sorted(queries):
+        metadata[f"{name}_map"] = markdown_image(final / f"{name}.png", f"similarity to {name}")
+    metadata["path"] = MetadataValue.path(str(final))
+    return MaterializeResult(metadata=metadata)
