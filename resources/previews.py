@@ -147,3 +147,53 @@ def similarity_png(raster: Path, path: Path, marker: tuple[int, int] | None = No
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def learning_curve_png(curves: dict[str, list[dict]], path: Path, head: str) -> Path:
+    """Macro-F1 against labels per class, with the spread over draws, one line per feature set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, curve in curves.items():
+        labels = [str(p["k"]) for p in curve]
+        mean = np.array([p["macro_f1"] for p in curve])
+        std = np.array([p["macro_f1_std"] for p in curve])
+        x = np.arange(len(curve))
+        ax.plot(x, mean, marker="o", label=name)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        ax.set_xticks(x, labels)
+    ax.set(xlabel="labelled pixels per class", ylabel="macro-F1 (held out)", ylim=(0, 1), title=f"k-shot, {head} head")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def class_map_png(raster: Path, class_names: list[str], path: Path) -> Path:
+    """The class raster in categorical colours with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    with rasterio.open(raster) as src:
+        h, w = preview_shape(src.height, src.width)
+        data = src.read(1, out_shape=(h, w))
+    colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")(np.arange(len(class_names)))
+    rgb = np.zeros((h, w, 3))
+    for i, colour in enumerate(colours):
+        rgb[data == i + 1] = colour[:3]
+    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=100)
+    ax.imshow(rgb)
+    ax.set_axis_off()
+    ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, class_names)], loc="center left",
+              bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -17,6 +17,7 @@ import h3
 import numpy as np
 import pyarrow as pa
 
+from model.ann import IvfIndex
 from model.errors import VectorDimensionError
 from resources.errors import TesseraError
 from resources.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore
@@ -45,9 +46,10 @@ def _check_point(lon: float, lat: float) -> None:
         raise SearchError(f"point out of range: lon={lon} must be in [-180, 180], lat={lat} in [-90, 90]")
 
 
-def _cells_clause(cells: list[str]) -> str:
-    """H3 cells of any resolution as a predicate on the stored columns (7, 9, 13)."""
-    clauses = []
+def _cell_members(cells: list[str]) -> list[tuple[str, list[int]]]:
+    """H3 cells of any resolution as (stored column, cell ids) pairs: the finest stored column at
+    least as fine as each cell (7, 9 or 13) and the cell's children there."""
+    pairs = []
     for cell in cells:
         if not h3.is_valid_cell(cell):
             raise SearchError(f"not an H3 cell: {cell!r}")
@@ -55,12 +57,11 @@ def _cells_clause(cells: list[str]) -> str:
         if res < 3:
             raise SearchError(f"H3 cell {cell} (resolution {res}) is too coarse to filter by; use a bbox")
         if res > KEY_RESOLUTION:
-            column, members = f"h3_r{KEY_RESOLUTION}", [h3.str_to_int(h3.cell_to_parent(cell, KEY_RESOLUTION))]
-        else:  # the finest stored column at least as fine as the cell: its children there
+            pairs.append((f"h3_r{KEY_RESOLUTION}", [h3.str_to_int(h3.cell_to_parent(cell, KEY_RESOLUTION))]))
+        else:
             target = next(r for r in (*FILTER_RESOLUTIONS, KEY_RESOLUTION) if r >= res)
-            column, members = f"h3_r{target}", [h3.str_to_int(c) for c in h3.cell_to_children(cell, target)]
-        clauses.append(f"{column} IN ({', '.join(str(m) for m in members)})")
-    return "(" + " OR ".join(clauses) + ")"
+            pairs.append((f"h3_r{target}", [h3.str_to_int(c) for c in h3.cell_to_children(cell, target)]))
+    return pairs
 
 
 def _radius_bbox(lon: float, lat: float, metres: float) -> tuple[float, float, float, float]:
@@ -81,6 +82,15 @@ def where_clause(f: SearchFilter) -> str | None:
         parts.append(f"year IN ({', '.join(str(int(y)) for y in f.years)})")
     if f.regions:
         parts.append("region IN (" + ", ".join("'" + r.replace("'", "''") + "'" for r in f.regions) + ")")
+    for w, s, e, n in _boxes(f):
+        parts.append(f"lon >= {w} AND lon <= {e} AND lat >= {s} AND lat <= {n}")
+    if f.h3_cells:
+        parts.append("(" + " OR ".join(f"{column} IN ({', '.join(map(str, ids))})"
+                                       for column, ids in _cell_members(f.h3_cells)) + ")")
+    return " AND ".join(parts) or None
+
+
+def _boxes(f: SearchFilter) -> list[tuple[float, float, float, float]]:
     boxes = [f.bbox] if f.bbox else []
     if f.within_m is not None:
         if f.centre is None or f.within_m <= 0:
@@ -89,21 +99,90 @@ def where_clause(f: SearchFilter) -> str | None:
     for w, s, e, n in boxes:
         if w >= e or s >= n:
             raise SearchError(f"bad bbox: W={w} S={s} E={e} N={n} (need W < E and S < N)")
-        parts.append(f"lon >= {w} AND lon <= {e} AND lat >= {s} AND lat <= {n}")
-    if f.h3_cells:
-        parts.append(_cells_clause(f.h3_cells))
-    return " AND ".join(parts) or None
+    return boxes
+
+
+class MemorySnapshot:
+    """The table's filter columns and vectors in memory with an IVF index, for one table version."""
+
+    def __init__(self, table, nprobe: int):
+        data = table.to_arrow().select([*RESULT_COLUMNS, "h3_r9", "h3_r7", "vector"])
+        self.columns = {c: data[c].to_numpy() for c in ("year", "lon", "lat", "h3_r13", "h3_r9", "h3_r7")}
+        regions = data["region"].combine_chunks().dictionary_encode()
+        self.region_codes, self.region_names = regions.indices.to_numpy(), regions.dictionary.to_pylist()
+        self.results = data.select(RESULT_COLUMNS).combine_chunks()
+        dim = data.schema.field("vector").type.list_size
+        vectors = data["vector"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
+        self.index = IvfIndex.build(vectors)
+        self.nprobe = nprobe
+
+    def mask(self, f: SearchFilter) -> np.ndarray | None:
+        """The prefilter as a boolean row mask (None: every row), the same predicate as `where_clause`."""
+        keep = None
+
+        def both(m):
+            return m if keep is None else keep & m
+
+        if f.years:
+            keep = both(np.isin(self.columns["year"], f.years))
+        if f.regions:
+            codes = [self.region_names.index(r) for r in f.regions if r in self.region_names]
+            keep = both(np.isin(self.region_codes, codes))
+        lon, lat = self.columns["lon"], self.columns["lat"]
+        for w, s_, e, n in _boxes(f):
+            keep = both((lon >= w) & (lon <= e) & (lat >= s_) & (lat <= n))
+        if f.within_m is not None:  # exact, on the rows the bbox kept
+            inside = np.zeros(len(lon), bool)
+            rows = np.nonzero(keep)[0]
+            inside[rows] = haversine_m(*f.centre, lon[rows], lat[rows]) <= f.within_m
+            keep = inside
+        if f.h3_cells:
+            cells = np.zeros(len(lon), bool)
+            for column, ids in _cell_members(f.h3_cells):
+                cells |= np.isin(self.columns[column], ids)
+            keep = both(cells)
+        return keep
+
+    def search(self, vector: np.ndarray, k: int, f: SearchFilter, exact: bool) -> pa.Table:
+        nprobe = len(self.index.centroids) if exact else self.nprobe
+        rows, scores = self.index.search(vector, k, nprobe=nprobe, mask=self.mask(f))
+        return self.results.take(pa.array(rows)).append_column("similarity", pa.array(scores, pa.float32()))
+
+
+_SNAPSHOTS: dict[tuple[str, int], MemorySnapshot] = {}
 
 
 class Similarity:
-    """Queries over one VectorStore."""
+    """Queries over one VectorStore.
 
-    def __init__(self, store: VectorStore):
+    Two engines give the same answers: `memory` keeps the table's vectors in this process with an
+    IVF index (milliseconds a query, for processes that query many times; built once per table
+    version, a few seconds a million rows), `lancedb` queries the table on disk through its own
+    index (for one-off queries of huge tables). `auto` chooses memory up to `store.memory_max_rows`."""
+
+    def __init__(self, store: VectorStore, engine: str = "auto"):
         self.store = store
         self.table = store.table()
         if self.table is None or self.table.count_rows() == 0:
             raise SearchError("the embedding table is empty: materialise embedding_table first")
         self.dim = self.table.schema.field("vector").type.list_size
+        if engine not in ("auto", "memory", "lancedb"):
+            raise SearchError(f"unknown engine {engine!r}: use auto, memory or lancedb")
+        if engine == "auto":
+            engine = "memory" if self.table.count_rows() <= store.memory_max_rows else "lancedb"
+        self.engine = engine
+        self._snapshot: MemorySnapshot | None = None
+
+    def snapshot(self) -> MemorySnapshot:
+        """The in-memory copy of the table as it was when this Similarity first needed it (shared by
+        Similarity objects of the same table version; make a new Similarity to see later writes)."""
+        if self._snapshot is None:
+            key = (self.store.uri, self.table.version)
+            if key not in _SNAPSHOTS:
+                _SNAPSHOTS.clear()  # one version at a time: memory is the constraint
+                _SNAPSHOTS[key] = MemorySnapshot(self.table, self.store.nprobes)
+            self._snapshot = _SNAPSHOTS[key]
+        return self._snapshot
 
     # -- query vectors ---------------------------------------------------------------------------
     def vector_at(self, lon: float, lat: float, year: int) -> tuple[np.ndarray, dict]:
@@ -160,13 +239,18 @@ class Similarity:
         vector = self.check(vector)
         filters = filters or SearchFilter()
         if filters.years:
-            known = self.table.count_rows(f"year IN ({', '.join(str(int(y)) for y in filters.years)})")
-            if known == 0:
+            if self.engine == "memory":
+                known = bool(np.isin(self.snapshot().columns["year"], filters.years).any())
+            else:
+                known = self.table.count_rows(f"year IN ({', '.join(str(int(y)) for y in filters.years)})") > 0
+            if not known:
                 raise SearchError(f"none of the years {filters.years} is in the embedding table")
+        if self.engine == "memory":
+            return self.snapshot().search(vector, k, filters, exact)
         where = where_clause(filters)
         fetch = k * 2 if filters.within_m is not None else k  # the radius is refined exactly below
         query = (self.table.search(vector, vector_column_name="vector").distance_type("cosine")
-                 .select(RESULT_COLUMNS).limit(fetch))
+                 .select([*RESULT_COLUMNS, "_distance"]).limit(fetch))
         if where:
             query = query.where(where, prefilter=True)
         if exact:

@@ -203,3 +203,32 @@ def write_similarity_raster(partition: EmbeddingPartition, query: np.ndarray, pa
             count += float(ok.sum())
             above += float((sim[ok] > 0.9).sum())
     return {"mean": total / count if count else float("nan"), "above_0.9": above / count if count else 0.0}
+
+
+def write_class_map(partition: EmbeddingPartition, predict_proba, classes: int, folder: Path,
+                    block: int = 256) -> np.ndarray:
+    """`classes.tif` (uint8: 1 + class index, 0 = no data) and `confidence.tif` (float32 max
+    probability), block by block; returns the pixel count of each class."""
+    grid = partition.grid
+    common = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, crs=grid.crs,
+                  transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    counts = np.zeros(classes, np.int64)
+    with rasterio.open(folder / "classes.tif", "w", dtype="uint8", nodata=0, **common) as classes_out, \
+            rasterio.open(folder / "confidence.tif", "w", dtype="float32", nodata=float("nan"), **common) as confidence_out:
+        for window in grid.blocks(block):
+            q, scales = partition.read(window)
+            valid = np.isfinite(scales)
+            labels = np.zeros(scales.shape, np.uint8)
+            confidence = np.full(scales.shape, np.nan, np.float32)
+            if valid.any():
+                proba = predict_proba(dequantise_rows(q[valid], scales[valid]))
+                labels[valid] = proba.argmax(axis=1) + 1
+                confidence[valid] = proba.max(axis=1)
+                counts += np.bincount(proba.argmax(axis=1), minlength=classes)
+            classes_out.write(labels[None], window=window)
+            confidence_out.write(confidence[None], window=window)
+    return counts
+
+
+def dequantise_rows(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * scales[:, None]

@@ -113,6 +113,7 @@ class VectorStore(ConfigurableResource):
     nprobes: int = 32
     refine_factor: int = 10
     ann_min_rows: int = ANN_MIN_ROWS
+    memory_max_rows: int = 2_000_000  # `Similarity(engine="auto")` searches in memory up to this size
     _db: Any = PrivateAttr(default=None)
 
     def connection(self):

@@ -15,19 +15,21 @@ from pathlib import Path
 from dagster import DagsterInstance, materialize
 
 from model.errors import ModelError
-from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog
+from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog, ground_truth_dir
 from resources.errors import TesseraError
 from resources.geotessera_export import export_partition
 from resources.similarity import SearchFilter, Similarity, write_results
 from resources.regions import Region, validate_year
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
+from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples, land_cover_map
 from tessera_assets.partitions import region_partitions, year_region_key
 from tessera_assets.raw.assets import s1_raw, s2_raw
 from tessera_assets.vectors.assets import embedding_table, load_queries, similarity_map
 from tessera_assets.resources_by_deployment import build_resources, tessera_home
 
 # Each stage is materialised for every demo partition (or once, if unpartitioned) before the next.
-PIPELINE_STAGES = [[s2_raw, s1_raw], [encoder_checkpoint], [embeddings], [embedding_table], [similarity_map]]
+PIPELINE_STAGES = [[s2_raw, s1_raw], [encoder_checkpoint], [embeddings], [embedding_table], [similarity_map],
+                   [fewshot_samples, fewshot_classifier], [land_cover_map]]
 INSTANCE_CONFIG = """\
 # Written by `tessera`: runs queue, and GPU steps (pool "gpu") run one at a time.
 concurrency:
@@ -68,6 +70,15 @@ def _example_search(resources: dict, regions: list[Region], year: int) -> None:
     print(f"results: {written}; similarity map: {png}")
 
 
+def _fewshot_report(results: dict, resources: dict, region: str, year: int) -> None:
+    classifier = results.get(("fewshot_classifier", ""))
+    if not classifier:
+        return
+    print(f"\nfew-shot ({classifier['head']} head, {classifier['samples']} labelled pixels, {classifier['draws']} draws a k):")
+    print(classifier["scores"])
+    print(f"class map: {resources['storage'].path('land_cover', str(year), region, 'classes.png')}")
+
+
 def _print_summary(results: dict[tuple[str, str], dict]) -> None:
     encoder = results.get(("encoder_checkpoint", ""))
     if encoder:
@@ -96,11 +107,15 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
     ensure_demo_catalog(Path(resources["s2_catalog"].url).parent, demo_regions)
     print(f"demo catalog ready in {time.perf_counter() - started:.1f} s; Dagster instance at {os.environ['DAGSTER_HOME']}")
     results = {}
+    labels = ground_truth_dir(Path(resources["s2_catalog"].url).parent, chosen[0].name) / "labels.geojson"
+    run_configs = {"fewshot_samples": {"ops": {"fewshot_samples": {"config": {
+        "labels_path": str(labels), "year": max(years)}}}}}
     for stage in PIPELINE_STAGES:
         keys = [year_region_key(y, r.name) for r in chosen for y in years] if stage[0].partitions_def else [None]
         for key in keys:
             t0 = time.perf_counter()
-            result = materialize(stage, partition_key=key, instance=instance, resources=resources)
+            result = materialize(stage, partition_key=key, instance=instance, resources=resources,
+                                 run_config=run_configs.get(stage[0].key.to_user_string(), {}))
             if not result.success:
                 print(f"FAILED {[a.key.to_user_string() for a in stage]} {key or ''}", file=sys.stderr)
                 return 1
@@ -110,7 +125,35 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
             print(f"{', '.join(a.key.to_user_string() for a in stage)} {key or ''}: {time.perf_counter() - t0:.1f} s")
     _print_summary(results)
     _example_search(resources, chosen, max(years))
+    _fewshot_report(results, resources, chosen[0].name, max(years))
     print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
+    return 0
+
+
+def run_classify(resources: dict, args) -> int:
+    """The few-shot assets for one partition, through the Dagster instance; prints the report."""
+    region = resources["regions"].get(args.region)
+    year = validate_year(args.year)
+    resources["storage"].open_embeddings(year, region.name)  # a clear error before any work
+    instance = dagster_instance()
+    config = {"ops": {"fewshot_samples": {"config": {"labels_path": args.labels, "year": year}},
+                      "fewshot_classifier": {"config": {"head": args.head}}}}
+    trained = materialize([fewshot_samples, fewshot_classifier], instance=instance, resources=resources,
+                          run_config=config, raise_on_error=False)
+    if not trained.success:
+        failure = trained.get_step_failure_events()[0].event_specific_data.error
+        message = (failure.cause or failure).message.strip().splitlines()[-1]
+        raise TesseraError(message.split(": ", 1)[-1] if message.split(":")[0].count(".") else message)
+    mapped = materialize([land_cover_map], partition_key=year_region_key(year, region.name), instance=instance,
+                         resources=resources)
+    report = {}
+    for result in (trained, mapped):
+        for event in result.get_asset_materialization_events():
+            m = event.event_specific_data.materialization
+            report[(m.asset_key.to_user_string(), "")] = {k: v.value for k, v in m.metadata.items()}
+    _fewshot_report(report, resources, region.name, year)
+    areas = report[("land_cover_map", "")]["class_area_ha"]
+    print("class areas (ha): " + ", ".join(f"{k} {v}" for k, v in areas.items()))
     return 0
 
 
@@ -140,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--year", type=int, required=True)
     export.add_argument("--region", required=True)
     export.add_argument("--out", required=True, help="tile root, as geotessera's embeddings_dir")
+    classify = commands.add_parser("classify", help="train a few-shot classifier from labels and map a partition")
+    classify.add_argument("labels", help="GeoJSON, GeoParquet or CSV (lon, lat, label[, year]) file or folder")
+    classify.add_argument("--year", type=int, required=True)
+    classify.add_argument("--region", required=True)
+    classify.add_argument("--head", default="logistic", choices=["logistic", "knn", "mlp", "forest"])
     search = commands.add_parser("search", help="find the pixels most like the pixel at a point")
     search.add_argument("--lon", type=float, required=True)
     search.add_argument("--lat", type=float, required=True)
@@ -163,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo([validate_year(y) for y in args.years], args.regions)
         resources = build_resources()
         catalog = resources["regions"]
+        if args.command == "classify":
+            return run_classify(resources, args)
         if args.command == "search":
             results = run_search(resources["vectors"], args)
             print_results(results)

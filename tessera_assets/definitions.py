@@ -6,12 +6,13 @@ from dagster import Definitions, define_asset_job, load_assets_from_modules, mul
 
 from tessera_assets.partitions import year_region_partitions
 from tessera_assets.embeddings import assets as embedding_assets
+from tessera_assets.fewshot import assets as fewshot_assets
 from tessera_assets.raw import assets as raw_assets
 from tessera_assets.vectors import assets as vector_assets
 from tessera_assets.resources_by_deployment import build_resources
 from tessera_assets.sensors import region_partitions_sensor
 
-all_assets = load_assets_from_modules([raw_assets, embedding_assets, vector_assets])
+all_assets = load_assets_from_modules([raw_assets, embedding_assets, vector_assets, fewshot_assets])
 
 raw_job = define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"], partitions_def=year_region_partitions)
 embeddings_job = define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)

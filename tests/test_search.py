@@ -74,10 +74,11 @@ def test_rows_carry_h3_cells_that_agree_with_their_coordinates(table_env):
         assert len(row["vector"]) == 128 and row["s2_obs"] > 0
 
 
-def test_a_pixel_of_a_class_finds_mostly_that_class(table_env):
+@pytest.mark.parametrize("engine", ["memory", "lancedb"])
+def test_a_pixel_of_a_class_finds_mostly_that_class(table_env, engine):
     env, _, _ = table_env
     truth = _truth(env)
-    similarity = Similarity(env.resources["vectors"])
+    similarity = Similarity(env.resources["vectors"], engine=engine)
     precisions = []
     for feature in _labels(env)[::10]:
         lon, lat = feature["geometry"]["coordinates"]
@@ -93,9 +94,10 @@ def test_a_pixel_of_a_class_finds_mostly_that_class(table_env):
     assert np.mean(precisions) >= 0.7, precisions
 
 
-def test_filters_are_never_violated(table_env):
+@pytest.mark.parametrize("engine", ["memory", "lancedb"])
+def test_filters_are_never_violated(table_env, engine):
     env, _, _ = table_env
-    similarity = Similarity(env.resources["vectors"])
+    similarity = Similarity(env.resources["vectors"], engine=engine)
     feature = _labels(env)[0]
     lon, lat = feature["geometry"]["coordinates"]
     query, origin = similarity.vector_at(lon, lat, TINY_YEAR)
@@ -143,9 +145,10 @@ def test_examples_and_keys(table_env):
     assert again == origin
 
 
-def test_bad_queries_are_named(table_env):
+@pytest.mark.parametrize("engine", ["memory", "lancedb"])
+def test_bad_queries_are_named(table_env, engine):
     env, _, _ = table_env
-    similarity = Similarity(env.resources["vectors"])
+    similarity = Similarity(env.resources["vectors"], engine=engine)
     lon, lat = _labels(env)[0]["geometry"]["coordinates"]
     query, _ = similarity.vector_at(lon, lat, TINY_YEAR)
     with pytest.raises(SearchError, match="out of range"):
@@ -188,11 +191,13 @@ def test_ann_index_is_built_when_large_enough_and_agrees_with_exact(table_env, t
         meta = _meta(materialize([embedding_table], partition_key=year_region_key(year, TINY_REGION),
                                  instance=instance, resources=resources))
     assert meta["index_type"] == "IVF_PQ (cosine)" and meta["unindexed_rows"] == 0
-    similarity = Similarity(store)
+    similarity = Similarity(store, engine="lancedb")
     query, _ = similarity.vector_at(*_labels(env)[5]["geometry"]["coordinates"], TINY_YEAR)
     approx = set(similarity.search(query, k=10)["key"].to_pylist())
     exact = set(similarity.search(query, k=10, exact=True)["key"].to_pylist())
     assert len(approx & exact) >= 8
+    in_memory = Similarity(store, engine="memory").search(query, k=10)
+    assert set(in_memory["key"].to_pylist()) == exact, "both engines, exact cosines: the same top 10"
 
 
 def test_similarity_map_for_saved_queries(table_env, tmp_path):

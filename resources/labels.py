@@ -1,0 +1,143 @@
+"""Labelled points and polygons from GeoJSON, GeoParquet or CSV, located on region grids.
+
+Coordinates must be WGS84 longitude/latitude (GeoJSON's and GeoParquet's default); a file that
+declares another CRS is refused rather than silently misplaced. A polygon contributes every pixel
+whose centre it contains, and all of them share one group, so evaluation can keep a polygon on one
+side of the train/test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio.features import rasterize
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_geom
+
+from resources.errors import TesseraError
+from resources.regions import RegionGrid
+
+WGS84_NAMES = {"EPSG:4326", "OGC:CRS84", "urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:EPSG::4326"}
+
+
+class LabelsError(TesseraError, ValueError):
+    """A labels file that cannot be used as given; the message names the problem."""
+
+
+@dataclass
+class LabelFeature:
+    label: str
+    geometry: dict  # GeoJSON geometry in lon/lat
+    year: int | None
+    group: int
+
+
+def _check_geojson_crs(document: dict, path: Path) -> None:
+    crs = (document.get("crs") or {}).get("properties", {}).get("name")
+    if crs and crs not in WGS84_NAMES:
+        raise LabelsError(f"{path}: labels are in CRS {crs}; reproject them to WGS84 lon/lat (EPSG:4326)")
+
+
+def _point_from_wkb(blob: bytes) -> dict:
+    order = "<" if blob[0] == 1 else ">"
+    kind = struct.unpack(order + "I", blob[1:5])[0]
+    if kind != 1:
+        raise LabelsError(f"GeoParquet geometry type {kind} is not supported: use points, or GeoJSON for polygons")
+    x, y = struct.unpack(order + "dd", blob[5:21])
+    return {"type": "Point", "coordinates": [x, y]}
+
+
+def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeature]:
+    path = Path(path)
+    if not path.exists():
+        raise LabelsError(f"labels file not found: {path}")
+    if path.stat().st_size == 0:
+        raise LabelsError(f"labels file is empty: {path}")
+    features: list[LabelFeature] = []
+    suffix = path.suffix.lower()
+    if suffix in (".geojson", ".json"):
+        document = json.loads(path.read_text())
+        _check_geojson_crs(document, path)
+        for i, feature in enumerate(document.get("features") or []):
+            props = feature.get("properties") or {}
+            geometry = feature.get("geometry")
+            if not geometry or geometry.get("type") not in ("Point", "Polygon", "MultiPolygon"):
+                kind = geometry.get("type") if geometry else "no geometry"
+                raise LabelsError(f"{path}: feature {i} has {kind}; labels must be Points or (Multi)Polygons")
+            if label_field not in props:
+                raise LabelsError(f"{path}: feature {i} has no {label_field!r} property")
+            year = props.get("year")
+            features.append(LabelFeature(str(props[label_field]), geometry, int(year) if year else None, i))
+    elif suffix == ".csv":
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"lon", "lat", label_field} - set(reader.fieldnames or [])
+            if missing:
+                raise LabelsError(f"{path}: CSV lacks the columns {', '.join(sorted(missing))} (need lon, lat, {label_field})")
+            for i, row in enumerate(reader):
+                try:
+                    lon, lat = float(row["lon"]), float(row["lat"])
+                except ValueError:
+                    raise LabelsError(f"{path}: row {i + 2} has a non-numeric lon/lat") from None
+                year = row.get("year")
+                features.append(LabelFeature(row[label_field], {"type": "Point", "coordinates": [lon, lat]},
+                                             int(year) if year else None, i))
+    elif suffix in (".parquet", ".geoparquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}") or b"{}")
+        column = geo.get("primary_column", "geometry")
+        crs = (geo.get("columns", {}).get(column, {}) or {}).get("crs")
+        if crs is not None:
+            code = crs if isinstance(crs, str) else f"{crs.get('id', {}).get('authority')}:{crs.get('id', {}).get('code')}"
+            if code not in WGS84_NAMES:
+                raise LabelsError(f"{path}: labels are in CRS {code}; reproject them to WGS84 lon/lat (EPSG:4326)")
+        if column not in table.column_names or label_field not in table.column_names:
+            raise LabelsError(f"{path}: GeoParquet needs a {column!r} geometry and a {label_field!r} column")
+        years = table["year"].to_pylist() if "year" in table.column_names else [None] * table.num_rows
+        for i, (blob, label, year) in enumerate(zip(table[column].to_pylist(), table[label_field].to_pylist(), years)):
+            features.append(LabelFeature(str(label), _point_from_wkb(blob), int(year) if year else None, i))
+    else:
+        raise LabelsError(f"{path}: unknown labels format {suffix!r}: use .geojson, .csv or .parquet")
+    if not features:
+        raise LabelsError(f"labels file has no features: {path}")
+    for f in features:
+        for lon, lat in _coordinates(f.geometry):
+            if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+                raise LabelsError(f"{path}: feature {f.group} has coordinates ({lon}, {lat}) outside lon/lat range; "
+                                  "is it in a projected CRS?")
+    return features
+
+
+def _coordinates(geometry: dict):
+    coords = geometry["coordinates"]
+    if geometry["type"] == "Point":
+        yield coords
+    elif geometry["type"] == "Polygon":
+        for ring in coords:
+            yield from ring
+    else:
+        for polygon in coords:
+            for ring in polygon:
+                yield from ring
+
+
+def pixels_of(feature: LabelFeature, grid: RegionGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the pixels a feature covers on a grid (empty if it misses the grid)."""
+    if feature.geometry["type"] == "Point":
+        lon, lat = feature.geometry["coordinates"]
+        (x,), (y,) = warp_transform("EPSG:4326", grid.crs, [lon], [lat])
+        col = int(np.floor((x - grid.transform.c) / grid.transform.a))
+        row = int(np.floor((y - grid.transform.f) / grid.transform.e))
+        if 0 <= row < grid.height and 0 <= col < grid.width:
+            return np.array([row]), np.array([col])
+        return np.array([], int), np.array([], int)
+    shape = transform_geom("EPSG:4326", grid.crs, feature.geometry)
+    mask = rasterize([(shape, 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8")
+    return np.nonzero(mask)

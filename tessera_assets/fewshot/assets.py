@@ -1,0 +1,165 @@
+"""Few-shot classification: labels joined with embeddings, an honestly evaluated classifier, class maps."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from model.fewshot import Classifier, baseline_features, kshot_curve
+from model.quantise import dequantise
+from resources.labels import LabelsError, pixels_of, read_labels
+from resources.pixel_series import read_window
+from resources.previews import class_map_png, learning_curve_png, markdown_image
+from resources.storage import TesseraStorage, atomic_directory, write_class_map
+from tessera_assets.partitions import year_and_region, year_region_partitions
+
+LABEL_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
+
+
+class LabelsConfig(Config):
+    labels_path: str = Field("labels", description="a labels file, or a folder of them")
+    year: int | None = Field(None, description="year of labels that carry none")
+    label_field: str = "label"
+
+
+def _label_files(path: str) -> list[Path]:
+    target = Path(path)
+    files = sorted(p for p in target.iterdir() if p.suffix.lower() in LABEL_SUFFIXES) if target.is_dir() else [target]
+    if not files:
+        raise LabelsError(f"no labels files (.geojson, .csv, .parquet) in {target}")
+    return files
+
+
+@asset(deps=[AssetKey("embeddings")], group_name="fewshot", kinds={"parquet"})
+def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storage: TesseraStorage) -> MaterializeResult:
+    """Every labelled pixel with its embedding and a raw-input baseline feature vector."""
+    features = [f for file in _label_files(config.labels_path) for f in read_labels(file, config.label_field)]
+    partitions = sorted((int(p.parent.name), p.name) for p in storage.path("embeddings").glob("*/*") if p.is_dir())
+    grids = {key: storage.open_embeddings(*key).grid for key in partitions}
+    wanted: dict[tuple[int, str], list[tuple[int, int, int, str]]] = {}
+    outside = 0
+    for f in features:
+        year = f.year or config.year
+        if year is None:
+            raise LabelsError(f"label {f.group} ({f.label}) has no year: set `year` in the run config")
+        hits = 0
+        for (y, region), grid in grids.items():
+            if y != year:
+                continue
+            rows, cols = pixels_of(f, grid)
+            wanted.setdefault((y, region), []).extend((r, c, f.group, f.label) for r, c in zip(rows, cols))
+            hits += len(rows)
+        outside += hits == 0
+    if not any(wanted.values()):
+        raise LabelsError(f"none of the {len(features)} labels falls in a materialised embeddings partition "
+                          f"({', '.join(f'{r}|{y}' for y, r in partitions) or 'none materialised'})")
+    columns: dict[str, list] = {k: [] for k in ("label", "group", "year", "region", "row", "col", "embedding", "baseline")}
+    for (year, region), pixels in wanted.items():
+        if not pixels:
+            continue
+        embeddings = storage.open_embeddings(year, region)
+        s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
+        rows = np.array([p[0] for p in pixels])
+        cols = np.array([p[1] for p in pixels])
+        for window in embeddings.grid.blocks(512):  # one read per block that holds labels
+            r0, c0 = int(window.row_off), int(window.col_off)
+            inside = np.nonzero((rows >= r0) & (rows < r0 + window.height) & (cols >= c0) & (cols < c0 + window.width))[0]
+            if len(inside) == 0:
+                continue
+            q, scales = embeddings.read(window)
+            rr, cc = rows[inside] - r0, cols[inside] - c0
+            ok = np.isfinite(scales[rr, cc])
+            inside, rr, cc = inside[ok], rr[ok], cc[ok]
+            vectors = dequantise(q[rr, cc], scales[rr, cc])
+            series = read_window(s2, s1, window).subset(rr * int(window.width) + cc)
+            base = baseline_features(series)
+            for i, j in enumerate(inside):
+                columns["label"].append(pixels[j][3])
+                columns["group"].append(f"{year}:{pixels[j][2]}")
+                columns["year"].append(year)
+                columns["region"].append(region)
+                columns["row"].append(int(rows[j]))
+                columns["col"].append(int(cols[j]))
+                columns["embedding"].append(vectors[i])
+                columns["baseline"].append(base[i])
+    labels, counts = np.unique(columns["label"], return_counts=True)
+    scarce = [f"{label} ({n})" for label, n in zip(labels, counts) if n < 2]
+    if scarce:
+        raise LabelsError(f"classes with fewer than 2 labelled pixels: {', '.join(scarce)}")
+    table = pa.table({k: (pa.array([v.tolist() for v in vals], pa.list_(pa.float32())) if k in ("embedding", "baseline")
+                          else pa.array(vals)) for k, vals in columns.items()})
+    path = storage.path("fewshot", "samples.parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".samples.parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return MaterializeResult(metadata={
+        "samples": table.num_rows, "labels_read": len(features), "labels_outside_partitions": outside,
+        "classes": MetadataValue.json({str(k): int(v) for k, v in zip(labels, counts)}),
+        "path": MetadataValue.path(str(path)),
+    })
+
+
+class ClassifierConfig(Config):
+    head: str = Field("logistic", description="logistic, knn, mlp or forest")
+    ks: list[str] = Field(["1", "2", "5", "10", "20", "all"], description="labels per class to evaluate")
+    draws: int = 10
+    seed: int = 0
+
+
+@asset(deps=[fewshot_samples], group_name="fewshot", kinds={"pytorch"})
+def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig, storage: TesseraStorage) -> MaterializeResult:
+    """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every label."""
+    started = time.perf_counter()
+    table = pq.read_table(storage.path("fewshot", "samples.parquet"))
+    y = np.array(table["label"].to_pylist())
+    groups = np.array(table["group"].to_pylist())
+    x_embedding = np.array(table["embedding"].to_pylist(), np.float32)
+    x_baseline = np.array(table["baseline"].to_pylist(), np.float32)
+    ks = [k if k == "all" else int(k) for k in config.ks]
+    curves = {
+        "embeddings": kshot_curve(x_embedding, y, groups, ks, config.draws, config.head, config.seed),
+        "baseline": kshot_curve(x_baseline, y, groups, ks, config.draws, config.head, config.seed),
+    }
+    for name, curve in curves.items():
+        for point in curve:
+            context.log.info(f"{name} k={point['k']}: macro-F1 {point['macro_f1']:.3f} ± {point['macro_f1_std']:.3f}")
+    model = Classifier(config.head).fit(x_embedding, y, seed=config.seed)
+    folder = storage.path("fewshot")
+    torch.save({"classifier": model, "curves": curves}, folder / "classifier.pt")
+    png = learning_curve_png(curves, folder / "learning_curve.png", config.head)
+    table_md = "| k | embeddings macro-F1 | baseline macro-F1 | embeddings accuracy |\n|---|---|---|---|\n" + "\n".join(
+        f"| {e['k']} | {e['macro_f1']:.3f} ± {e['macro_f1_std']:.3f} | {b['macro_f1']:.3f} ± {b['macro_f1_std']:.3f} "
+        f"| {e['accuracy']:.3f} |" for e, b in zip(curves["embeddings"], curves["baseline"]))
+    return MaterializeResult(metadata={
+        "head": config.head, "samples": len(y), "classes": len(np.unique(y)), "draws": config.draws,
+        "learning_curve": markdown_image(png, "learning curve"), "scores": MetadataValue.md(table_md),
+        "curves": MetadataValue.json(curves), "seconds": round(time.perf_counter() - started, 1),
+    })
+
+
+def load_classifier(storage: TesseraStorage) -> Classifier:
+    return torch.load(storage.path("fewshot", "classifier.pt"), weights_only=False)["classifier"]
+
+
+@asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), fewshot_classifier],
+       group_name="fewshot", kinds={"geotiff"})
+def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> MaterializeResult:
+    """The class and the classifier's confidence for every pixel, and the area of each class."""
+    year, region = year_and_region(context)
+    classifier = load_classifier(storage)
+    embeddings = storage.open_embeddings(year, region)
+    final = storage.path("land_cover", str(year), region)
+    with atomic_directory(final) as tmp:
+        counts = write_class_map(embeddings, classifier.predict_proba, len(classifier.classes), tmp)
+        class_map_png(tmp / "classes.tif", list(classifier.classes), tmp / "classes.png")
+    hectares = {str(c): round(float(n) * 0.01, 2) for c, n in zip(classifier.classes, counts)}
+    return MaterializeResult(metadata={
+        "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)),
+        "map": markdown_image(final / "classes.png", "land cover"), "path": MetadataValue.path(str(final)),
+    })

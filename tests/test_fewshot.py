@@ -1,0 +1,143 @@
+"""Labels in, honest k-shot scores and class maps out, on the tiny demo region."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from dagster import materialize
+
+from conftest import TINY_REGION, TINY_YEAR
+from model.fewshot import HEADS, Classifier, kshot_curve
+from resources.demo_catalog import CLASS_NAMES
+from resources.labels import LabelsError, pixels_of, read_labels
+from resources.regions import make_region
+from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples, land_cover_map
+from tessera_assets.partitions import year_region_key
+
+
+def _blobs(seed=0, per_class=30):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4, size=(3, 8))
+    x = np.concatenate([c + rng.normal(size=(per_class, 8)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.array(["a", "b", "c"]), per_class)
+    return x, y
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_separates_separable_classes(head):
+    x, y = _blobs()
+    model = Classifier(head).fit(x[::2], y[::2])
+    assert (model.predict(x[1::2]) == y[1::2]).mean() > 0.9
+    proba = model.predict_proba(x[1::2])
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+
+
+def test_kshot_protocol_keeps_groups_apart_and_improves_with_k():
+    x, y = _blobs(1, per_class=40)
+    x = x + np.random.default_rng(2).normal(scale=3, size=x.shape).astype(np.float32)  # make it hard
+    groups = np.arange(len(y)) // 2  # pairs of samples share a group, like pixels of one polygon
+    curve = kshot_curve(x, y, groups, [1, 5, "all"], draws=10)
+    assert [p["k"] for p in curve] == [1, 5, "all"] and all(p["draws"] == 10 for p in curve)
+    assert curve[0]["macro_f1"] < curve[-1]["macro_f1"]
+    assert set(curve[0]["per_class_f1"]) == {"a", "b", "c"}
+
+
+def test_label_formats_and_their_errors(tmp_path):
+    lon, lat = 5.052, 51.218
+    (tmp_path / "points.csv").write_text(f"lon,lat,label,year\n{lon},{lat},maize,2022\n")
+    assert read_labels(tmp_path / "points.csv")[0].year == 2022
+    polygon = {"type": "Polygon", "coordinates": [[[lon, lat], [lon + 0.001, lat], [lon + 0.001, lat + 0.001],
+                                                   [lon, lat + 0.001], [lon, lat]]]}
+    doc = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": polygon, "properties": {"label": "forest"}}]}
+    (tmp_path / "poly.geojson").write_text(json.dumps(doc))
+    feature = read_labels(tmp_path / "poly.geojson")[0]
+    grid = make_region("t", [5.05, 51.216, 5.0557, 51.2196], 100).grid
+    rows, cols = pixels_of(feature, grid)
+    assert 50 < len(rows) < 120  # about 70 m x 111 m of 10 m pixels
+    import struct
+
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {"encoding": "WKB"}}}
+    table = pa.table({"geometry": [struct.pack("<BIdd", 1, 1, lon, lat)], "label": ["water"]})
+    pq.write_table(table.replace_schema_metadata({b"geo": json.dumps(geo).encode()}), tmp_path / "p.parquet")
+    assert read_labels(tmp_path / "p.parquet")[0].label == "water"
+    bad_crs = dict(doc, crs={"type": "name", "properties": {"name": "EPSG:32631"}})
+    (tmp_path / "utm.geojson").write_text(json.dumps(bad_crs))
+    with pytest.raises(LabelsError, match="CRS EPSG:32631"):
+        read_labels(tmp_path / "utm.geojson")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(LabelsError, match="empty"):
+        read_labels(tmp_path / "empty.csv")
+    (tmp_path / "cols.csv").write_text("x,y,label\n1,2,a\n")
+    with pytest.raises(LabelsError, match="lacks the columns lat, lon"):
+        read_labels(tmp_path / "cols.csv")
+    line = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"label": "road"},
+                                                       "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}]}
+    (tmp_path / "line.geojson").write_text(json.dumps(line))
+    with pytest.raises(LabelsError, match="feature 0 has LineString"):
+        read_labels(tmp_path / "line.geojson")
+    (tmp_path / "projected.csv").write_text("lon,lat,label\n643160,5676260,a\n")
+    with pytest.raises(LabelsError, match="projected CRS"):
+        read_labels(tmp_path / "projected.csv")
+
+
+@pytest.fixture(scope="module")
+def fewshot_env(embedded_env):
+    env, instance, _, _ = embedded_env
+    labels = env.catalog_root / "ground_truth" / TINY_REGION / "labels.geojson"
+    config = {"ops": {"fewshot_samples": {"config": {"labels_path": str(labels), "year": TINY_YEAR}},
+                      "fewshot_classifier": {"config": {"ks": ["1", "5", "all"], "draws": 5}}}}
+    trained = materialize([fewshot_samples, fewshot_classifier], instance=instance, resources=env.resources,
+                          run_config=config)
+    mapped = materialize([land_cover_map], partition_key=year_region_key(TINY_YEAR, TINY_REGION), instance=instance,
+                         resources=env.resources)
+    return env, instance, trained, mapped, labels
+
+
+def _meta(result, asset):
+    for event in result.get_asset_materialization_events():
+        m = event.event_specific_data.materialization
+        if m.asset_key.to_user_string() == asset:
+            return {k: v.value for k, v in m.metadata.items()}
+
+
+def test_samples_classifier_and_map(fewshot_env):
+    env, _, trained, mapped, labels = fewshot_env
+    samples = _meta(trained, "fewshot_samples")
+    assert samples["samples"] == samples["labels_read"] == len(json.loads(labels.read_text())["features"])
+    curves = _meta(trained, "fewshot_classifier")["curves"]
+    assert [p["k"] for p in curves["embeddings"]] == [1, 5, "all"]
+    assert curves["embeddings"][-1]["macro_f1"] > 0.8
+    assert _meta(trained, "fewshot_classifier")["learning_curve"].startswith("![learning curve](data:image/png")
+    meta = _meta(mapped, "land_cover_map")
+    with rasterio.open(env.resources["storage"].path("land_cover", str(TINY_YEAR), TINY_REGION, "classes.tif")) as src:
+        classes = src.read(1)
+    with rasterio.open(env.catalog_root / "ground_truth" / TINY_REGION / "classes.tif") as src:
+        truth = src.read(1)
+    assert sum(meta["class_area_ha"].values()) == pytest.approx((classes > 0).sum() * 0.01, abs=0.05)
+    names = sorted(meta["class_area_ha"])  # map values are 1 + the index of the sorted label names
+    truth_id = {name: cls for cls, name in CLASS_NAMES.items()}
+    predicted = np.array([truth_id[names[c - 1]] if c else 0 for c in classes.ravel()])
+    assert (predicted == truth.ravel()).mean() > 0.8
+
+
+def test_label_problems_are_named(fewshot_env, tmp_path):
+    env, instance, _, _, labels = fewshot_env
+    far = tmp_path / "far.csv"
+    far.write_text("lon,lat,label\n10.0,45.0,a\n10.001,45.0,b\n")
+    result = materialize([fewshot_samples], instance=instance, resources=env.resources, raise_on_error=False,
+                         run_config={"ops": {"fewshot_samples": {"config": {"labels_path": str(far), "year": TINY_YEAR}}}})
+    assert "none of the 2 labels falls in a materialised embeddings partition" in \
+        result.get_step_failure_events()[0].event_specific_data.error.cause.message
+    features = json.loads(labels.read_text())["features"]
+    lonely = dict(features[0], properties={"label": "orchard"})
+    one = tmp_path / "one.geojson"
+    one.write_text(json.dumps({"type": "FeatureCollection", "features": features[:10] + [lonely]}))
+    result = materialize([fewshot_samples], instance=instance, resources=env.resources, raise_on_error=False,
+                         run_config={"ops": {"fewshot_samples": {"config": {"labels_path": str(one), "year": TINY_YEAR}}}})
+    assert "fewer than 2 labelled pixels: orchard (1)" in \
+        result.get_step_failure_events()[0].event_specific_data.error.cause.message
