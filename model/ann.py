@@ -62,16 +62,18 @@ class IvfIndex:
         return len(self.order)
 
     def search(self, query: np.ndarray, k: int, nprobe: int = 32, mask: np.ndarray | None = None,
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Original row ids and cosine similarities of the best k (fewer if the mask keeps fewer).
+               index_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids and cosine similarities of the best k (fewer if the mask keeps fewer).
 
-        `mask` is indexed by original row id."""
+        Rows are original row ids, and `mask` is indexed by them; with `index_order` both are
+        positions in the index's list order (`order[position]` is the original row), which callers
+        that keep their own columns in that order use to skip two gathers."""
         q = _normalise(np.asarray(query, np.float32))
-        sorted_mask = None if mask is None else mask[self.order]
+        sorted_mask = mask if mask is None or index_order else mask[self.order]
         if sorted_mask is not None and sorted_mask.sum() <= EXACT_SCAN_MAX_ROWS:
             rows = np.nonzero(sorted_mask)[0]
             scores = self.vectors[rows] @ q
-            return self._top(rows, scores, k)
+            return self._top(rows, scores, k, index_order)
         probe = np.argpartition(-(self.centroids @ q), min(nprobe, len(self.centroids)) - 1)[:nprobe]
         rows_parts, score_parts = [], []
         for lst in probe:
@@ -87,11 +89,12 @@ class IvfIndex:
             score_parts.append(scores)
         if not rows_parts:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        return self._top(np.concatenate(rows_parts), np.concatenate(score_parts), k)
+        return self._top(np.concatenate(rows_parts), np.concatenate(score_parts), k, index_order)
 
-    def _top(self, rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _top(self, rows: np.ndarray, scores: np.ndarray, k: int, index_order: bool) -> tuple[np.ndarray, np.ndarray]:
         if len(rows) > k:
             best = np.argpartition(-scores, k - 1)[:k]
             rows, scores = rows[best], scores[best]
         ranked = np.argsort(-scores, kind="stable")
-        return self.order[rows[ranked]], scores[ranked]
+        rows = rows[ranked]
+        return (rows if index_order else self.order[rows]), scores[ranked]

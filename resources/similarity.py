@@ -103,21 +103,35 @@ def _boxes(f: SearchFilter) -> list[tuple[float, float, float, float]]:
 
 
 class MemorySnapshot:
-    """The table's filter columns and vectors in memory with an IVF index, for one table version."""
+    """The table's filter columns and vectors in memory with an IVF index, for one table version.
+
+    Columns are kept in the index's list order, so a filter mask needs no reordering, and the masks
+    of recent filters are cached: a user paging through results of one filter pays for it once."""
 
     def __init__(self, table, nprobe: int):
         data = table.to_arrow().select([*RESULT_COLUMNS, "h3_r9", "h3_r7", "vector"])
-        self.columns = {c: data[c].to_numpy() for c in ("year", "lon", "lat", "h3_r13", "h3_r9", "h3_r7")}
-        regions = data["region"].combine_chunks().dictionary_encode()
-        self.region_codes, self.region_names = regions.indices.to_numpy(), regions.dictionary.to_pylist()
-        self.results = data.select(RESULT_COLUMNS).combine_chunks()
         dim = data.schema.field("vector").type.list_size
         vectors = data["vector"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
         self.index = IvfIndex.build(vectors)
+        order = pa.array(self.index.order)
+        data = data.drop_columns(["vector"]).take(order).combine_chunks()
+        self.columns = {c: data[c].to_numpy() for c in ("year", "lon", "lat", "h3_r13", "h3_r9", "h3_r7")}
+        regions = data["region"].combine_chunks().dictionary_encode()
+        self.region_codes, self.region_names = regions.indices.to_numpy(), regions.dictionary.to_pylist()
+        self.results = data.select(RESULT_COLUMNS)
         self.nprobe = nprobe
+        self._masks: dict[str, np.ndarray | None] = {}
 
     def mask(self, f: SearchFilter) -> np.ndarray | None:
         """The prefilter as a boolean row mask (None: every row), the same predicate as `where_clause`."""
+        key = repr(f)
+        if key not in self._masks:
+            if len(self._masks) >= 32:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = self._compute_mask(f)
+        return self._masks[key]
+
+    def _compute_mask(self, f: SearchFilter) -> np.ndarray | None:
         keep = None
 
         def both(m):
@@ -145,8 +159,8 @@ class MemorySnapshot:
 
     def search(self, vector: np.ndarray, k: int, f: SearchFilter, exact: bool) -> pa.Table:
         nprobe = len(self.index.centroids) if exact else self.nprobe
-        rows, scores = self.index.search(vector, k, nprobe=nprobe, mask=self.mask(f))
-        return self.results.take(pa.array(rows)).append_column("similarity", pa.array(scores, pa.float32()))
+        positions, scores = self.index.search(vector, k, nprobe=nprobe, mask=self.mask(f), index_order=True)
+        return self.results.take(pa.array(positions)).append_column("similarity", pa.array(scores, pa.float32()))
 
 
 _SNAPSHOTS: dict[tuple[str, int], MemorySnapshot] = {}
