@@ -16,6 +16,16 @@ from resources.storage import RawPartition
 PREVIEW_MAX_PX = 384
 
 
+def _pyplot():
+    """matplotlib without a display, imported on first use (it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def stretch(rgb: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
     """Percentile stretch per channel to uint8; NaN becomes black."""
     out = np.zeros(rgb.shape, np.uint8)
@@ -31,11 +41,7 @@ def stretch(rgb: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     plt.imsave(path, image)
     return path
 
@@ -96,11 +102,7 @@ def pca_false_colour(vectors: np.ndarray, sample: int = 20000, seed: int = 0) ->
 
 
 def loss_curve(losses: list[float], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     ax.plot(np.arange(1, len(losses) + 1), losses, lw=1, color="0.6", label="step")
     if len(losses) >= 10:
@@ -128,11 +130,7 @@ def embedding_preview(folder: Path, path: Path) -> Path:
 
 def similarity_png(raster: Path, path: Path, marker: tuple[int, int] | None = None) -> Path:
     """A similarity raster in a perceptual colour map (dark: unlike, bright: alike), the query marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     with rasterio.open(raster) as src:
         h, w = preview_shape(src.height, src.width)
         data = src.read(1, out_shape=(h, w))
@@ -151,11 +149,7 @@ def similarity_png(raster: Path, path: Path, marker: tuple[int, int] | None = No
 
 def learning_curve_png(curves: dict[str, list[dict]], path: Path, head: str) -> Path:
     """Macro-F1 against labels per class, with the spread over draws, one line per feature set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for name, curve in curves.items():
         labels = [str(p["k"]) for p in curve]
@@ -175,10 +169,7 @@ def learning_curve_png(curves: dict[str, list[dict]], path: Path, head: str) -> 
 
 def class_map_png(raster: Path, class_names: list[str], path: Path) -> Path:
     """The class raster in categorical colours with a legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.patches import Patch
 
     with rasterio.open(raster) as src:

@@ -20,6 +20,7 @@ from dagster import ConfigurableResource
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from model.quantise import dequantise
 from resources.errors import PartitionNotMaterialisedError
 from resources.regions import RegionGrid
 
@@ -221,14 +222,10 @@ def write_class_map(partition: EmbeddingPartition, predict_proba, classes: int, 
             labels = np.zeros(scales.shape, np.uint8)
             confidence = np.full(scales.shape, np.nan, np.float32)
             if valid.any():
-                proba = predict_proba(dequantise_rows(q[valid], scales[valid]))
+                proba = predict_proba(dequantise(q[valid], scales[valid]))
                 labels[valid] = proba.argmax(axis=1) + 1
                 confidence[valid] = proba.max(axis=1)
                 counts += np.bincount(proba.argmax(axis=1), minlength=classes)
             classes_out.write(labels[None], window=window)
             confidence_out.write(confidence[None], window=window)
     return counts
-
-
-def dequantise_rows(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) * scales[:, None]
