@@ -7,6 +7,7 @@ so whatever the CLI materialises shows up in `dagster dev` with its metadata.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -154,6 +155,13 @@ def run_classify(resources: dict, args) -> int:
     _fewshot_report(report, resources, region.name, year)
     areas = report[("land_cover_map", "")]["class_area_ha"]
     print("class areas (ha): " + ", ".join(f"{k} {v}" for k, v in areas.items()))
+    path = resources["storage"].path("land_cover", str(year), region.name, "report.json")
+    path.write_text(json.dumps({
+        "labels": args.labels, "year": year, "region": region.name, "head": args.head,
+        "curves": report[("fewshot_classifier", "")]["curves"], "class_area_ha": areas,
+        "samples": report[("fewshot_samples", "")]["samples"],
+    }, indent=1))
+    print(f"report: {path}")
     return 0
 
 
