@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -35,3 +37,12 @@ def test_seed_regions_are_valid_and_include_the_demo():
     assert "demo" in demo
     grid = demo["demo"].grid
     assert 240 <= grid.width <= 290 and 240 <= grid.height <= 290
+
+
+def test_the_dagster_cli_loads_the_workspace():
+    """What `dagster dev -w workspace.yaml` does first: load and validate the code location."""
+    dagster = Path(sys.executable).with_name("dagster")
+    out = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "All code locations passed validation" in out.stderr + out.stdout
