@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -266,8 +267,6 @@ class TesseraEncoder(nn.Module):
 
     def save(self, path: str | Path, training: dict[str, Any] | None = None) -> Path:
         """Our own format: weights plus the preset, normalisation and training metadata."""
-        from dataclasses import asdict
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

@@ -11,7 +11,7 @@ import rasterio
 from dagster import MetadataValue
 
 from resources.sentinel import tessera_units_to_db
-from resources.storage import RawPartition
+from resources.storage import EMBEDDINGS_FILE, SCALES_FILE, RawPartition
 
 PREVIEW_MAX_PX = 384
 
@@ -118,8 +118,6 @@ def loss_curve(losses: list[float], path: Path, title: str) -> Path:
 
 def embedding_preview(folder: Path, path: Path) -> Path:
     """PCA false colour of an embeddings partition, read at preview resolution."""
-    from resources.storage import EMBEDDINGS_FILE, SCALES_FILE
-
     with rasterio.open(folder / SCALES_FILE) as src:
         h, w = preview_shape(src.height, src.width)
         scales = src.read(1, out_shape=(h, w))
