@@ -162,5 +162,6 @@ def kshot_curve(x: np.ndarray, y: np.ndarray, groups: np.ndarray, ks: list[int |
             "k": k, "draws": len(accuracy), "accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
             "macro_f1": float(np.mean(macro)), "macro_f1_std": float(np.std(macro)),
             "per_class_f1": {str(c): float(v) for c, v in zip(classes, np.mean(per_class, axis=0))},
+            "per_class_f1_std": {str(c): float(v) for c, v in zip(classes, np.std(per_class, axis=0))},
         })
     return curve

@@ -44,7 +44,7 @@ def test_kshot_protocol_keeps_groups_apart_and_improves_with_k():
     curve = kshot_curve(x, y, groups, [1, 5, "all"], draws=10)
     assert [p["k"] for p in curve] == [1, 5, "all"] and all(p["draws"] == 10 for p in curve)
     assert curve[0]["macro_f1"] < curve[-1]["macro_f1"]
-    assert set(curve[0]["per_class_f1"]) == {"a", "b", "c"}
+    assert set(curve[0]["per_class_f1"]) == set(curve[0]["per_class_f1_std"]) == {"a", "b", "c"}
 
 
 def test_label_formats_and_their_errors(tmp_path):
