@@ -137,7 +137,7 @@ class VectorStore(ConfigurableResource):
         table = self.table(dim)
         started = time.perf_counter()
         reader = pa.RecordBatchReader.from_batches(table_schema(dim), batches)
-        result = (
+        (
             table.merge_insert("key")
             .when_matched_update_all()
             .when_not_matched_insert_all()
@@ -148,7 +148,6 @@ class VectorStore(ConfigurableResource):
         started = time.perf_counter()
         index = self.refresh_indexes(table)
         rows = table.count_rows(f"year = {int(year)} AND region = '{region}'")
-        del result
         return WriteReport(rows, table.count_rows(), table.version, index, write_seconds, time.perf_counter() - started)
 
     def refresh_indexes(self, table) -> dict[str, Any]:
