@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,10 +40,11 @@ def test_seed_regions_are_valid_and_include_the_demo():
     assert 240 <= grid.width <= 290 and 240 <= grid.height <= 290
 
 
-def test_the_dagster_cli_loads_the_workspace():
+def test_the_dagster_cli_loads_the_workspace(tmp_path):
     """What `dagster dev -w workspace.yaml` does first: load and validate the code location."""
     dagster = Path(sys.executable).with_name("dagster")
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path))  # a fresh instance, whatever the caller set
     out = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All code locations passed validation" in out.stderr + out.stdout
