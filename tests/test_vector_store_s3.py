@@ -1,0 +1,48 @@
+"""The embedding table on an object store: the same VectorStore configuration with an s3:// URI,
+against a local S3 endpoint (moto's server, started by the test)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from dagster import materialize
+
+from conftest import TINY_REGION, TINY_YEAR
+from resources.similarity import Similarity
+from resources.vector_store import VectorStore
+from tessera_assets.partitions import year_region_key
+from tessera_assets.vectors.assets import embedding_table
+
+
+@pytest.fixture()
+def s3_store():
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials).create_bucket(Bucket="tessera")
+    yield VectorStore(uri="s3://tessera/lancedb", storage_options={
+        "aws_endpoint": endpoint, "aws_region": "us-east-1", "allow_http": "true", **credentials})
+    server.stop()
+
+
+def test_embedding_table_on_s3(embedded_env, s3_store):
+    env, instance, _, _ = embedded_env
+    resources = dict(env.resources, vectors=s3_store)
+    key = year_region_key(TINY_YEAR, TINY_REGION)
+    for _ in range(2):
+        assert materialize([embedding_table], partition_key=key, instance=instance, resources=resources).success
+    table = s3_store.table()
+    embedded = env.resources["storage"].open_embeddings(TINY_YEAR, TINY_REGION).read()[1]
+    assert table.count_rows() == int(np.isfinite(embedded).sum()), "re-running on S3 never duplicates"
+    similarity = Similarity(s3_store, engine="lancedb")
+    row = table.search().limit(1).to_arrow().to_pylist()[0]
+    found = similarity.search(np.asarray(row["vector"]), k=3)
+    assert found["key"][0].as_py() == row["key"]
