@@ -18,7 +18,8 @@ import torch
 EXACT_SCAN_MAX_ROWS = 50_000
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Unit length along the last axis (zero vectors stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -46,7 +47,7 @@ class IvfIndex:
     @classmethod
     def build(cls, vectors: np.ndarray, lists: int | None = None, seed: int = 0) -> "IvfIndex":
         """`lists` defaults to sqrt(n), the usual balance of centroid scoring against list scans."""
-        data = _normalise(np.asarray(vectors, np.float32))
+        data = normalise(np.asarray(vectors, np.float32))
         lists = lists or max(1, int(round(math.sqrt(len(data)))))
         lists = min(lists, len(data))
         centroids = kmeans(data, lists, seed=seed)
@@ -68,7 +69,7 @@ class IvfIndex:
         Rows are original row ids, and `mask` is indexed by them; with `index_order` both are
         positions in the index's list order (`order[position]` is the original row), which callers
         that keep their own columns in that order use to skip two gathers."""
-        q = _normalise(np.asarray(query, np.float32))
+        q = normalise(np.asarray(query, np.float32))
         sorted_mask = mask if mask is None or index_order else mask[self.order]
         if sorted_mask is not None and sorted_mask.sum() <= EXACT_SCAN_MAX_ROWS:
             rows = np.nonzero(sorted_mask)[0]

@@ -287,9 +287,7 @@ def _write_ground_truth(root: Path, region: Region, classes: np.ndarray) -> None
     truth = classes[PAD_PX:PAD_PX + grid.height, PAD_PX:PAD_PX + grid.width]
     folder = ground_truth_dir(root, region.name)
     folder.mkdir(parents=True)
-    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="uint8",
-                   crs=grid.crs, transform=grid.transform, nodata=0, compress="deflate")
-    with rasterio.open(folder / "classes.tif", "w", **profile) as dst:
+    with rasterio.open(folder / "classes.tif", "w", **grid.geotiff_profile(count=1, dtype="uint8", nodata=0)) as dst:
         dst.write(truth, 1)
         dst.update_tags(**{f"class_{k}": v for k, v in CLASS_NAMES.items()})
     rng = np.random.default_rng(_seed(region.name, "labels"))

@@ -119,6 +119,5 @@ def _write_landmask(path: Path, tile: RegionGrid) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=tile.width, height=tile.height, count=1, dtype="uint8",
-                       crs=tile.crs, transform=tile.transform, compress="deflate") as dst:
+    with rasterio.open(path, "w", **tile.geotiff_profile(count=1, dtype="uint8")) as dst:
         dst.write(np.ones((1, tile.height, tile.width), np.uint8))

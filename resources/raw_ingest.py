@@ -156,11 +156,7 @@ def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path:
                        counts: np.ndarray) -> int:
     """Write one observation; returns its valid pixel count (0: nothing written)."""
     mosaic = _mosaic_s2 if sensor == "s2" else _mosaic_s1
-    profile = dict(
-        driver="GTiff", width=grid.width, height=grid.height, count=len(BAND_NAMES[sensor]),
-        dtype=DTYPES[sensor], crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=256,
-        blockysize=256, compress="deflate", predictor=2,
-    )
+    profile = grid.geotiff_profile(count=len(BAND_NAMES[sensor]), dtype=DTYPES[sensor], predictor=2)
     obs_valid = np.zeros(grid.shape, bool)
     with contextlib.ExitStack() as stack:
         readers = [_SceneReader(scene, grid, stack) for scene in obs.scenes]
@@ -213,8 +209,7 @@ def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path,
         })
         if progress and (n % 10 == 0 or n == len(observations)):
             progress(f"{sensor}: {n}/{len(observations)} observations written")
-    with rasterio.open(out_dir / "valid_count.tif", "w", driver="GTiff", width=grid.width, height=grid.height,
-                       count=1, dtype="uint16", crs=grid.crs, transform=grid.transform, compress="deflate") as dst:
+    with rasterio.open(out_dir / "valid_count.tif", "w", **grid.geotiff_profile(count=1, dtype="uint16")) as dst:
         dst.write(counts, 1)
         dst.set_band_description(1, "valid observations")
     report.seconds = time.perf_counter() - start

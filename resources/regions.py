@@ -112,6 +112,12 @@ class RegionGrid:
             for col in range(0, self.width, size)
         ]
 
+    def geotiff_profile(self, **options) -> dict:
+        """The one GeoTIFF layout of every raster on the grid: tiled 256 x 256, deflate; `options`
+        add the band count, dtype, nodata and any predictor."""
+        return dict(driver="GTiff", width=self.width, height=self.height, crs=self.crs, transform=self.transform,
+                    tiled=True, blockxsize=256, blockysize=256, compress="deflate") | options
+
     def window_transform(self, window: Window) -> Affine:
         return self.transform @ Affine.translation(window.col_off, window.row_off)
 

@@ -17,7 +17,7 @@ import h3
 import numpy as np
 import pyarrow as pa
 
-from model.ann import IvfIndex
+from model.ann import IvfIndex, normalise
 from model.errors import VectorDimensionError
 from resources.errors import TesseraError
 from resources.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore
@@ -279,10 +279,6 @@ class Similarity:
             inside = haversine_m(lon, lat, result["lon"].to_numpy(), result["lat"].to_numpy()) <= filters.within_m
             result = result.filter(pa.array(inside))
         return result.slice(0, k)
-
-
-def normalise(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 def write_results(results: pa.Table, path: str) -> str:

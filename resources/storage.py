@@ -144,12 +144,10 @@ class EmbeddingWriter:
     interleaved so a pixel's vector is contiguous) and float32 per-pixel scales (NaN = no data)."""
 
     def __init__(self, folder: Path, grid: RegionGrid, dim: int):
-        common = dict(driver="GTiff", width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform,
-                      tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-        self._vectors = rasterio.open(folder / EMBEDDINGS_FILE, "w", count=dim, dtype="int8", interleave="pixel",
-                                      **common)
-        self._scales = rasterio.open(folder / SCALES_FILE, "w", count=1, dtype="float32", nodata=float("nan"),
-                                     predictor=3, **common)
+        self._vectors = rasterio.open(folder / EMBEDDINGS_FILE, "w",
+                                      **grid.geotiff_profile(count=dim, dtype="int8", interleave="pixel"))
+        self._scales = rasterio.open(folder / SCALES_FILE, "w", **grid.geotiff_profile(
+            count=1, dtype="float32", nodata=float("nan"), predictor=3))
         self._scales.set_band_description(1, "quantisation scale (NaN: no data)")
 
     def write(self, window: Window, vectors: np.ndarray, scales: np.ndarray) -> None:
@@ -173,6 +171,11 @@ class EmbeddingPartition:
         with rasterio.open(self.folder / SCALES_FILE) as src:
             return RegionGrid(src.crs, src.transform, src.width, src.height)
 
+    @property
+    def dim(self) -> int:
+        with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
+            return src.count
+
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """int8 vectors (h, w, dim) and scales (h, w)."""
         with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
@@ -188,9 +191,7 @@ def write_similarity_raster(partition: EmbeddingPartition, query: np.ndarray, pa
     grid = partition.grid
     unit = query / np.linalg.norm(query)
     total = count = above = 0.0
-    with rasterio.open(path, "w", driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="float32",
-                       crs=grid.crs, transform=grid.transform, nodata=float("nan"), tiled=True, blockxsize=256,
-                       blockysize=256, compress="deflate") as dst:
+    with rasterio.open(path, "w", **grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))) as dst:
         dst.set_band_description(1, "cosine similarity")
         for window in grid.blocks(block):
             q, scales = partition.read(window)
@@ -211,11 +212,10 @@ def write_class_map(partition: EmbeddingPartition, predict_proba, classes: int, 
     """`classes.tif` (uint8: 1 + class index, 0 = no data) and `confidence.tif` (float32 max
     probability), block by block; returns the pixel count of each class."""
     grid = partition.grid
-    common = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, crs=grid.crs,
-                  transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
     counts = np.zeros(classes, np.int64)
-    with rasterio.open(folder / "classes.tif", "w", dtype="uint8", nodata=0, **common) as classes_out, \
-            rasterio.open(folder / "confidence.tif", "w", dtype="float32", nodata=float("nan"), **common) as confidence_out:
+    with rasterio.open(folder / "classes.tif", "w", **grid.geotiff_profile(count=1, dtype="uint8", nodata=0)) as classes_out, \
+            rasterio.open(folder / "confidence.tif", "w",
+                          **grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))) as confidence_out:
         for window in grid.blocks(block):
             q, scales = partition.read(window)
             valid = np.isfinite(scales)

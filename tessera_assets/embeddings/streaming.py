@@ -37,10 +37,16 @@ def block_rng(seed: int, block_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, block_index])
 
 
+def block_inputs(s2: RawPartition, s1: RawPartition, window: Window, index: int, steps: int, mode: Mode,
+                 seed: int) -> EncoderInputs:
+    """The sampled encoder inputs of one block, the same whether streamed or re-embedded by a check."""
+    return sample_inputs(read_window(s2, s1, window), steps, mode, block_rng(seed, index))
+
+
 def embed_block(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, window: Window, index: int,
                 mode: Mode, seed: int, batch_size: int, precision: Precision) -> np.ndarray:
     """One block's float32 embeddings (h, w, dim), NaN where there is no data; used by checks."""
-    inputs = sample_inputs(read_window(s2, s1, window), encoder.config.sample_steps, mode, block_rng(seed, index))
+    inputs = block_inputs(s2, s1, window, index, encoder.config.sample_steps, mode, seed)
     vectors = embed_inputs(encoder, inputs, batch_size, precision)
     return vectors.reshape(int(window.height), int(window.width), -1)
 
@@ -55,7 +61,7 @@ def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition
     started = time.perf_counter()
 
     def load(i: int) -> EncoderInputs:
-        return sample_inputs(read_window(s2, s1, windows[i]), steps, mode, block_rng(seed, i))
+        return block_inputs(s2, s1, windows[i], i, steps, mode, seed)
 
     def store(window: Window, vectors: np.ndarray) -> None:
         q, scales = quantise(vectors)

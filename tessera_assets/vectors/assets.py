@@ -23,8 +23,8 @@ def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vec
     partition = storage.open_embeddings(year, region)
     s2_counts = storage.open_raw("s2", year, region).valid_count()
     s1_counts = storage.open_raw("s1", year, region).valid_count()
-    dim = partition.read(partition.grid.blocks(1)[0])[0].shape[-1]
-    report = vectors.write_partition(year, region, pixel_rows(partition, year, region, s2_counts, s1_counts), dim)
+    report = vectors.write_partition(year, region, pixel_rows(partition, year, region, s2_counts, s1_counts),
+                                     partition.dim)
     context.log.info(f"{report.rows} rows for {region} {year}; table has {report.table_rows}; index {report.index['type']}")
     return MaterializeResult(metadata={
         "rows": report.rows, "table_rows": report.table_rows, "table_version": report.version,
