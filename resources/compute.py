@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from model.inference import Precision, best_device, best_precision
 
@@ -13,9 +14,17 @@ class ComputeDevice(ConfigurableResource):
 
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 1024
+    batch_size: int = Field(
+        default=0, description="Pixels per forward pass; 0 picks 1024 on CPU and 16384 (a whole 128 x 128 block) on CUDA.")
     block_size: int = 128
 
     def resolve(self) -> tuple["torch.device", Precision]:  # noqa: F821 - torch imported lazily by callers
         device = best_device(self.device)
         return device, best_precision(device, self.precision)
+
+    def batch_for(self, device: "torch.device") -> int:  # noqa: F821
+        """GPUs need many pixels in flight (on an H100, tessera-v1 in bf16 runs ~60% faster at
+        16384 than at 1024); on CPU a larger batch only costs memory."""
+        if self.batch_size > 0:
+            return self.batch_size
+        return 16384 if device.type == "cuda" else 1024

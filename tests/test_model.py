@@ -131,3 +131,13 @@ def test_own_checkpoint_round_trip_keeps_preset_and_metadata(tmp_path):
     assert loaded.metadata["steps"] == 12
     s2, s1 = _inputs(2, 40)
     assert np.array_equal(loaded.embed(s2, s1), source.embed(s2, s1))
+
+
+def test_bf16_autocast_over_fp32_weights_stays_close_to_fp32():
+    """The path taken when weights were not cast (`prepare_for_inference` skipped): autocast."""
+    encoder = _randomised("tessera-small")
+    s2, s1 = _inputs(64, 40)
+    fp32 = encoder.embed(s2, s1)
+    autocast = encoder.embed(s2, s1, precision="bf16")
+    cosine = (fp32 * autocast).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(autocast, axis=1)
+    assert cosine.min() > 0.999

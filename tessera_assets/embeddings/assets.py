@@ -113,16 +113,17 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     device, precision = compute.resolve()
     encoder = prepare_for_inference(TesseraEncoder.from_checkpoint(storage.model_path()), device, precision)
     grid = s2.grid
+    batch = compute.batch_for(device)
     final = storage.embeddings_dir(year, region)
     with atomic_directory(final) as tmp:
         writer = EmbeddingWriter(tmp, grid, encoder.config.embedding_dim)
         try:
             stats = stream_partition(encoder, s2, s1, writer, compute.block_size, config.sampling, config.seed,
-                                     compute.batch_size, precision, progress=context.log.info)
+                                     batch, precision, progress=context.log.info)
         finally:
             writer.close()
         embedding_preview(tmp, tmp / "preview.png")
-        checks = _checks(EmbeddingPartition(tmp), encoder, s2, s1, config, compute, precision)
+        checks = _checks(EmbeddingPartition(tmp), encoder, s2, s1, config, compute.block_size, batch, precision)
     return MaterializeResult(
         metadata={
             "pixels": stats.pixels, "pixels_embedded": stats.embedded,
@@ -140,9 +141,10 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     )
 
 
-def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsConfig, compute: ComputeDevice,
+def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsConfig, block: int, batch: int,
             precision) -> list[AssetCheckResult]:
-    """Read back block by block (memory stays bounded), and re-embed the first block."""
+    """Read back block by block (memory stays bounded), and re-embed the first block with the same
+    block and batch sizes (GPU kernels may pick other algorithms for other shapes)."""
     valid_pixels, finite, positive = 0, True, True
     for window in partition.grid.blocks(256):
         q, scales = partition.read(window)
@@ -150,9 +152,9 @@ def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsCo
         valid_pixels += int(valid.sum())
         finite &= bool(np.isfinite(dequantise(q[valid], scales[valid])).all())
         positive &= bool((scales[valid] > 0).all())
-    window = partition.grid.blocks(compute.block_size)[0]
+    window = partition.grid.blocks(block)[0]
     q_again, scales_again = quantise(
-        embed_block(encoder, s2, s1, window, 0, config.sampling, config.seed, compute.batch_size, precision)
+        embed_block(encoder, s2, s1, window, 0, config.sampling, config.seed, batch, precision)
     )
     q_stored, scales_stored = partition.read(window)
     same = bool(np.array_equal(q_again, q_stored) and np.array_equal(scales_again, scales_stored, equal_nan=True))
