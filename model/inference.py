@@ -8,7 +8,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from model.encoder import TesseraEncoder
+from model.dense import pack_for_cpu
+from model.encoder import CPU_INFERENCE_CHUNK, TesseraEncoder
 from model.sampling import Mode
 from model.series import PixelSeries
 
@@ -47,6 +48,8 @@ def prepare_for_inference(encoder: TesseraEncoder, device: torch.device, precisi
     encoder = encoder.eval().to(device)
     if precision == "bf16":
         encoder = encoder.to(torch.bfloat16)
+        if device.type == "cpu":
+            pack_for_cpu(encoder, CPU_INFERENCE_CHUNK * encoder.config.sample_steps)
     return encoder
 
 
