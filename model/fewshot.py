@@ -128,6 +128,15 @@ def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np
     return np.array(scores)
 
 
+def _nan_stat(stat, rows: list[np.ndarray]) -> np.ndarray:
+    """Per-class statistic over draws, ignoring draws where the class was not tested (NaN)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class never tested stays NaN
+        return stat(np.array(rows), axis=0)
+
+
 def kshot_curve(x: np.ndarray, y: np.ndarray, groups: np.ndarray, ks: list[int | str], draws: int = 10,
                 head: str = "logistic", seed: int = 0) -> list[dict]:
     """Scores per k (an int, or "all"): mean and std over draws of accuracy and macro-F1, and
@@ -154,14 +163,15 @@ def kshot_curve(x: np.ndarray, y: np.ndarray, groups: np.ndarray, ks: list[int |
                 continue
             model = Classifier(head).fit(x[train], y[train], seed=draw)
             predicted = model.predict(x[test])
-            f1 = f1_scores(y[test], predicted, classes)
+            # a class with no test sample this draw has no F1 (not a zero that drags the mean down)
+            f1 = np.where(np.isin(classes, y[test]), f1_scores(y[test], predicted, classes), np.nan)
             accuracy.append(float(np.mean(predicted == y[test])))
-            macro.append(float(f1.mean()))
+            macro.append(float(np.nanmean(f1)))
             per_class.append(f1)
         curve.append({
             "k": k, "draws": len(accuracy), "accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
             "macro_f1": float(np.mean(macro)), "macro_f1_std": float(np.std(macro)),
-            "per_class_f1": {str(c): float(v) for c, v in zip(classes, np.mean(per_class, axis=0))},
-            "per_class_f1_std": {str(c): float(v) for c, v in zip(classes, np.std(per_class, axis=0))},
+            "per_class_f1": {str(c): float(v) for c, v in zip(classes, _nan_stat(np.nanmean, per_class))},
+            "per_class_f1_std": {str(c): float(v) for c, v in zip(classes, _nan_stat(np.nanstd, per_class))},
         })
     return curve

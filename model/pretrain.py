@@ -21,6 +21,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.encoder import TesseraEncoder
+from model.inference import best_precision
 from model.series import PixelSeries
 
 
@@ -36,6 +37,7 @@ class PretrainConfig:
     mixup_weight: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0
+    precision: str = "auto"  # bf16 autocast on GPUs and on CPUs with bf16 units; or fp32 / bf16
 
 
 def projector(config: ModelConfig) -> nn.Sequential:
@@ -117,7 +119,7 @@ def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfi
             rng.bit_generator.state = state["rng"]
             torch.set_rng_state(state["torch_rng"])
             step, losses, seconds = state["step"], state["losses"], state["seconds"]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=best_precision(device, config.precision) == "bf16")
     encoder.train()
     head.train()
     order = rng.permutation(len(pool))

@@ -28,7 +28,7 @@ from resources.stac import S2_20M_BANDS, S2_BANDS
 from resources.storage import atomic_directory
 
 CLASS_NAMES: dict[int, str] = {
-    1: "cereal", 2: "maize", 3: "forest", 4: "grassland", 5: "water", 6: "urban", 7: "bare",
+    1: "cereal", 2: "maize", 3: "forest", 4: "grassland", 5: "water", 6: "urban", 7: "bare", 8: "spring-cereal",
 }
 DEFAULT_YEARS: tuple[int, ...] = (2021, 2022)
 BASELINE_04_START = dt.date(2022, 1, 25)
@@ -70,14 +70,30 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -
     return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
 
 
-def land_cover(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fields split recursively like a cadastre, then woods, a river, a lake and a village on top.
-    Returns class ids and a per-parcel brightness factor (fields of one crop are not identical)."""
+@dataclass
+class LandCover:
+    """The demo's ground: classes, and the parcel (field, wood, water body, town) of every pixel
+    with that parcel's own character. Fields of one crop differ as real ones do - soil colour and
+    moisture, sowing date, surface roughness - so a class is a pattern in time, not one spectrum."""
+
+    classes: np.ndarray  # (h, w) uint8 class ids
+    parcel: np.ndarray  # (h, w) int32 parcel ids, from 1
+    gain: np.ndarray  # (h, w) overall brightness of the parcel
+    soil: np.ndarray  # (h, w) soil brightness of the parcel (colour, moisture)
+    shift: np.ndarray  # (h, w) the parcel's sowing / green-up offset in days
+    radar_gain: np.ndarray  # (h, w) S1 backscatter factor of the parcel (roughness, moisture)
+
+
+def land_cover(shape: tuple[int, int], seed: int) -> LandCover:
+    """Fields split recursively like a cadastre, then woods, a river, a lake and a village on top."""
+    from scipy import ndimage
+
     rng = np.random.default_rng(seed)
     h, w = shape
     classes = np.zeros(shape, np.uint8)
-    parcel_gain = np.ones(shape, np.float32)
+    parcel = np.zeros(shape, np.int32)
     field_classes = np.array([1, 2, 4, 7, 1, 2, 4, 3])
+    leaf_gain: list[float] = []
     stack = [(0, 0, h, w)]
     while stack:
         r, c, hh, ww = stack.pop()
@@ -90,43 +106,60 @@ def land_cover(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarra
                 stack += [(r, c, hh, cut), (r, c + cut, hh, ww - cut)]
             continue
         classes[r:r + hh, c:c + ww] = rng.choice(field_classes)
-        parcel_gain[r:r + hh, c:c + ww] = rng.uniform(0.9, 1.1)
-    woods = _smooth_noise(rng, shape, 40) > 0.72
-    classes[woods] = 3
+        parcel[r:r + hh, c:c + ww] = parcel.max() + 1
+        leaf_gain.append(rng.uniform(0.9, 1.1))
+    woods, _ = ndimage.label(_smooth_noise(rng, shape, 40) > 0.72)
+    classes[woods > 0] = 3
+    parcel[woods > 0] = parcel.max() + woods[woods > 0]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     river_x = w * 0.3 + 0.12 * w * np.sin(yy / max(h, 1) * 2 * np.pi * rng.uniform(0.7, 1.3))
-    classes[np.abs(xx - river_x) < max(2.0, w / 60)] = 5
     cy, cx, rad = rng.uniform(0.6, 0.8) * h, rng.uniform(0.6, 0.8) * w, max(3.0, min(h, w) * 0.07)
-    classes[(yy - cy) ** 2 + (xx - cx) ** 2 < rad**2] = 5
     uy, ux, urad = rng.uniform(0.15, 0.35) * h, rng.uniform(0.55, 0.85) * w, max(4.0, min(h, w) * 0.1)
-    town = ((yy - uy) ** 2 + (xx - ux) ** 2 < urad**2) & (classes != 5)
-    classes[town] = 6
-    return classes, parcel_gain
+    river = np.abs(xx - river_x) < max(2.0, w / 60)
+    lake = (yy - cy) ** 2 + (xx - cx) ** 2 < rad**2
+    town = ((yy - uy) ** 2 + (xx - ux) ** 2 < urad**2) & ~river & ~lake
+    # the river in reaches and the town in quarters, so that each is several parcels to sample
+    reach = (yy // 64).astype(np.int32)
+    quarter = ((yy > uy) * 2 + (xx > ux)).astype(np.int32)
+    for cls, mask, part in ((5, river, reach), (5, lake, 0), (6, town, quarter)):
+        classes[mask] = cls
+        parcel[mask] = parcel.max() + 1 + (part[mask] if isinstance(part, np.ndarray) else part)
+    # the parcels' own character comes from a second generator, so the layout above stays as it was
+    own = np.random.default_rng([seed, 1])
+    n = parcel.max() + 1
+    gain = np.concatenate([[1.0], leaf_gain, own.uniform(0.9, 1.1, n - 1 - len(leaf_gain))]).astype(np.float32)
+    soil = own.uniform(0.7, 1.3, n).astype(np.float32)
+    shift = np.clip(own.normal(0, 10, n), -25, 25).astype(np.float32)
+    radar = (10 ** (own.normal(0, 1.0, n) / 10)).astype(np.float32)
+    # a third of the maize fields are spring cereal: the same green hump, two months earlier
+    spring = np.isin(parcel, np.nonzero(own.random(n) < 1 / 3)[0]) & (classes == 2)
+    classes[spring] = 8
+    return LandCover(classes, parcel, gain[parcel], soil[parcel], shift[parcel], radar[parcel])
 
 
-def _gauss(doy: float, peak: float, width: float) -> float:
-    return float(np.exp(-0.5 * ((doy - peak) / width) ** 2))
+def _gauss(doy: np.ndarray, peak: float, width: float) -> np.ndarray:
+    return np.exp(-0.5 * ((doy - peak) / width) ** 2)
 
 
-def vegetation_fraction(cls: int, doy: float, shift: float) -> float:
-    """Green cover through the year, per class: the phenology that separates the crops."""
-    d = doy - shift
+def vegetation_fraction(cls: int, doy: float, shift: np.ndarray) -> np.ndarray:
+    """Green cover through the year, per class and pixel: the phenology that separates the crops."""
+    d = doy - np.asarray(shift, np.float32)
     if cls == 1:  # winter cereal: green from autumn, peak in May, harvested mid July
-        return 0.05 if 200 < d < 280 else max(0.25, 0.9 * _gauss(d, 140, 35))
+        return np.where((d > 200) & (d < 280), 0.05, np.maximum(0.25, 0.9 * _gauss(d, 140, 35)))
     if cls == 2:  # maize: bare until May, peak in August
         return 0.05 + 0.85 * _gauss(d, 215, 30)
+    if cls == 8:  # spring cereal: sown in March, peak in June; over a year, the same cover as maize
+        return 0.05 + 0.85 * _gauss(d, 160, 30)
     if cls == 3:  # deciduous forest
         return 0.35 + 0.55 / (1 + np.exp(-(d - 120) / 8)) - 0.55 / (1 + np.exp(-(d - 295) / 8))
     if cls == 4:  # grassland, mown in June
-        return 0.55 + 0.3 * _gauss(d, 130, 50) - (0.25 if 165 < d < 185 else 0.0)
-    if cls == 6:
-        return 0.1
-    return 0.03
+        return 0.55 + 0.3 * _gauss(d, 130, 50) - np.where((d > 165) & (d < 185), 0.25, 0.0)
+    return np.full(d.shape, 0.1 if cls == 6 else 0.03, np.float32)
 
 
-def s1_backscatter(cls: int, veg: float) -> tuple[float, float]:
+def s1_backscatter(cls: int, veg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Linear gamma0 (VV, VH) per class; crops brighten with biomass, water is a mirror."""
-    return {
+    vv, vh = {
         1: (0.04 + 0.10 * veg, 0.007 + 0.030 * veg),
         2: (0.04 + 0.14 * veg, 0.007 + 0.040 * veg),
         3: (0.12, 0.035),
@@ -134,25 +167,32 @@ def s1_backscatter(cls: int, veg: float) -> tuple[float, float]:
         5: (0.008, 0.0015),
         6: (0.35, 0.07),
         7: (0.05, 0.008),
+        8: (0.04 + 0.10 * veg, 0.007 + 0.030 * veg),
     }[cls]
+    return np.broadcast_to(vv, veg.shape), np.broadcast_to(vh, veg.shape)
 
 
-def _reflectance(classes: np.ndarray, gain: np.ndarray, doy: float, shift: float, rng) -> np.ndarray:
-    out = np.empty((len(S2_BANDS), *classes.shape), np.float32)
+def _reflectance(land: LandCover, doy: float, shift: float, rng) -> np.ndarray:
+    out = np.empty((len(S2_BANDS), *land.classes.shape), np.float32)
     for cls in CLASS_NAMES:
-        sel = classes == cls
+        sel = land.classes == cls
         if not sel.any():
             continue
-        f = vegetation_fraction(cls, doy, shift)
-        base = _WATER if cls == 5 else _URBAN * (1 - f) + _VEG * f if cls == 6 else _SOIL * (1 - f) + _VEG * f
-        out[:, sel] = base[:, None] * gain[sel][None, :]
+        f = vegetation_fraction(cls, doy, land.shift[sel] + shift)[None, :]
+        if cls == 5:
+            base = np.broadcast_to(_WATER[:, None], (len(S2_BANDS), int(sel.sum())))
+        else:
+            ground = _URBAN[:, None] if cls == 6 else _SOIL[:, None] * land.soil[sel][None, :]
+            base = ground * (1 - f) + _VEG[:, None] * f
+        out[:, sel] = base * land.gain[sel][None, :]
     out *= rng.normal(1.0, 0.03, out.shape).astype(np.float32)
     return out
 
 
-def _s2_scene(classes, gain, doy, shift, rng):
+def _s2_scene(land: LandCover, doy, shift, rng):
     """Reflectance with clouds and shadows, and the SCL that agrees with them."""
-    refl = _reflectance(classes, gain, doy, shift, rng)
+    refl = _reflectance(land, doy, shift, rng)
+    classes = land.classes
     h, w = classes.shape
     kind = rng.random()
     cover = rng.uniform(0.0, 0.03) if kind < 0.4 else rng.uniform(0.1, 0.6) if kind < 0.78 else rng.uniform(0.7, 1.0)
@@ -212,7 +252,7 @@ def _item(item_id, when, transform, width, height, crs, collection, properties) 
     return pystac.Item(item_id, geometry, bbox, when, props | properties, collection=collection)
 
 
-def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, classes, gain, s2, s1) -> None:
+def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, land: LandCover, s2, s1) -> None:
     grid = region.grid
     transform, width, height = _tile_grid(grid)
     rng = np.random.default_rng(_seed(region.name, year))
@@ -221,7 +261,7 @@ def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, cl
     day = start
     while day.year == year:
         doy = day.timetuple().tm_yday
-        refl, scl, _ = _s2_scene(classes, gain, doy, shift, rng)
+        refl, scl, _ = _s2_scene(land, doy, shift, rng)
         baseline = "04.00" if day >= BASELINE_04_START else "03.01"
         offset = 1000 if day >= BASELINE_04_START else 0
         dn = np.clip(np.round(refl * 10000) + offset, 1, 65535).astype(np.uint16)
@@ -256,12 +296,12 @@ def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, cl
         gain_orbit = 1.0 if orbit == "ascending" else 1.08
         while day.year == year:
             doy = day.timetuple().tm_yday
-            vv = np.empty(classes.shape, np.float32)
-            vh = np.empty(classes.shape, np.float32)
+            vv = np.empty(land.classes.shape, np.float32)
+            vh = np.empty(land.classes.shape, np.float32)
             for cls in CLASS_NAMES:
-                sel = classes == cls
-                v, h = s1_backscatter(cls, vegetation_fraction(cls, doy, shift))
-                vv[sel], vh[sel] = v * gain_orbit, h * gain_orbit
+                sel = land.classes == cls
+                v, h = s1_backscatter(cls, vegetation_fraction(cls, doy, land.shift[sel] + shift))
+                vv[sel], vh[sel] = v * land.radar_gain[sel] * gain_orbit, h * land.radar_gain[sel] * gain_orbit
             looks = 4.4
             vv *= rng.gamma(looks, 1 / looks, vv.shape).astype(np.float32)
             vh *= rng.gamma(looks, 1 / looks, vh.shape).astype(np.float32)
@@ -281,34 +321,49 @@ def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, cl
             day += dt.timedelta(days=spec.s1_revisit_days)
 
 
-def _write_ground_truth(root: Path, region: Region, classes: np.ndarray) -> None:
-    """The class raster on the region grid and labelled points, to score maps and searches."""
+def _write_ground_truth(root: Path, region: Region, land: LandCover) -> None:
+    """Class and parcel rasters on the region grid and labelled points, to score maps and searches.
+
+    Points are spread over as many parcels as the class has, and each carries its parcel as
+    `group`, as field-survey points carry their field: evaluation then never trains on one
+    point of a field and tests on another point of the same field."""
     grid = region.grid
-    truth = classes[PAD_PX:PAD_PX + grid.height, PAD_PX:PAD_PX + grid.width]
+    window = np.s_[PAD_PX:PAD_PX + grid.height, PAD_PX:PAD_PX + grid.width]
+    truth, parcels = land.classes[window], land.parcel[window]
     folder = ground_truth_dir(root, region.name)
     folder.mkdir(parents=True)
     with rasterio.open(folder / "classes.tif", "w", **grid.geotiff_profile(count=1, dtype="uint8", nodata=0)) as dst:
         dst.write(truth, 1)
         dst.update_tags(**{f"class_{k}": v for k, v in CLASS_NAMES.items()})
+    with rasterio.open(folder / "parcels.tif", "w", **grid.geotiff_profile(count=1, dtype="int32", nodata=0)) as dst:
+        dst.write(parcels, 1)
     rng = np.random.default_rng(_seed(region.name, "labels"))
     features = []
     for cls, name in CLASS_NAMES.items():
         rows, cols = np.nonzero(truth == cls)
         if len(rows) == 0:
             continue
-        pick = rng.choice(len(rows), size=min(LABELS_PER_CLASS, len(rows)), replace=False)
+        order = rng.permutation(len(rows))
+        owner = parcels[rows[order], cols[order]]
+        # the n-th point drawn in its parcel: sorting by it visits every parcel before any repeats
+        _, first, inverse = np.unique(owner, return_index=True, return_inverse=True)
+        nth = np.empty(len(order), int)
+        for p in range(len(first)):
+            members = np.nonzero(inverse == p)[0]
+            nth[members] = np.arange(len(members))
+        pick = order[np.argsort(nth, kind="stable")[:LABELS_PER_CLASS]]
         xs, ys = rasterio.transform.xy(grid.transform, rows[pick], cols[pick])
         lons, lats = rasterio.warp.transform(grid.crs, "EPSG:4326", xs, ys)
         features += [
             {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
-             "properties": {"label": name, "class_id": cls}}
-            for lon, lat in zip(lons, lats)
+             "properties": {"label": name, "class_id": cls, "group": f"parcel-{parcel}"}}
+            for lon, lat, parcel in zip(lons, lats, parcels[rows[pick], cols[pick]].tolist())
         ]
     (folder / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
 
 
 def _spec_stamp(regions: list[Region], spec: DemoSpec) -> str:
-    payload = {"regions": [[r.name, list(r.bbox)] for r in regions], "spec": spec.__dict__, "version": 1}
+    payload = {"regions": [[r.name, list(r.bbox)] for r in regions], "spec": spec.__dict__, "version": 3}
     return json.dumps(payload, sort_keys=True, default=list)
 
 
@@ -335,10 +390,10 @@ def _generate(root: Path, regions: list[Region], spec: DemoSpec) -> None:
         catalog.add_children([s2, s1])
         for region in regions:
             _, width, height = _tile_grid(region.grid)
-            classes, gain = land_cover((height, width), _seed(region.name))
-            _write_ground_truth(tmp, region, classes)
+            land = land_cover((height, width), _seed(region.name))
+            _write_ground_truth(tmp, region, land)
             for year in spec.years:
-                _write_region_year(tmp, region, year, spec, classes, gain, s2, s1)
+                _write_region_year(tmp, region, year, spec, land, s2, s1)
         catalog.normalize_hrefs(str(tmp))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(pystac.CatalogType.SELF_CONTAINED)

@@ -3,7 +3,8 @@
 Coordinates must be WGS84 longitude/latitude (GeoJSON's and GeoParquet's default); a file that
 declares another CRS is refused rather than silently misplaced. A polygon contributes every pixel
 whose centre it contains, and all of them share one group, so evaluation can keep a polygon on one
-side of the train/test split.
+side of the train/test split. Points may name their group (a `group` property or column, such as
+the field a survey point was taken in); otherwise each feature is its own group.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class LabelFeature:
     label: str
     geometry: dict  # GeoJSON geometry in lon/lat
     year: int | None
-    group: int
+    index: int  # position in the file, for messages
+    group: str  # features of one group stay on one side of a train/test split
 
 
 def _check_geojson_crs(document: dict, path: Path) -> None:
@@ -72,7 +74,8 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
             if label_field not in props:
                 raise LabelsError(f"{path}: feature {i} has no {label_field!r} property")
             year = props.get("year")
-            features.append(LabelFeature(str(props[label_field]), geometry, int(year) if year else None, i))
+            features.append(LabelFeature(str(props[label_field]), geometry, int(year) if year else None, i,
+                                         _group(props.get("group"), i)))
     elif suffix == ".csv":
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
@@ -86,7 +89,7 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
                     raise LabelsError(f"{path}: row {i + 2} has a non-numeric lon/lat") from None
                 year = row.get("year")
                 features.append(LabelFeature(row[label_field], {"type": "Point", "coordinates": [lon, lat]},
-                                             int(year) if year else None, i))
+                                             int(year) if year else None, i, _group(row.get("group"), i)))
     elif suffix in (".parquet", ".geoparquet"):
         import pyarrow.parquet as pq
 
@@ -100,9 +103,13 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
                 raise LabelsError(f"{path}: labels are in CRS {code}; reproject them to WGS84 lon/lat (EPSG:4326)")
         if column not in table.column_names or label_field not in table.column_names:
             raise LabelsError(f"{path}: GeoParquet needs a {column!r} geometry and a {label_field!r} column")
-        years = table["year"].to_pylist() if "year" in table.column_names else [None] * table.num_rows
-        for i, (blob, label, year) in enumerate(zip(table[column].to_pylist(), table[label_field].to_pylist(), years)):
-            features.append(LabelFeature(str(label), _point_from_wkb(blob), int(year) if year else None, i))
+        def optional(name: str) -> list:
+            return table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
+
+        rows = zip(table[column].to_pylist(), table[label_field].to_pylist(), optional("year"), optional("group"))
+        for i, (blob, label, year, group) in enumerate(rows):
+            features.append(LabelFeature(str(label), _point_from_wkb(blob), int(year) if year else None, i,
+                                         _group(group, i)))
     else:
         raise LabelsError(f"{path}: unknown labels format {suffix!r}: use .geojson, .csv or .parquet")
     if not features:
@@ -110,9 +117,13 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
     for f in features:
         for lon, lat in _coordinates(f.geometry):
             if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-                raise LabelsError(f"{path}: feature {f.group} has coordinates ({lon}, {lat}) outside lon/lat range; "
+                raise LabelsError(f"{path}: feature {f.index} has coordinates ({lon}, {lat}) outside lon/lat range; "
                                   "is it in a projected CRS?")
     return features
+
+
+def _group(value: object, index: int) -> str:
+    return f"#{index}" if value is None or value == "" else str(value)
 
 
 def _coordinates(geometry: dict):

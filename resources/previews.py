@@ -182,7 +182,6 @@ def class_map_png(raster: Path, class_names: list[str], path: Path) -> Path:
     ax.set_axis_off()
     ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, class_names)], loc="center left",
               bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # the legend sits outside the axes: keep all of it
     plt.close(fig)
     return path

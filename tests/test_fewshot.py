@@ -85,6 +85,32 @@ def test_label_formats_and_their_errors(tmp_path):
         read_labels(tmp_path / "projected.csv")
 
 
+def test_points_may_name_their_group(tmp_path):
+    (tmp_path / "g.csv").write_text("lon,lat,label,group\n5.05,51.2,maize,field-7\n5.06,51.2,maize,field-7\n5.07,51.2,maize,\n")
+    assert [f.group for f in read_labels(tmp_path / "g.csv")] == ["field-7", "field-7", "#2"]
+
+
+def test_a_class_missing_from_a_draws_test_set_is_not_scored_zero():
+    x, y = _blobs(3, per_class=10)
+    groups = np.where(y == "c", 0, np.arange(len(y)))  # class c is one group: it is never tested
+    curve = kshot_curve(x, y, groups, [2], draws=4)
+    assert np.isnan(curve[0]["per_class_f1"]["c"]) and curve[0]["macro_f1"] > 0.9
+
+
+def test_demo_labels_spread_over_parcels_and_carry_them(demo_env):
+    truth = demo_env.catalog_root / "ground_truth" / TINY_REGION
+    with rasterio.open(truth / "classes.tif") as classes, rasterio.open(truth / "parcels.tif") as parcels:
+        class_of, parcel_of = classes.read(1), parcels.read(1)
+    by_class: dict[str, list[str]] = {}
+    for feature in json.loads((truth / "labels.geojson").read_text())["features"]:
+        props = feature["properties"]
+        by_class.setdefault(props["class_id"], []).append(props["group"])
+    for class_id, groups in by_class.items():
+        parcels = {f"parcel-{p}" for p in np.unique(parcel_of[class_of == class_id])}
+        assert set(groups) <= parcels
+        assert len(set(groups)) == min(len(groups), len(parcels))  # every parcel before any repeats
+
+
 @pytest.fixture(scope="module")
 def fewshot_env(embedded_env):
     env, instance, _, _ = embedded_env
@@ -111,7 +137,8 @@ def test_samples_classifier_and_map(fewshot_env):
     assert samples["samples"] == samples["labels_read"] == len(json.loads(labels.read_text())["features"])
     curves = _meta(trained, "fewshot_classifier")["curves"]
     assert [p["k"] for p in curves["embeddings"]] == [1, 5, "all"]
-    assert curves["embeddings"][-1]["macro_f1"] > 0.8
+    # 6 classes here, maize and spring cereal told apart only by timing, a 40-step encoder: chance is ~0.17
+    assert curves["embeddings"][-1]["macro_f1"] > 0.5
     assert _meta(trained, "fewshot_classifier")["learning_curve"].startswith("![learning curve](data:image/png")
     meta = _meta(mapped, "land_cover_map")
     with rasterio.open(env.resources["storage"].path("land_cover", str(TINY_YEAR), TINY_REGION, "classes.tif")) as src:
@@ -122,7 +149,8 @@ def test_samples_classifier_and_map(fewshot_env):
     names = sorted(meta["class_area_ha"])  # map values are 1 + the index of the sorted label names
     truth_id = {name: cls for cls, name in CLASS_NAMES.items()}
     predicted = np.array([truth_id[names[c - 1]] if c else 0 for c in classes.ravel()])
-    assert (predicted == truth.ravel()).mean() > 0.8
+    majority = np.bincount(truth.ravel()).max() / truth.size  # what a constant map would score
+    assert (predicted == truth.ravel()).mean() > majority + 0.2
 
 
 def test_label_problems_are_named(fewshot_env, tmp_path):

@@ -67,9 +67,9 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
         for y, r in partitions
     ])
     context.log.info(f"pretraining {config.preset} on {len(pool)} pixels from {len(partitions)} partitions")
-    device, _ = compute.resolve()
+    device, precision = compute.resolve()
     train = PretrainConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                           warmup_steps=max(1, config.steps // 10), seed=config.seed)
+                           warmup_steps=max(1, config.steps // 10), seed=config.seed, precision=precision)
 
     def progress(step: int, loss: float) -> None:
         if step % 50 == 0 or step == train.steps:
@@ -83,7 +83,7 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
     curve = loss_curve(losses, storage.model_path("loss.png"), f"{config.preset} Barlow Twins loss")
     return MaterializeResult(metadata={
         "preset": config.preset, "parameters": encoder.parameter_count(), "steps": len(losses),
-        "pixels": len(pool), "partitions": len(partitions), "device": str(device),
+        "pixels": len(pool), "partitions": len(partitions), "device": str(device), "precision": precision,
         "first_loss": round(losses[0], 3), "final_loss": round(float(np.mean(losses[-10:])), 3),
         "seconds": round(time.perf_counter() - started, 1), "path": MetadataValue.path(str(path)),
         "loss_curve": markdown_image(curve, "loss curve"),

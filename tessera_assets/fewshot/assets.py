@@ -46,7 +46,7 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     for f in features:
         year = f.year or config.year
         if year is None:
-            raise LabelsError(f"label {f.group} ({f.label}) has no year: set `year` in the run config")
+            raise LabelsError(f"label {f.index} ({f.label}) has no year: set `year` in the run config")
         hits = 0
         for (y, region), grid in grids.items():
             if y != year:
