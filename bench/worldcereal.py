@@ -34,7 +34,7 @@ NO_DATA = 65535
 
 def load(path: Path) -> tuple[PixelSeries, np.ndarray]:
     table = pq.read_table(path)
-    n, steps = table.num_rows, 12
+    steps = 12
 
     def band(prefix: str, name: str, res: str) -> np.ndarray:
         return np.stack([np.array(table[f"{prefix}-{name}-ts{t}-{res}"].to_pylist(), np.float64) for t in range(steps)], 1)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.dense import dense
 from model.config import S1_BAND_COUNT, S2_BAND_COUNT, ModelConfig, Normalisation, preset
+from model.dense import dense
 from model.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "tessera-platform/1"
@@ -49,7 +49,7 @@ class GRU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """All hidden states (B, T, D) from h0 = 0."""
         cell = self.gru_cell
-        batch, steps, size = x.shape
+        batch, _, size = x.shape
         input_weight = torch.cat([cell.W_ir.weight, cell.W_iz.weight, cell.W_ih.weight])
         input_bias = torch.cat([cell.b_r, cell.b_z, cell.b_h])
         gates_x = F.linear(x, input_weight, input_bias)  # one GEMM for every step

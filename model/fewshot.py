@@ -8,6 +8,7 @@ over many draws; it reports accuracy, macro-F1 and per-class F1 with their sprea
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,8 +26,6 @@ def baseline_features(series: PixelSeries) -> np.ndarray:
     def percentiles(values: np.ndarray, valid: np.ndarray, qs) -> np.ndarray:
         x = np.where(valid[:, :, None], values.astype(np.float32), np.nan)
         with np.errstate(all="ignore"):
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 out = [np.nanpercentile(x, q, axis=1) for q in qs]
@@ -130,8 +129,6 @@ def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np
 
 def _nan_stat(stat, rows: list[np.ndarray]) -> np.ndarray:
     """Per-class statistic over draws, ignoring draws where the class was not tested (NaN)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class never tested stays NaN
         return stat(np.array(rows), axis=0)

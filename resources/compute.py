@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -9,8 +10,8 @@ from model.inference import Precision, best_device, best_precision
 
 
 class ComputeDevice(ConfigurableResource):
-    """`auto` picks CUDA when present (bf16 autocast) and otherwise the CPU, in bf16 where it has
-    native bf16 units (embeddings within cosine 0.999 of fp32) and fp32 elsewhere."""
+    """`auto` picks CUDA when present and otherwise the CPU; bf16 on GPUs and on CPUs with native
+    bf16 units (embeddings within cosine 0.999 of fp32), fp32 elsewhere."""
 
     device: str = "auto"
     precision: str = "auto"
@@ -18,11 +19,11 @@ class ComputeDevice(ConfigurableResource):
         default=0, description="Pixels per forward pass; 0 picks 1024 on CPU and 16384 (a whole 128 x 128 block) on CUDA.")
     block_size: int = 128
 
-    def resolve(self) -> tuple["torch.device", Precision]:  # noqa: F821 - torch imported lazily by callers
+    def resolve(self) -> tuple[torch.device, Precision]:
         device = best_device(self.device)
         return device, best_precision(device, self.precision)
 
-    def batch_for(self, device: "torch.device") -> int:  # noqa: F821
+    def batch_for(self, device: torch.device) -> int:
         """GPUs need many pixels in flight (on an H100, tessera-v1 in bf16 runs ~60% faster at
         16384 than at 1024); on CPU a larger batch only costs memory."""
         if self.batch_size > 0:

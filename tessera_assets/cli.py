@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 from dagster import DagsterInstance, materialize
 
 from model.errors import ModelError
@@ -165,7 +166,7 @@ def run_classify(resources: dict, args) -> int:
     return 0
 
 
-def run_search(vectors, args) -> "pa.Table":
+def run_search(vectors, args) -> pa.Table:
     similarity = Similarity(vectors)
     query, _ = similarity.vector_at(args.lon, args.lat, args.year)
     filters = SearchFilter(years=args.years or [args.year], regions=args.search_regions,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import rasterio
 from dagster import materialize
 
 from conftest import TINY_REGION, TINY_YEAR, make_env
-from resources.storage import RawPartition
 from tessera_assets.partitions import year_region_key
 from tessera_assets.raw.assets import s1_raw, s2_raw
 

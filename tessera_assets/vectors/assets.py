@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
 import yaml
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
