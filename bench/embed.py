@@ -17,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -133,17 +134,19 @@ def end_to_end(name: str, precision: str, region: str, year: int, home: Path, ma
             "end_to_end_px_per_s": round(e2e, 1), "end_to_end_over_forward": round(e2e / forward, 3)}
 
 
-def host_sampling(pixels: int = 65536, times: int = 120, seed: int = 0) -> float:
-    """Pixels/s at which this host turns raw per-pixel series into encoder inputs (one thread)."""
+def host_sampling(threads: int, pixels: int = 65536, times: int = 120, seed: int = 0) -> float:
+    """Pixels/s at which this host turns raw per-pixel series into encoder inputs, with `threads`
+    blocks sampled at once (as the embeddings stream's readers do)."""
     rng = np.random.default_rng(seed)
     doy = np.tile(np.arange(1, 366, 365 // times, dtype=np.int16)[:times], (pixels, 1))
     series = PixelSeries(
         rng.integers(0, 10000, (pixels, times, 10), dtype=np.uint16), rng.random((pixels, times)) < 0.4, doy,
         rng.integers(0, 9000, (pixels, times, 2), dtype=np.int16), rng.random((pixels, times)) < 0.9, doy,
     )
-    start = time.perf_counter()
-    sample_inputs(series, 40)
-    return pixels / (time.perf_counter() - start)
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda _: sample_inputs(series, 40), range(2 * threads)))
+        return 2 * threads * pixels / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -175,7 +178,7 @@ def main() -> None:
         report["presets"][name] = entry
     home = Path(args.home)
     if cuda:
-        report["host_sampling_px_per_s"] = round(host_sampling(), 1)
+        report["host_sampling_px_per_s"] = {f"{n}_threads": round(host_sampling(n), 1) for n in (1, 4)}
     elif (home / "data" / "raw" / "s2" / str(args.e2e_year) / args.e2e_region).exists():
         report["end_to_end"] = [
             end_to_end("tessera-small", precisions[-1], args.e2e_region, args.e2e_year, home, None),

@@ -10,6 +10,7 @@ from dagster import materialize
 from conftest import TINY_REGION, TINY_YEAR
 from model.encoder import TesseraEncoder
 from model.quantise import dequantise
+from resources.compute import ComputeDevice
 from resources.storage import TesseraStorage
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
 from tessera_assets.partitions import year_region_key
@@ -75,6 +76,19 @@ def test_rematerialising_gives_identical_bytes(embedded):
     key = year_region_key(TINY_YEAR, TINY_REGION)
     assert materialize([embeddings], partition_key=key, instance=instance, resources=env.resources).success
     assert {name: (folder / name).read_bytes() for name in before} == before
+
+
+def test_blocks_read_ahead_on_several_threads_give_the_same_bytes(embedded):
+    env, instance, _, _ = embedded
+    folder = env.resources["storage"].embeddings_dir(TINY_YEAR, TINY_REGION)
+    key = year_region_key(TINY_YEAR, TINY_REGION)
+    written = []
+    for readers in (1, 3):
+        resources = dict(env.resources, compute=ComputeDevice(block_size=16, readers=readers))  # 9 blocks
+        assert materialize([embeddings], partition_key=key, instance=instance, resources=resources).success
+        written.append({name: (folder / name).read_bytes() for name in ("embeddings.tif", "scales.tif")})
+    assert written[0] == written[1]
+    assert materialize([embeddings], partition_key=key, instance=instance, resources=env.resources).success
 
 
 def test_random_sampling_is_seeded_and_differs_from_deterministic(embedded):

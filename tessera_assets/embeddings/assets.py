@@ -113,13 +113,13 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     device, precision = compute.resolve()
     encoder = prepare_for_inference(TesseraEncoder.from_checkpoint(storage.model_path()), device, precision)
     grid = s2.grid
-    batch = compute.batch_for(device)
+    batch, readers = compute.batch_for(device), compute.readers_for(device)
     final = storage.embeddings_dir(year, region)
     with atomic_directory(final) as tmp:
         writer = EmbeddingWriter(tmp, grid, encoder.config.embedding_dim)
         try:
             stats = stream_partition(encoder, s2, s1, writer, compute.block_size, config.sampling, config.seed,
-                                     batch, precision, progress=context.log.info)
+                                     batch, precision, progress=context.log.info, readers=readers)
         finally:
             writer.close()
         embedding_preview(tmp, tmp / "preview.png")
@@ -132,6 +132,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
             "forward_pixels_per_second": round(stats.embedded / max(stats.forward_seconds, 1e-9), 1),
             "end_to_end_over_forward": round(stats.forward_seconds / max(stats.seconds, 1e-9), 3),
             "seconds": round(stats.seconds, 2), "device": str(device), "precision": precision,
+            "batch_size": batch, "readers": readers,
             "preset": encoder.config.name, "sampling": config.sampling,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "path": MetadataValue.path(str(final)),

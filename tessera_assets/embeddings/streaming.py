@@ -5,6 +5,7 @@ encoder is the only thing on the critical path and memory is bounded by the bloc
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,8 +54,12 @@ def embed_block(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, win
 
 def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, writer: EmbeddingWriter,
                      block: int, mode: Mode, seed: int, batch_size: int, precision: Precision,
-                     progress: Callable[[str], None] | None = None, windows: list[Window] | None = None) -> StreamStats:
-    """Embed every block of the grid (or the given windows, which the benchmark uses)."""
+                     progress: Callable[[str], None] | None = None, windows: list[Window] | None = None,
+                     readers: int = 1) -> StreamStats:
+    """Embed every block of the grid (or the given windows, which the benchmark uses).
+
+    `readers` blocks are read and sampled ahead at once, on as many threads: one keeps up with a
+    CPU forward pass, a GPU's needs several (memory grows by one block per reader)."""
     windows = windows or s2.grid.blocks(block)
     steps = encoder.config.sample_steps
     stats = StreamStats()
@@ -68,13 +73,14 @@ def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition
         h, w = int(window.height), int(window.width)
         writer.write(window, q.reshape(h, w, -1), scales.reshape(h, w))
 
-    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, ThreadPoolExecutor(1, thread_name_prefix="write") as out:
-        upcoming = reader.submit(load, 0)
+    with ThreadPoolExecutor(readers, thread_name_prefix="read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="write") as out:
+        upcoming = deque(reader.submit(load, i) for i in range(min(readers, len(windows))))
         written = None
         for i, window in enumerate(windows):
-            inputs = upcoming.result()
-            if i + 1 < len(windows):
-                upcoming = reader.submit(load, i + 1)
+            inputs = upcoming.popleft().result()
+            if i + readers < len(windows):
+                upcoming.append(reader.submit(load, i + readers))
             t0 = time.perf_counter()
             vectors = embed_inputs(encoder, inputs, batch_size, precision)
             stats.forward_seconds += time.perf_counter() - t0
