@@ -63,11 +63,40 @@ class Observation:
 
 
 @dataclass
+class ValueStats:
+    """Every valid value written, against the sensor's physical range: the range check sees all
+    pixels of all bands at full resolution, counted while the blocks are in memory anyway."""
+
+    low: float = -np.inf
+    high: float = np.inf
+    count: int = 0
+    outside: int = 0
+    minimum: float = np.inf
+    maximum: float = -np.inf
+
+    def add(self, values: np.ndarray) -> None:
+        if values.size:
+            self.count += values.size
+            self.outside += int(((values < self.low) | (values > self.high)).sum())
+            self.minimum, self.maximum = min(self.minimum, float(values.min())), max(self.maximum, float(values.max()))
+
+    def merge(self, other: "ValueStats") -> None:
+        self.count += other.count
+        self.outside += other.outside
+        self.minimum, self.maximum = min(self.minimum, other.minimum), max(self.maximum, other.maximum)
+
+    @property
+    def outside_fraction(self) -> float:
+        return self.outside / self.count if self.count else 0.0
+
+
+@dataclass
 class IngestReport:
     observations: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     scenes_used: int = 0
     seconds: float = 0.0
+    values: ValueStats = field(default_factory=ValueStats)
 
 
 def group_observations(sensor: Sensor, scenes: list[Scene]) -> list[Observation]:
@@ -153,7 +182,7 @@ def _mosaic_s1(readers: list[_SceneReader], window: Window) -> tuple[np.ndarray,
 
 
 def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path: Path, block: int,
-                       counts: np.ndarray) -> int:
+                       counts: np.ndarray, values_seen: ValueStats) -> int:
     """Write one observation; returns its valid pixel count (0: nothing written)."""
     mosaic = _mosaic_s2 if sensor == "s2" else _mosaic_s1
     profile = grid.geotiff_profile(count=len(BAND_NAMES[sensor]), dtype=DTYPES[sensor], predictor=2)
@@ -169,6 +198,7 @@ def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path:
             values, valid = mosaic(readers, window)
             dst.write(values, window=window)
             dst.write_mask(valid.astype(np.uint8) * 255, window=window)
+            values_seen.add(values[:, valid])
             r, c = int(window.row_off), int(window.col_off)
             obs_valid[r:r + valid.shape[0], c:c + valid.shape[1]] = valid
     n_valid = int(obs_valid.sum())
@@ -180,18 +210,21 @@ def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path:
 
 
 def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path, block: int = 512,
-           progress: Callable[[str], None] | None = None) -> IngestReport:
-    """Write every observation of `scenes` into `out_dir` (a fresh folder) and its index."""
+           progress: Callable[[str], None] | None = None,
+           valid_range: tuple[float, float] = (-np.inf, np.inf)) -> IngestReport:
+    """Write every observation of `scenes` into `out_dir` (a fresh folder) and its index; the report
+    counts the written values outside `valid_range`."""
     start = time.perf_counter()
-    report = IngestReport()
+    report = IngestReport(values=ValueStats(*valid_range))
     (out_dir / "obs").mkdir()
     counts = np.zeros(grid.shape, np.uint16)
     observations = group_observations(sensor, scenes)
     for n, obs in enumerate(observations, start=1):
         path = out_dir / "obs" / f"{obs.key}.tif"
         while obs.scenes:
+            seen = ValueStats(*valid_range)  # kept only if the observation is written whole
             try:
-                n_valid = _write_observation(sensor, obs, grid, path, block, counts)
+                n_valid = _write_observation(sensor, obs, grid, path, block, counts, seen)
                 break
             except SceneReadError as exc:
                 report.skipped.append((exc.scene.id, exc.reason))
@@ -203,6 +236,7 @@ def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path,
             report.skipped += [(s.id, "no clear pixels over the region") for s in obs.scenes]
             continue
         report.scenes_used += len(obs.scenes)
+        report.values.merge(seen)
         report.observations.append({
             "date": obs.date, "doy": obs.doy, "orbit": obs.orbit, "file": f"obs/{obs.key}.tif",
             "scenes": [s.id for s in obs.scenes], "valid_fraction": round(n_valid / counts.size, 4),

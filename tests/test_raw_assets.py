@@ -10,6 +10,7 @@ import rasterio
 from dagster import materialize
 
 from conftest import TINY_REGION, TINY_YEAR, make_env
+from resources.raw_ingest import ValueStats
 from tessera_assets.partitions import year_region_key
 from tessera_assets.raw.assets import s1_raw, s2_raw
 
@@ -135,6 +136,21 @@ def test_metadata_and_checks(ingested):
     checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {("s2_raw", "enough_observations"): True, ("s2_raw", "physical_range"): True,
                       ("s1_raw", "enough_observations"): True, ("s1_raw", "physical_range"): True}
+    s2 = ingested[0].resources["storage"].open_raw("s2", TINY_YEAR, TINY_REGION)
+    valid_values = sum(o["valid_fraction"] for o in s2.observations) * s2.grid.width * s2.grid.height * 10
+    ranged = next(c for c in result.get_asset_check_evaluations()
+                  if c.asset_key.to_user_string() == "s2_raw" and c.check_name == "physical_range")
+    assert ranged.metadata["values_checked"].value == pytest.approx(valid_values, rel=1e-3)  # every band, every pixel
+
+
+def test_value_stats_count_what_falls_outside_the_range():
+    stats = ValueStats(0, 10000)
+    stats.add(np.array([[5, 20000], [0, 10001]]))
+    other = ValueStats(0, 10000)
+    other.add(np.array([-1]))
+    stats.merge(other)
+    assert (stats.count, stats.outside, stats.minimum, stats.maximum) == (5, 3, -1, 20000)
+    assert stats.outside_fraction == pytest.approx(0.6)
 
 
 def test_rematerialising_replaces_cleanly(ingested):

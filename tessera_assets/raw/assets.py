@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -46,24 +45,6 @@ def _checks(sensor: Sensor) -> list[AssetCheckSpec]:
     ]
 
 
-def _out_of_range_fraction(partition, sensor: Sensor) -> tuple[float, list[float]]:
-    """Sampled from the preview-resolution reads of every observation (cheap at any region size)."""
-    lo, hi = PHYSICAL_RANGE[sensor]
-    total = bad = 0
-    extremes = [np.inf, -np.inf]
-    for obs in partition.observations:
-        with rasterio.open(partition.folder / obs["file"]) as src:
-            h, w = max(1, src.height // 4), max(1, src.width // 4)
-            data = src.read(out_shape=(src.count, h, w))
-            valid = src.read_masks(1, out_shape=(h, w)) > 0
-        values = data[:, valid]
-        total += values.size
-        bad += int(((values < lo) | (values > hi)).sum())
-        if values.size:
-            extremes = [min(extremes[0], float(values.min())), max(extremes[1], float(values.max()))]
-    return (bad / total if total else 0.0), extremes
-
-
 def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: TesseraStorage,
                     regions: RegionCatalog, catalog: StacCatalog) -> MaterializeResult:
     year, region_name = year_and_region(context)
@@ -84,11 +65,10 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
         )
     final_dir = storage.raw_dir(sensor, year, region_name)
     with atomic_directory(final_dir) as tmp:
-        report = ingest(sensor, found.scenes, grid, tmp, progress=context.log.info)
+        report = ingest(sensor, found.scenes, grid, tmp, progress=context.log.info, valid_range=PHYSICAL_RANGE[sensor])
         partition = RawPartition(tmp)
         (s2_true_colour if sensor == "s2" else s1_composite)(partition, tmp / "preview.png")
         counts = partition.valid_count()
-        out_of_range, extremes = _out_of_range_fraction(partition, sensor)
     need = MIN_OBSERVATIONS[sensor]
     covered = float((counts >= need).mean())
     skipped = found.rejected + report.skipped
@@ -120,9 +100,10 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
                 metadata={"covered_fraction": covered, "min_observations": need},
             ),
             AssetCheckResult(
-                check_name="physical_range", passed=out_of_range <= MAX_OUT_OF_RANGE_FRACTION,
+                check_name="physical_range", passed=report.values.outside_fraction <= MAX_OUT_OF_RANGE_FRACTION,
                 severity=AssetCheckSeverity.ERROR,
-                metadata={"out_of_range_fraction": out_of_range, "min_value": extremes[0], "max_value": extremes[1]},
+                metadata={"out_of_range_fraction": report.values.outside_fraction, "values_checked": report.values.count,
+                          "min_value": report.values.minimum, "max_value": report.values.maximum},
             ),
         ],
     )
