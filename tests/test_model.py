@@ -8,8 +8,10 @@ import torch
 
 from conftest import fixtures_dir
 from model.config import preset
+from model.dense import dense, onednn_packing_available, pack_for_cpu
 from model.encoder import TesseraEncoder
 from model.errors import CheckpointError
+from model.inference import prepare_for_inference
 from model.reference import reference_embed
 
 
@@ -140,4 +142,22 @@ def test_bf16_autocast_over_fp32_weights_stays_close_to_fp32():
     fp32 = encoder.embed(s2, s1)
     autocast = encoder.embed(s2, s1, precision="bf16")
     cosine = (fp32 * autocast).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(autocast, axis=1)
+    assert cosine.min() > 0.999
+
+
+@pytest.mark.skipif(not onednn_packing_available(), reason="this PyTorch build has no oneDNN weight packing")
+def test_prepacked_bf16_layers_equal_plain_ones_and_stay_close_to_fp32():
+    layer = torch.nn.Linear(64, 256).to(torch.bfloat16)
+    x = torch.randn(40, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        plain = dense(x, layer.weight, layer.bias, relu=True)
+        assert pack_for_cpu(layer, 40) == 1
+        assert torch.equal(dense(x, layer.weight, layer.bias, relu=True), plain)
+        layer.weight.mul_(2)  # a changed weight must not be served from its stale packed copy
+        assert torch.equal(dense(x, layer.weight, layer.bias), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    encoder = _randomised("tessera-small")
+    s2, s1 = _inputs(64, 40)
+    fp32 = encoder.embed(s2, s1)
+    packed = prepare_for_inference(_randomised("tessera-small"), torch.device("cpu"), "bf16").embed(s2, s1, precision="bf16")
+    cosine = (fp32 * packed).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(packed, axis=1)
     assert cosine.min() > 0.999
