@@ -346,9 +346,9 @@ def _write_ground_truth(root: Path, region: Region, land: LandCover) -> None:
         order = rng.permutation(len(rows))
         owner = parcels[rows[order], cols[order]]
         # the n-th point drawn in its parcel: sorting by it visits every parcel before any repeats
-        _, first, inverse = np.unique(owner, return_index=True, return_inverse=True)
+        _, inverse = np.unique(owner, return_inverse=True)
         nth = np.empty(len(order), int)
-        for p in range(len(first)):
+        for p in range(inverse.max() + 1):
             members = np.nonzero(inverse == p)[0]
             nth[members] = np.arange(len(members))
         pick = order[np.argsort(nth, kind="stable")[:LABELS_PER_CLASS]]
