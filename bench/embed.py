@@ -101,7 +101,7 @@ def throughput(name: str, precision: str, pixels: int, batch: int, device: torch
 def accuracy(name: str, device: torch.device) -> dict[str, float]:
     encoder = randomised(name)
     s2, s1 = inputs(64, seed=1)
-    reference = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2), torch.from_numpy(s1)).numpy()
+    reference = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2), torch.from_numpy(s1), encoder.normalisation).numpy()
     fp32 = encoder.to(device).embed(s2, s1)
     bf16 = prepare_for_inference(randomised(name), device, "bf16").embed(s2, s1, precision="bf16")
     cosine = (bf16 * reference).sum(1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(reference, axis=1)

@@ -1,262 +1,152 @@
-"""The TESSERA v1.0 encoder: one transformer per sensor, GRU-aware temporal pooling, linear fusion.
+"""The TESSERA encoder of every family: one backbone per sensor, fused into the 128-d embedding.
 
-Module names and shapes match the official checkpoint exactly (`s2_backbone.*`, `s1_backbone.*`,
-`dim_reducer.*`), so official weights load strictly. The computation is arranged for speed without
-changing the result: the GRU's three input-side maps run as one matrix multiply over all time steps
-before the recurrence, and the transformer uses PyTorch's fused inference path.
+Module names and shapes match the official checkpoints exactly (`s2_backbone.*`, `s1_backbone.*`,
+`dim_reducer.*`), so official weights load strictly; `model.checkpoints` tells the families apart.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from model.config import S1_BAND_COUNT, S2_BAND_COUNT, ModelConfig, Normalisation, preset
-from model.dense import dense
+from model.checkpoints import CHECKPOINT_FORMAT, EncoderIdentity, read_checkpoint, weights_digest
+from model.config import (
+    S1_BAND_COUNT, S2_BAND_COUNT, ModelConfig, Normalisation, preset, preset_normalisation,
+)
 from model.errors import CheckpointError
-
-CHECKPOINT_FORMAT = "tessera-platform/1"
-_IGNORED_PREFIXES = ("projector.",)
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
-
-class GRUCell(nn.Module):
-    """The reference's GRU cell: bias-free input and hidden maps, one bias per gate,
-    candidate `tanh(W_ih x + W_hh (r * h) + b_h)`, update `(1 - z) h + z h~`."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        for name in ("W_ir", "W_iz", "W_ih", "W_hr", "W_hz", "W_hh"):
-            setattr(self, name, nn.Linear(size, size, bias=False))
-        self.b_r = nn.Parameter(torch.zeros(size))
-        self.b_z = nn.Parameter(torch.zeros(size))
-        self.b_h = nn.Parameter(torch.zeros(size))
+from model.layers import SensorBackbone
+from model.selection import EncoderInputs, SequenceGroup, normalise_s1, select_inputs, z_score
+from model.series import series_from_arrays
 
 
-class GRU(nn.Module):
-    def __init__(self, size: int):
-        super().__init__()
-        self.gru_cell = GRUCell(size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """All hidden states (B, T, D) from h0 = 0."""
-        cell = self.gru_cell
-        batch, _, size = x.shape
-        input_weight = torch.cat([cell.W_ir.weight, cell.W_iz.weight, cell.W_ih.weight])
-        input_bias = torch.cat([cell.b_r, cell.b_z, cell.b_h])
-        gates_x = F.linear(x, input_weight, input_bias)  # one GEMM for every step
-        hidden_rz = torch.cat([cell.W_hr.weight, cell.W_hz.weight]).T
-        hidden_h = cell.W_hh.weight.T
-        h = gates_x.new_zeros(batch, size)  # autocast: the gates dtype, so lerp sees one dtype
-        outputs = []
-        # unbind/split rather than indexing: in training, each indexed slice's backward would fill a
-        # zero tensor the size of the whole input (that was half of a pretraining step's time)
-        for gx in gates_x.unbind(1):
-            gx_rz, gx_h = gx.split([2 * size, size], dim=1)
-            r, z = torch.sigmoid(torch.addmm(gx_rz, h, hidden_rz)).chunk(2, dim=1)
-            candidate = torch.tanh(torch.addmm(gx_h, r * h, hidden_h))
-            h = torch.lerp(h, candidate, z)  # (1 - z) h + z h~, in one pass
-            outputs.append(h)
-        return torch.stack(outputs, dim=1)
-
-
-class TemporalAwarePooling(nn.Module):
-    """Softmax weights over time from GRU context, applied to the transformer outputs themselves."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.temporal_context = GRU(width)
-        self.query = nn.Linear(width, 1)
-        self.layer_norm = nn.LayerNorm(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            return x[:, 0]
-        context = self.layer_norm(self.temporal_context(x))
-        weights = torch.softmax(self.query(context).float(), dim=1).to(x.dtype)
-        return (weights * x).sum(dim=1)
-
-
-def doy_encoding(doy: torch.Tensor, width: int) -> torch.Tensor:
-    """Sinusoidal encoding of the raw day of year (base 10000; sin on even, cos on odd channels).
-
-    Days of year are integers, so the encoding is a lookup in a table computed by the same formula
-    (identical values, and no sin/cos over every step of every pixel)."""
-    if not torch.is_floating_point(doy) or bool((doy == doy.round()).all() and doy.min() >= 0 and doy.max() <= 366):
-        return _doy_table(width, doy.device)[doy.long()]
-    return _doy_formula(doy, width)
-
-
-@functools.lru_cache(maxsize=8)
-def _doy_table(width: int, device: torch.device) -> torch.Tensor:
-    return _doy_formula(torch.arange(367, device=device), width)
-
-
-def _doy_formula(doy: torch.Tensor, width: int) -> torch.Tensor:
-    position = doy.float().unsqueeze(-1)
-    div = torch.exp(torch.arange(0, width, 2, device=doy.device, dtype=torch.float32) * (-math.log(10000.0) / width))
-    angles = position * div
-    return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)
-
-
-class SensorBackbone(nn.Module):
-    def __init__(self, bands: int, config: ModelConfig):
-        super().__init__()
-        width = config.width
-        self.embedding = nn.Sequential(nn.Linear(bands, width), nn.ReLU(), nn.Linear(width, width))
-        layer = nn.TransformerEncoderLayer(
-            d_model=width, nhead=config.heads, dim_feedforward=config.feedforward, dropout=config.dropout,
-            activation="relu", batch_first=True,
-        )
-        self.transformer_encoder = nn.TransformerEncoder(layer, num_layers=config.layers, enable_nested_tensor=False)
-        self.attn_pool = TemporalAwarePooling(width)
-
-    def forward(self, bands: torch.Tensor, doy: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(bands) + doy_encoding(doy, self.embedding[0].out_features).to(bands.dtype)
-        if self.training or torch.is_grad_enabled():
-            x = self.transformer_encoder(x)
-        else:
-            for layer in self.transformer_encoder.layers:
-                x = encoder_layer_inference(layer, x)
-        return self.attn_pool(x)
-
-
-# Pixels per slice in CPU inference: the feed-forward intermediate (rows x 4096) then stays in cache,
-# which lifts the layer from ~0.85 to ~0.94 of the machine's GEMM rate. GPUs take the whole batch.
-CPU_INFERENCE_CHUNK = 16
-
-
-def encoder_layer_inference(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
-    """A post-norm encoder layer in eval mode (no dropout), computed slice by slice of pixels;
-    the same arithmetic as `layer(x)`, arranged for cache locality."""
-    batch, steps, width = x.shape
-    attn = layer.self_attn
-    heads = attn.num_heads
-    chunk = batch if x.is_cuda else CPU_INFERENCE_CHUNK
-    flat = x.reshape(batch * steps, width)
-    out = torch.empty_like(flat)
-    rows = chunk * steps
-    for start in range(0, batch * steps, rows):
-        xc = flat[start:start + rows]
-        n = xc.shape[0] // steps
-        qkv = dense(xc, attn.in_proj_weight, attn.in_proj_bias).view(n, steps, 3, heads, width // heads)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-        a = _attention(q, k, v).transpose(1, 2).reshape(n * steps, width)
-        y = F.layer_norm(xc + dense(a, attn.out_proj.weight, attn.out_proj.bias), (width,),
-                         layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
-        hidden = dense(y, layer.linear1.weight, layer.linear1.bias, relu=True)
-        out[start:start + rows] = F.layer_norm(y + dense(hidden, layer.linear2.weight, layer.linear2.bias),
-                                               (width,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
-    return out.view(batch, steps, width)
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention over the time steps. On CPU the 40 x 40 score matrices are too small for
-    the fused flash kernel, which ran ~3x slower here than two batched products and a softmax
-    (taken in fp32, as the fused kernels do)."""
-    if q.is_cuda:
-        return F.scaled_dot_product_attention(q, k, v)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)
-    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+def fusion_head(config: ModelConfig) -> nn.Sequential:
+    """v1.0: one linear map. v1.1 and v2: an MLP (2d -> 4d -> output) with a LayerNorm; v2 ends in
+    a parameter-free LayerNorm, so every embedding has mean 0 and variance ~1."""
+    fused = 2 * config.width
+    if config.family == "v1.0":
+        return nn.Sequential(nn.Linear(fused, config.output_dim))
+    hidden = 4 * config.width
+    layers = [nn.Linear(fused, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(config.dropout),
+              nn.Linear(hidden, config.output_dim)]
+    if config.family == "v2":
+        layers.append(nn.LayerNorm(config.output_dim, elementwise_affine=False))
+    return nn.Sequential(*layers)
 
 
 class TesseraEncoder(nn.Module):
-    """S2 and S1 backbones fused by one linear layer into the 128-d embedding."""
+    """S2 and S1 backbones fused into the embedding; knows its normalisation and identity."""
 
     def __init__(self, config: ModelConfig, normalisation: Normalisation | None = None):
         super().__init__()
         self.config = config
-        self.normalisation = normalisation or Normalisation()
+        self.normalisation = normalisation or preset_normalisation(config, "mpc" if config.family == "v1.1" else None)
         self.s2_backbone = SensorBackbone(S2_BAND_COUNT, config)
         self.s1_backbone = SensorBackbone(S1_BAND_COUNT, config)
-        self.dim_reducer = nn.Sequential(nn.Linear(2 * config.width, config.embedding_dim))
-        norm = self.normalisation
-        for name, values in (("s2_mean", norm.s2_mean), ("s2_std", norm.s2_std),
-                             ("s1_mean", norm.s1_mean), ("s1_std", norm.s1_std)):
-            self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
+        self.dim_reducer = fusion_head(config)
         self.metadata: dict[str, Any] = {}
+        self._digest: str | None = None
 
     @classmethod
-    def from_preset(cls, name: str) -> "TesseraEncoder":
-        return cls(preset(name))
+    def from_preset(cls, name: str, data_source: str | None = None) -> "TesseraEncoder":
+        config = preset(name)
+        return cls(config, preset_normalisation(config, data_source))
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, s2: torch.Tensor, s2_doy: torch.Tensor, s1: torch.Tensor, s1_doy: torch.Tensor) -> torch.Tensor:
-        """Normalised bands (B, T, C) and day of year (B, T) per sensor -> (B, embedding_dim)."""
-        fused = torch.cat([self.s2_backbone(s2, s2_doy), self.s1_backbone(s1, s1_doy)], dim=-1)
-        return self.dim_reducer(fused)
+    @property
+    def identity(self) -> EncoderIdentity:
+        """Family, architecture, normalisation set and a digest of the weights (computed once;
+        `load_strict` and training reset it)."""
+        if self._digest is None:
+            self._digest = weights_digest(self.state_dict())
+        return EncoderIdentity(self.config.family, self.config.architecture, self.normalisation.name, self._digest)
 
-    def normalise(self, s2: torch.Tensor, s1: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Raw (B, T, bands + DOY) -> normalised bands and raw DOY, per sensor."""
-        s2_bands = (s2[..., :-1].float() - self.s2_mean) / self.s2_std
-        s1_bands = (s1[..., :-1].float() - self.s1_mean) / self.s1_std
-        return s2_bands, s2[..., -1], s1_bands, s1[..., -1]
+    def forward(self, s2: torch.Tensor, s2_doy: torch.Tensor, s1: torch.Tensor, s1_doy: torch.Tensor) -> torch.Tensor:
+        """z-scored bands (B, T, C) and raw day of year (B, T) per sensor -> (B, embedding_dim)."""
+        fused = torch.cat([self.s2_backbone(s2, s2_doy), self.s1_backbone(s1, s1_doy)], dim=-1)
+        return self.dim_reducer(fused)[:, :self.config.embedding_dim]
+
+    def train(self, mode: bool = True) -> "TesseraEncoder":
+        if mode:
+            self._digest = None  # weights are about to change
+        return super().train(mode)
 
     @torch.inference_mode()
-    def embed(self, s2: Any, s1: Any, batch_size: int = 4096, precision: str = "fp32") -> Any:
-        """Embeddings (B, 128) float32 of raw inputs on exactly the given steps.
-
-        S2 `(B, T, 11)` reflectance x 1e4 with DOY last; S1 `(B, T, 3)` TESSERA units with DOY last.
-        Returns numpy for numpy input, a CPU tensor for tensor input. `precision="bf16"` computes in
-        bfloat16 (autocast over fp32 weights, or natively once `model.inference.prepare_for_inference`
-        cast the weights); results stay within cosine 0.999 of fp32."""
-        as_numpy = isinstance(s2, np.ndarray)
-        s2_t, s1_t = torch.as_tensor(s2), torch.as_tensor(s1)
-        if s2_t.ndim != 3 or s2_t.shape[-1] != S2_BAND_COUNT + 1:
-            raise ValueError(f"s2 must be (B, T, {S2_BAND_COUNT + 1}), got {tuple(s2_t.shape)}")
-        if s1_t.ndim != 3 or s1_t.shape[-1] != S1_BAND_COUNT + 1 or s1_t.shape[0] != s2_t.shape[0]:
-            raise ValueError(f"s1 must be (B, T, {S1_BAND_COUNT + 1}) with B = {s2_t.shape[0]}, got {tuple(s1_t.shape)}")
+    def embed_inputs(self, inputs: EncoderInputs, batch_size: int = 4096, precision: str = "fp32") -> np.ndarray:
+        """(count, embedding_dim) float32; pixels in no group are NaN. Each group is batched alone
+        (its sequences share their lengths: no padding, so no pixel affects another)."""
         self.eval()
         device = next(self.parameters()).device
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model_dtype = next(self.parameters()).dtype
-        outputs = []
-        for start in range(0, s2_t.shape[0], batch_size):
-            s2_b = s2_t[start:start + batch_size].to(device, non_blocking=True)
-            s1_b = s1_t[start:start + batch_size].to(device, non_blocking=True)
-            s2_n, s2_doy, s1_n, s1_doy = self.normalise(s2_b, s1_b)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != model_dtype):
-                out = self(s2_n.to(model_dtype), s2_doy, s1_n.to(model_dtype), s1_doy)
-            outputs.append(out.float().cpu())
-        result = torch.cat(outputs) if outputs else torch.zeros(0, self.config.embedding_dim)
-        return result.numpy() if as_numpy else result
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        out = np.full((inputs.count, self.config.embedding_dim), np.nan, np.float32)
+        for group in inputs.groups:
+            for start in range(0, len(group), batch_size):
+                part = group.slice(start, start + batch_size)
+                s2, s2_doy, s1, s1_doy = (torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
+                                          for a in (part.s2, part.s2_doy, part.s1, part.s1_doy))
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != model_dtype):
+                    vectors = self(s2.to(model_dtype), s2_doy, s1.to(model_dtype), s1_doy)
+                out[part.index] = vectors.float().cpu().numpy()
+        return out
+
+    def embed(self, s2: Any, s1: Any, batch_size: int = 4096, precision: str = "fp32") -> Any:
+        """v1.0's call: embeddings (B, 128) float32 of raw inputs on exactly the given steps.
+
+        S2 `(B, T, 11)` reflectance x 1e4 with DOY last; S1 `(B, T, 3)` TESSERA units with DOY last,
+        ascending and descending merged. Returns numpy for numpy input, a CPU tensor for tensor
+        input. v1.1 and v2 need the S2 mask and the orbit directions: use `embed_series`."""
+        if self.config.family != "v1.0":
+            raise ValueError(f"embed(s2, s1) is v1.0's call; a {self.config.family} encoder selects its own steps "
+                             "from the full series and needs S1 orbit directions: use embed_series")
+        as_numpy = isinstance(s2, np.ndarray)
+        s2_a, s1_a = np.asarray(s2, np.float32), np.asarray(s1, np.float32)
+        if s2_a.ndim != 3 or s2_a.shape[-1] != S2_BAND_COUNT + 1:
+            raise ValueError(f"s2 must be (B, T, {S2_BAND_COUNT + 1}), got {tuple(s2_a.shape)}")
+        if s1_a.ndim != 3 or s1_a.shape[-1] != S1_BAND_COUNT + 1 or s1_a.shape[0] != s2_a.shape[0]:
+            raise ValueError(f"s1 must be (B, T, {S1_BAND_COUNT + 1}) with B = {s2_a.shape[0]}, got {tuple(s1_a.shape)}")
+        norm = self.normalisation
+        # one group: every pixel has the same lengths
+        group = SequenceGroup(np.arange(len(s2_a)), z_score(s2_a[..., :-1], norm.s2_mean, norm.s2_std), s2_a[..., -1],
+                              normalise_s1(s1_a[..., :-1], np.zeros(s1_a.shape[:2], bool), norm), s1_a[..., -1])
+        result = self.embed_inputs(EncoderInputs(len(s2_a), [group]), batch_size, precision)
+        return result if as_numpy else torch.from_numpy(result)
+
+    def embed_series(self, s2_bands, s2_doys, s2_masks=None, s1_asc_bands=None, s1_asc_doys=None,
+                     s1_desc_bands=None, s1_desc_doys=None, data_source: str | None = None,
+                     batch_size: int = 4096, precision: str = "fp32", sampling: str = "auto",
+                     rng: np.random.Generator | None = None) -> np.ndarray:
+        """(N, 128) float32 embeddings of raw per-pixel series, with the family's own selection.
+
+        S2 bands (N, T2, 10) reflectance x 1e4 in TESSERA order, DOYs (N, T2) or shared (T2,),
+        masks (N, T2) nonzero = clear (None: all clear). S1 ascending and descending passes
+        separately, (N, Ta, 2) / (N, Td, 2) [VV, VH] in TESSERA units with their DOYs; a step is
+        valid when a channel is nonzero. Pixels without any observation are NaN. `data_source`
+        (v1.1: `mpc` / `aws`) must agree with the constants the encoder was loaded with."""
+        if data_source not in (None, "", "auto") and self.normalisation.name != f"v1.1-{data_source}":
+            raise ValueError(f"data_source {data_source!r} does not match this encoder's normalisation "
+                             f"{self.normalisation.name!r}; load the checkpoint with data_source={data_source!r}")
+        series = series_from_arrays(s2_bands, s2_doys, s2_masks, s1_asc_bands, s1_asc_doys, s1_desc_bands, s1_desc_doys)
+        inputs = select_inputs(series, self.config, self.normalisation, sampling, rng)
+        return self.embed_inputs(inputs, batch_size, precision)
 
     # -- checkpoints -------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, preset_name: str = "tessera-v1", trusted: bool = False) -> "TesseraEncoder":
-        """Load an official TESSERA checkpoint or one of ours, strictly.
-
-        Official files hold `model_state` or `model_state_dict` (keys maybe behind `_orig_mod.`);
-        the training projector is ignored. Any missing, unexpected or mis-shaped tensor is an error
-        that names it. `trusted=True` allows pickled non-tensor objects (only for files you trust)."""
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=not trusted)
-        except Exception as exc:  # pickle errors come in many types
-            hint = "" if trusted else " (if it holds pickled objects and you trust it, pass trusted=True)"
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}{hint}") from exc
-        if not isinstance(payload, dict):
-            raise CheckpointError(f"checkpoint {path} is a {type(payload).__name__}, expected a dict")
-        if payload.get("format") == CHECKPOINT_FORMAT:
-            config = ModelConfig.from_dict(payload["config"])
-            encoder = cls(config, Normalisation(**payload["normalisation"]))
-            encoder.metadata = dict(payload.get("training", {}))
-        else:
-            encoder = cls(preset(preset_name))
-            encoder.metadata = {"source": "official", "path": str(path)}
-        encoder.load_strict(extract_state_dict(payload, path))
+    def from_checkpoint(cls, path: str | Path, data_source: str | None = None, trusted: bool = False) -> "TesseraEncoder":
+        """Load any TESSERA checkpoint strictly: official v1.0, v1.1 (encoder-only or full), v2
+        students (built from their `args`), or one of ours. The family is told from the contents.
+        v1.1 needs `data_source` (`mpc` or `aws`): the file does not record it. Any missing,
+        unexpected or mis-shaped tensor is an error that names it. `trusted=True` allows pickled
+        non-tensor objects (only for files you trust)."""
+        loaded = read_checkpoint(path, data_source, trusted)
+        encoder = cls(loaded.config, loaded.normalisation)
+        encoder.metadata = loaded.metadata
+        encoder.load_strict(loaded.state)
         return encoder
 
     def load_strict(self, state: dict[str, torch.Tensor]) -> None:
@@ -277,41 +167,20 @@ class TesseraEncoder(nn.Module):
         if problems:
             raise CheckpointError(f"checkpoint does not match {self.config.name}: " + "; ".join(problems))
         self.load_state_dict(state, strict=True)
+        self._digest = None
 
     def save(self, path: str | Path, training: dict[str, Any] | None = None) -> Path:
-        """Our own format: weights plus the preset, normalisation and training metadata."""
+        """Our own format: weights plus the architecture, normalisation, identity and training metadata."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save({
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
-            "normalisation": asdict(self.normalisation),
+            "normalisation": self.normalisation.to_dict(),
+            "identity": self.identity.to_dict(),
             "training": training or self.metadata,
             "model_state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }, tmp)
         tmp.replace(path)
         return path
-
-
-def extract_state_dict(payload: dict[str, Any], path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
-    for key in ("model_state", "model_state_dict", "state_dict"):
-        if key in payload and isinstance(payload[key], dict):
-            state = payload[key]
-            break
-    else:
-        if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-            state = payload
-        else:
-            raise CheckpointError(
-                f"checkpoint {path} has no model_state or model_state_dict (top-level keys: {', '.join(sorted(payload)[:10])})"
-            )
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        if key.startswith(_IGNORED_PREFIXES):
-            continue
-        cleaned[key] = value
-    return cleaned

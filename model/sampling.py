@@ -1,9 +1,11 @@
-"""Temporal sampling: which valid observations of each pixel the encoder sees.
+"""v1.0's temporal sampling: a fixed number of each pixel's valid observations.
 
-v1.0 draws a fixed number of valid steps at random (without replacement when there are enough,
-otherwise with replacement) and sorts them in time, so its embeddings are stochastic. The
-deterministic mode (the default, as in v1.1) picks evenly spaced steps among all valid ones, so the
-same inputs always give the same embedding. Both are vectorised over pixels.
+TESSERA v1.0 draws 40 valid steps at random (without replacement when there are enough, otherwise
+with replacement) and sorts them in time, so its embeddings are stochastic (`random`). Our
+`evenly-spaced` mode, the default for v1.0 weights, picks evenly spaced ranks among all valid steps
+instead, so the same inputs always give the same embedding; it is this platform's choice, not a
+TESSERA release's (v1.1 and v2 feed every observation in buckets: `model.selection`). Both are
+vectorised over pixels.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-Mode = Literal["deterministic", "random"]
+Mode = Literal["evenly-spaced", "random"]
+MODES: tuple[str, ...] = ("evenly-spaced", "random")
 
 
 def _valid_time_order(valid: np.ndarray) -> np.ndarray:
@@ -20,7 +23,7 @@ def _valid_time_order(valid: np.ndarray) -> np.ndarray:
     return np.argsort(~valid, axis=1, kind="stable")
 
 
-def sample_steps(valid: np.ndarray, steps: int, mode: Mode = "deterministic",
+def sample_steps(valid: np.ndarray, steps: int, mode: Mode = "evenly-spaced",
                  rng: np.random.Generator | None = None) -> np.ndarray:
     """Time indices (N, steps), sorted in time, for pixels with at least one valid step.
 
@@ -28,12 +31,12 @@ def sample_steps(valid: np.ndarray, steps: int, mode: Mode = "deterministic",
     n_pixels, n_times = valid.shape
     counts = np.maximum(valid.sum(axis=1), 1)[:, None]
     order = _valid_time_order(valid)
-    if mode == "deterministic":
+    if mode == "evenly-spaced":
         # evenly spaced ranks 0 .. count-1 among the valid steps (repeats when count < steps)
         ranks = np.floor(np.linspace(0.0, 1.0, steps)[None, :] * (counts - 1) + 0.5).astype(np.int64)
         return np.take_along_axis(order, ranks, axis=1)
     if mode != "random":
-        raise ValueError(f"unknown sampling mode {mode!r}: use 'deterministic' or 'random'")
+        raise ValueError(f"unknown sampling mode {mode!r}: use one of {', '.join(MODES)}")
     rng = rng or np.random.default_rng()
     ranks = np.sort(rng.integers(0, counts, (n_pixels, steps)), axis=1)
     indices = np.take_along_axis(order, ranks, axis=1)  # with replacement

@@ -50,7 +50,7 @@ def test_fast_encoder_equals_reference_semantics(name):
     encoder = _randomised(name)
     s2, s1 = _inputs(6, 40)
     fast = encoder.embed(s2, s1)
-    slow = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2), torch.from_numpy(s1)).numpy()
+    slow = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2), torch.from_numpy(s1), encoder.normalisation).numpy()
     assert fast.shape == (6, 128) and fast.dtype == np.float32
     assert np.abs(fast - slow).max() < 1e-4
 
@@ -59,7 +59,7 @@ def test_embed_runs_on_exactly_the_given_steps():
     encoder = _randomised("tessera-small")
     s2, s1 = _inputs(3, 40)
     short = encoder.embed(s2[:, :17], s1[:, :9])
-    slow = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2[:, :17]), torch.from_numpy(s1[:, :9]))
+    slow = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2[:, :17]), torch.from_numpy(s1[:, :9]), encoder.normalisation)
     assert np.abs(short - slow.numpy()).max() < 1e-4
 
 

@@ -16,7 +16,7 @@ def _valid(seed=0, n=200, t=70):
 
 def test_deterministic_sampling_is_reproducible_sorted_and_valid():
     valid = _valid()
-    a, b = sample_steps(valid, 40), sample_steps(valid, 40)
+    a, b = sample_steps(valid, 40, "evenly-spaced"), sample_steps(valid, 40)
     assert np.array_equal(a, b)
     rows = np.arange(len(valid))[:, None]
     assert valid[rows[2:], a[2:]].all()
@@ -53,13 +53,13 @@ def test_model_inputs_gather_values_with_each_pixels_doy_last():
     doy = np.array([[10, 20, 30, 40, 50], [15, 25, 35, 45, 55]], np.int16)
     s1 = np.ones((2, 3, 2), np.int16)
     series = PixelSeries(s2, s2_valid, doy, s1, np.ones((2, 3), bool), doy[:, :3])
-    s2_in, s1_in = series.model_inputs(3)
+    s2_in, s1_in, _ = series.sampled(3)
     assert s2_in.shape == (2, 3, 11) and s1_in.shape == (2, 3, 3)
     assert s2_in[0, :, -1].tolist() == [10, 30, 50]
     assert s2_in[1, :, -1].tolist() == [25, 45, 45]  # ranks 0, 0.5 -> 1, 1 over its two valid steps
     assert s2_in[0, 1, :10].tolist() == s2[0, 2].tolist()
     padded = PixelSeries.concat([series, series.subset(np.array([0]))])
-    assert len(padded) == 3 and padded.has_data.all()
+    assert len(padded) == 3 and padded.has_both.all()
 
 
 def test_quantisation_round_trip():
