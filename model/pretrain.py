@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import ModelConfig
+from model.config import ModelConfig, Normalisation
 from model.encoder import TesseraEncoder
 from model.inference import best_precision
+from model.selection import normalise_s1, z_score
 from model.series import PixelSeries
 
 
@@ -65,14 +66,17 @@ def barlow_twins_loss(c: torch.Tensor, lam: float) -> torch.Tensor:
     return on_diag + lam * off_diag
 
 
-def _views(pool: PixelSeries, index: np.ndarray, steps: int, rng: np.random.Generator, encoder: TesseraEncoder,
+def _views(pool: PixelSeries, index: np.ndarray, steps: int, rng: np.random.Generator, norm: Normalisation,
            device: torch.device) -> list[torch.Tensor]:
+    """Two independent random draws of `steps` valid observations per pixel, z-scored as the
+    encoder's family z-scores them (S1 per orbit direction for v1.1 and v2)."""
     batch = pool.subset(index)
     out = []
     for _ in range(2):
-        s2, s1 = batch.model_inputs(steps, "random", rng)
-        s2_n, s2_doy, s1_n, s1_doy = encoder.normalise(torch.from_numpy(s2).to(device), torch.from_numpy(s1).to(device))
-        out += [s2_n, s2_doy, s1_n, s1_doy]
+        s2, s1, desc = batch.sampled(steps, "random", rng)
+        arrays = (z_score(s2[..., :-1], norm.s2_mean, norm.s2_std), s2[..., -1],
+                  normalise_s1(s1[..., :-1], desc, norm), s1[..., -1])
+        out += [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
     return out
 
 
@@ -97,7 +101,7 @@ def _parameter_groups(modules: list[nn.Module], weight_decay: float) -> list[dic
 def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfig, state_path: Path,
              device: torch.device | None = None, progress: Callable[[int, float], None] | None = None) -> TesseraEncoder:
     """Train an encoder; `state_path` holds the resumable state while training runs."""
-    pool = pool.subset(np.nonzero(pool.has_data)[0])
+    pool = pool.subset(np.nonzero(pool.has_both)[0])
     if len(pool) < config.batch_size:
         raise ValueError(f"pretraining needs at least {config.batch_size} pixels with S1 and S2 data, got {len(pool)}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,7 +134,7 @@ def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfi
             order, cursor = rng.permutation(len(pool)), 0
         index = order[cursor:cursor + config.batch_size]
         cursor += config.batch_size
-        a2, a2d, a1, a1d, b2, b2d, b1, b1d = _views(pool, index, model_config.sample_steps, rng, encoder, device)
+        a2, a2d, a1, a1d, b2, b2d, b1, b1d = _views(pool, index, model_config.sample_steps, rng, encoder.normalisation, device)
         with autocast:
             za = head(encoder(a2, a2d, a1, a1d)).float()
             zb = head(encoder(b2, b2d, b1, b1d)).float()

@@ -23,7 +23,11 @@ def read_window(s2: RawPartition, s1: RawPartition, window: Window) -> PixelSeri
             np.broadcast_to(doy, (n, t)).copy(),
         )
 
-    return PixelSeries(*per_pixel(s2_values, s2_valid, s2.doy), *per_pixel(s1_values, s1_valid, s1.doy))
+    orbits = [o.get("orbit") for o in s1.observations]
+    descending = None  # unknown unless every S1 observation says its pass direction
+    if all(o in ("ascending", "descending") for o in orbits):
+        descending = np.broadcast_to(np.array([o == "descending" for o in orbits]), (n, len(orbits))).copy()
+    return PixelSeries(*per_pixel(s2_values, s2_valid, s2.doy), *per_pixel(s1_values, s1_valid, s1.doy), descending)
 
 
 def sample_pixels(s2: RawPartition, s1: RawPartition, count: int, rng: np.random.Generator,
@@ -37,7 +41,7 @@ def sample_pixels(s2: RawPartition, s1: RawPartition, count: int, rng: np.random
         if k == 0:
             continue
         series = read_window(s2, s1, window)
-        candidates = np.nonzero(series.has_data)[0]
+        candidates = np.nonzero(series.has_both)[0]
         if len(candidates):
             parts.append(series.subset(rng.choice(candidates, size=min(k, len(candidates)), replace=False)))
     if not parts:

@@ -121,7 +121,7 @@ def test_unreadable_or_foreign_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read"):
         TesseraEncoder.from_checkpoint(tmp_path / "garbage.pt")
     torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "no_model.pt")
-    with pytest.raises(CheckpointError, match="no model_state or model_state_dict"):
+    with pytest.raises(CheckpointError, match="no model_state, model_state_dict"):
         TesseraEncoder.from_checkpoint(tmp_path / "no_model.pt")
 
 

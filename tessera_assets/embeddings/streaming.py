@@ -14,9 +14,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from model.encoder import TesseraEncoder
-from model.inference import EncoderInputs, Precision, embed_inputs, sample_inputs
+from model.inference import Precision
 from model.quantise import quantise
-from model.sampling import Mode
+from model.selection import EncoderInputs, select_inputs
 from resources.pixel_series import read_window
 from resources.storage import EmbeddingWriter, RawPartition
 
@@ -38,22 +38,22 @@ def block_rng(seed: int, block_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, block_index])
 
 
-def block_inputs(s2: RawPartition, s1: RawPartition, window: Window, index: int, steps: int, mode: Mode,
-                 seed: int) -> EncoderInputs:
-    """The sampled encoder inputs of one block, the same whether streamed or re-embedded by a check."""
-    return sample_inputs(read_window(s2, s1, window), steps, mode, block_rng(seed, index))
+def block_inputs(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, window: Window, index: int,
+                 mode: str, seed: int) -> EncoderInputs:
+    """The selected encoder inputs of one block, the same whether streamed or re-embedded by a check."""
+    return select_inputs(read_window(s2, s1, window), encoder.config, encoder.normalisation, mode,
+                         block_rng(seed, index))
 
 
 def embed_block(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, window: Window, index: int,
-                mode: Mode, seed: int, batch_size: int, precision: Precision) -> np.ndarray:
+                mode: str, seed: int, batch_size: int, precision: Precision) -> np.ndarray:
     """One block's float32 embeddings (h, w, dim), NaN where there is no data; used by checks."""
-    inputs = block_inputs(s2, s1, window, index, encoder.config.sample_steps, mode, seed)
-    vectors = embed_inputs(encoder, inputs, batch_size, precision)
+    vectors = encoder.embed_inputs(block_inputs(encoder, s2, s1, window, index, mode, seed), batch_size, precision)
     return vectors.reshape(int(window.height), int(window.width), -1)
 
 
 def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, writer: EmbeddingWriter,
-                     block: int, mode: Mode, seed: int, batch_size: int, precision: Precision,
+                     block: int, mode: str, seed: int, batch_size: int, precision: Precision,
                      progress: Callable[[str], None] | None = None, windows: list[Window] | None = None,
                      readers: int = 1) -> StreamStats:
     """Embed every block of the grid (or the given windows, which the benchmark uses).
@@ -61,12 +61,11 @@ def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition
     `readers` blocks are read and sampled ahead at once, on as many threads: one keeps up with a
     CPU forward pass, a GPU's needs several (memory grows by one block per reader)."""
     windows = windows or s2.grid.blocks(block)
-    steps = encoder.config.sample_steps
     stats = StreamStats()
     started = time.perf_counter()
 
     def load(i: int) -> EncoderInputs:
-        return block_inputs(s2, s1, windows[i], i, steps, mode, seed)
+        return block_inputs(encoder, s2, s1, windows[i], i, mode, seed)
 
     def store(window: Window, vectors: np.ndarray) -> None:
         q, scales = quantise(vectors)
@@ -82,7 +81,7 @@ def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition
             if i + readers < len(windows):
                 upcoming.append(reader.submit(load, i + readers))
             t0 = time.perf_counter()
-            vectors = embed_inputs(encoder, inputs, batch_size, precision)
+            vectors = encoder.embed_inputs(inputs, batch_size, precision)
             stats.forward_seconds += time.perf_counter() - t0
             stats.pixels += inputs.count
             stats.embedded += len(inputs.index)
