@@ -1,20 +1,24 @@
-"""Encoder throughput against the machine's own limit; prints JSON.
+"""Encoder throughput of every TESSERA family against the machine's own limit; prints JSON.
 
-    .venv/bin/python bench/embed.py [--v1-pixels 512] [--small-pixels 8192] [--e2e-region demo --e2e-year 2022]
+    .venv/bin/python bench/embed.py [--presets tessera-v1,tessera-v2-medium] [--busy]
     python bench/embed.py --device cuda          # on a GPU machine (needs only torch and numpy)
 
-For each preset and precision: pixels/s of the forward pass, the model's FLOP/s, and the same run's
-large-GEMM FLOP/s, whose ratio is the utilisation. Accuracy: max |fast - reference| in fp32 and min
-cosine(bf16, reference fp32), against `model.reference` (op by op). End to end: a materialised raw
-partition streamed to stored embeddings, as a fraction of the pure forward rate on the same pixels.
-On CUDA the end-to-end step is replaced by the host's sampling rate (pixels/s that the CPU side can
-feed the GPU), since a GPU machine may lack the geospatial stack.
+For each preset and precision: pixels/s of the forward pass on sequences of the family's shape (v1.0:
+40 sampled steps; v1.1 and v2: one bucket of `--s2-steps` / `--s1-steps`, all observations of a
+typical year), the model's FLOP/s, and the same run's large-GEMM FLOP/s, whose ratio is the
+utilisation. Accuracy: max |fast - reference| in fp32 and min cosine(bf16, reference fp32), against
+`model.reference` (op by op, with the fact sheets' selection). End to end: a materialised raw partition
+streamed to stored embeddings, as a fraction of the pure forward rate on the same pixels. On CUDA the
+end-to-end step is replaced by the host's selection rate (pixels/s that the CPU side can feed the
+GPU), since a GPU machine may lack the geospatial stack. `--busy` measures each preset again beside
+one competing CPU-bound process and reports the share of the solo rate it keeps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,21 +28,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import ModelConfig, preset
+from model.config import ModelConfig, preset, preset_normalisation
 from model.dense import dense, pack_for_cpu
 from model.encoder import TesseraEncoder
-from model.inference import cpu_supports_bf16, embed_inputs, prepare_for_inference, sample_inputs
-from model.reference import reference_embed
-from model.series import PixelSeries
+from model.inference import cpu_supports_bf16, prepare_for_inference
+from model.reference import reference_embed, reference_embed_series
+from model.selection import EncoderInputs, SequenceGroup, select_inputs
+from model.series import series_from_arrays
+
+DEFAULT_PRESETS = "tessera-v1,tessera-v1.1,tessera-v2-nano,tessera-v2-medium,tessera-demo"
 
 
-def flops_per_pixel(config: ModelConfig, steps: int | None = None) -> float:
-    """Multiply-adds x 2 of both backbones and the fusion (attention scores included)."""
-    t, d, f = steps or config.sample_steps, config.width, config.feedforward
-    layer = 2 * (3 * d * d + d * d + 2 * d * f) + 2 * 2 * t * d  # per step: projections, FFN, scores
-    backbone = t * (2 * (10 * d + d * d) + config.layers * layer + 2 * 6 * d * d)  # embed + layers + GRU
-    backbone_s1 = backbone - t * 2 * 8 * d
-    return backbone + backbone_s1 + 2 * 2 * d * config.embedding_dim
+def sequence_lengths(config: ModelConfig, s2_steps: int, s1_steps: int) -> tuple[int, int]:
+    return (config.sample_steps, config.sample_steps) if config.family == "v1.0" else (s2_steps, s1_steps)
+
+
+def flops_per_pixel(config: ModelConfig, t2: int, t1: int) -> float:
+    """Multiply-adds x 2 of both backbones and the fusion head (attention scores included)."""
+    d, f = config.width, config.feedforward
+    layer = 2 * (4 * d * d + 2 * d * f)  # per step: Q/K/V/out projections, feed-forward
+    pooling = 2 * 6 * d * d if config.family != "v2" else 2 * d  # GRU maps, or one score per step
+
+    def backbone(bands: int, t: int) -> float:
+        return t * (2 * (bands * d + d * d) + config.layers * (layer + 2 * 2 * t * d) + pooling)
+
+    fused = 2 * d
+    head = 2 * fused * config.output_dim if config.family == "v1.0" else 2 * (fused * 4 * d + 4 * d * config.output_dim)
+    return backbone(10, t2) + backbone(2, t1) + head
 
 
 def synchronise(device: torch.device) -> None:
@@ -69,43 +85,76 @@ def gemm_flops(dtype: torch.dtype, device: torch.device) -> float:
     return best
 
 
-def inputs(batch: int, steps: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    doy2 = np.sort(rng.integers(1, 366, (batch, steps, 1)), axis=1)
-    doy1 = np.sort(rng.integers(1, 366, (batch, steps, 1)), axis=1)
-    s2 = np.concatenate([rng.uniform(0, 6000, (batch, steps, 10)), doy2], axis=2).astype(np.float32)
-    s1 = np.concatenate([rng.uniform(2000, 9000, (batch, steps, 2)), doy1], axis=2).astype(np.float32)
-    return s2, s1
-
-
 def randomised(name: str) -> TesseraEncoder:
     torch.manual_seed(0)
-    encoder = TesseraEncoder.from_preset(name)
+    config = preset(name)
+    encoder = TesseraEncoder(config, preset_normalisation(config, "mpc"))
     with torch.no_grad():
         for p in encoder.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return encoder.eval()
 
 
-def throughput(name: str, precision: str, pixels: int, batch: int, device: torch.device) -> float:
-    """Pixels/s of `embed` from host arrays to host embeddings (transfers included on CUDA)."""
+def group(pixels: int, t2: int, t1: int, seed: int = 0) -> EncoderInputs:
+    """Normalised sequences of one shape, as the selection hands them to the encoder."""
+    rng = np.random.default_rng(seed)
+    doy = lambda t: np.sort(rng.integers(1, 366, (pixels, t)), axis=1).astype(np.float32)  # noqa: E731
+    sequences = SequenceGroup(np.arange(pixels), rng.standard_normal((pixels, t2, 10), np.float32), doy(t2),
+                              rng.standard_normal((pixels, t1, 2), np.float32), doy(t1))
+    return EncoderInputs(pixels, [sequences])
+
+
+def throughput(name: str, precision: str, pixels: int, batch: int, device: torch.device, t2: int, t1: int) -> float:
+    """Pixels/s of the forward pass from host arrays to host embeddings (transfers included on CUDA)."""
     model = prepare_for_inference(randomised(name), device, precision)
-    s2, s1 = inputs(pixels)
-    model.embed(s2[:batch], s1[:batch], batch_size=batch, precision=precision)  # warm up
+    inputs = group(pixels, t2, t1)
+    model.embed_inputs(group(min(batch, pixels), t2, t1, seed=1), batch, precision)  # warm up
     synchronise(device)
     start = time.perf_counter()
-    model.embed(s2, s1, batch_size=batch, precision=precision)
+    model.embed_inputs(inputs, batch, precision)
     return pixels / (time.perf_counter() - start)
+
+
+def test_series(pixels: int = 24, seed: int = 1) -> tuple[np.ndarray, ...]:
+    """Per-pixel raw series with a spread of observation counts (1 to 60, some single-sensor)."""
+    rng = np.random.default_rng(seed)
+    t2, ta, td = 60, 20, 20
+    s2 = rng.uniform(0, 6000, (pixels, t2, 10)).astype(np.float32)
+    masks = rng.random((pixels, t2)) < rng.uniform(0.02, 1.0, (pixels, 1))
+    asc = rng.uniform(2000, 9000, (pixels, ta, 2)).astype(np.float32)
+    desc = rng.uniform(2000, 9000, (pixels, td, 2)).astype(np.float32)
+    asc[rng.random((pixels, ta)) < 0.5] = 0
+    desc[:3] = 0
+    asc[:3] = 0
+    doy = lambda t: np.sort(rng.integers(1, 366, (pixels, t)), axis=1)  # noqa: E731
+    return s2, doy(t2), masks, asc, doy(ta), desc, doy(td)
 
 
 def accuracy(name: str, device: torch.device) -> dict[str, float]:
     encoder = randomised(name)
-    s2, s1 = inputs(64, seed=1)
-    reference = reference_embed(encoder.state_dict(), encoder.config, torch.from_numpy(s2), torch.from_numpy(s1), encoder.normalisation).numpy()
-    fp32 = encoder.to(device).embed(s2, s1)
-    bf16 = prepare_for_inference(randomised(name), device, "bf16").embed(s2, s1, precision="bf16")
-    cosine = (bf16 * reference).sum(1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(reference, axis=1)
-    return {"max_abs_diff_fp32": float(np.abs(fp32 - reference).max()), "min_cosine_bf16": float(cosine.min())}
+    config = encoder.config
+    if config.family == "v1.0":
+        s2, s1 = (a.numpy() for a in _v1_inputs(64))
+        reference = reference_embed(encoder.state_dict(), config, torch.from_numpy(s2), torch.from_numpy(s1),
+                                    encoder.normalisation).numpy()
+        fp32 = encoder.to(device).embed(s2, s1)
+        bf16 = prepare_for_inference(randomised(name), device, "bf16").embed(s2, s1, precision="bf16")
+    else:
+        arrays = test_series()
+        reference = reference_embed_series(encoder.state_dict(), config, encoder.normalisation, *arrays)
+        fp32 = encoder.to(device).embed_series(*arrays)
+        bf16 = prepare_for_inference(randomised(name), device, "bf16").embed_series(*arrays, precision="bf16")
+    ok = np.isfinite(reference).all(1)
+    cosine = (bf16[ok] * reference[ok]).sum(1) / np.linalg.norm(bf16[ok], axis=1) / np.linalg.norm(reference[ok], axis=1)
+    return {"max_abs_diff_fp32": float(np.abs(fp32[ok] - reference[ok]).max()), "min_cosine_bf16": float(cosine.min())}
+
+
+def _v1_inputs(batch: int, steps: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(1)
+    doy = lambda: np.sort(rng.integers(1, 366, (batch, steps, 1)), axis=1)  # noqa: E731
+    s2 = np.concatenate([rng.uniform(0, 6000, (batch, steps, 10)), doy()], axis=2).astype(np.float32)
+    s1 = np.concatenate([rng.uniform(2000, 9000, (batch, steps, 2)), doy()], axis=2).astype(np.float32)
+    return torch.from_numpy(s2), torch.from_numpy(s1)
 
 
 def end_to_end(name: str, precision: str, region: str, year: int, home: Path, max_blocks: int | None) -> dict:
@@ -119,44 +168,67 @@ def end_to_end(name: str, precision: str, region: str, year: int, home: Path, ma
     encoder = prepare_for_inference(randomised(name), torch.device("cpu"), precision)
     windows = s2.grid.blocks(128)[:max_blocks]
     batch = 1024
-    prepared = [sample_inputs(read_window(s2, s1, w), encoder.config.sample_steps) for w in windows]
-    embed_inputs(encoder, prepared[0], batch, precision)  # warm up
+    prepared = [select_inputs(read_window(s2, s1, w), encoder.config, encoder.normalisation) for w in windows]
+    encoder.embed_inputs(prepared[0], batch, precision)  # warm up
     start = time.perf_counter()
     for p in prepared:
-        embed_inputs(encoder, p, batch, precision)
+        encoder.embed_inputs(p, batch, precision)
     forward = sum(len(p.index) for p in prepared) / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as tmp:
         writer = EmbeddingWriter(Path(tmp), s2.grid, encoder.config.embedding_dim)
-        stats = stream_partition(encoder, s2, s1, writer, 128, "deterministic", 0, batch, precision, windows=windows)
+        stats = stream_partition(encoder, s2, s1, writer, 128, "auto", 0, batch, precision, windows=windows)
         writer.close()
     e2e = stats.embedded / stats.seconds
     return {"preset": name, "precision": precision, "pixels": stats.embedded, "forward_px_per_s": round(forward, 1),
             "end_to_end_px_per_s": round(e2e, 1), "end_to_end_over_forward": round(e2e / forward, 3)}
 
 
-def host_sampling(threads: int, pixels: int = 65536, times: int = 120, seed: int = 0) -> float:
-    """Pixels/s at which this host turns raw per-pixel series into encoder inputs, with `threads`
-    blocks sampled at once (as the embeddings stream's readers do)."""
+def host_selection(name: str, threads: int, pixels: int = 16384, times: int = 120, seed: int = 0) -> float:
+    """Pixels/s at which this host turns raw per-pixel series into a family's encoder inputs, with
+    `threads` blocks selected at once (as the embeddings stream's readers do)."""
     rng = np.random.default_rng(seed)
-    doy = np.tile(np.arange(1, 366, 365 // times, dtype=np.int16)[:times], (pixels, 1))
-    series = PixelSeries(
-        rng.integers(0, 10000, (pixels, times, 10), dtype=np.uint16), rng.random((pixels, times)) < 0.4, doy,
-        rng.integers(0, 9000, (pixels, times, 2), dtype=np.int16), rng.random((pixels, times)) < 0.9, doy,
-    )
+    doy = np.arange(1, 366, 365 // times, dtype=np.int16)[:times]
+    series = series_from_arrays(
+        rng.integers(0, 10000, (pixels, times, 10), dtype=np.uint16), doy, rng.random((pixels, times)) < 0.5,
+        rng.integers(0, 9000, (pixels, times // 2, 2), dtype=np.int16), doy[::2],
+        rng.integers(0, 9000, (pixels, times // 2, 2), dtype=np.int16), doy[1::2])
+    config = preset(name)
+    norm = preset_normalisation(config, "mpc")
     with ThreadPoolExecutor(threads) as pool:
         start = time.perf_counter()
-        list(pool.map(lambda _: sample_inputs(series, 40), range(2 * threads)))
+        list(pool.map(lambda _: select_inputs(series, config, norm), range(2 * threads)))
         return 2 * threads * pixels / (time.perf_counter() - start)
+
+
+def _spin(stop) -> None:
+    """One CPU-bound competitor, as another tenant's process would be."""
+    x = 0
+    while not stop.is_set():
+        x = (x * 1103515245 + 12345) % 2147483648
+
+
+def measure(name: str, precisions: list[str], pixels: int, batch: int, device: torch.device, gemm: dict,
+            t2: int, t1: int) -> dict:
+    flop = flops_per_pixel(preset(name), t2, t1)
+    entry = {}
+    for precision in precisions:
+        rate = throughput(name, precision, pixels, batch, device, t2, t1)
+        entry[precision] = {"px_per_s": round(rate, 1), "model_gflops": round(rate * flop / 1e9, 1),
+                            "utilisation": round(rate * flop / gemm[precision], 3)}
+    return entry
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--v1-pixels", type=int, default=1024)
-    parser.add_argument("--small-pixels", type=int, default=16384)
+    parser.add_argument("--presets", default=DEFAULT_PRESETS)
+    parser.add_argument("--seconds", type=float, default=3.0, help="rough forward time per measurement on CPU")
+    parser.add_argument("--s2-steps", type=int, default=64, help="bucket of S2 observations for v1.1 / v2")
+    parser.add_argument("--s1-steps", type=int, default=64, help="bucket of S1 observations for v1.1 / v2")
     parser.add_argument("--e2e-region", default="demo")
     parser.add_argument("--e2e-year", type=int, default=2022)
     parser.add_argument("--home", default=".tessera")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--busy", action="store_true", help="measure again beside one busy CPU-bound process")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -164,26 +236,49 @@ def main() -> None:
     gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in precisions}
     report: dict = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "gemm_gflops": {p: round(v / 1e9, 1) for p, v in gemm.items()}, "presets": {},
+        "torch": torch.__version__, "gemm_gflops": {p: round(v / 1e9, 1) for p, v in gemm.items()},
+        "sequence_steps": {"v1.0": 40, "v1.1_and_v2": [args.s2_steps, args.s1_steps]}, "presets": {},
     }
-    scale = 64 if cuda else 1  # a GPU needs far more pixels in flight to be timed fairly
-    for name, pixels, batch in (("tessera-v1", args.v1_pixels, 1024), ("tessera-small", args.small_pixels, 4096)):
+    names = args.presets.split(",")
+    sizes = {}
+    for name in names:
         config = preset(name)
-        flop = flops_per_pixel(config)
-        entry = {"gflop_per_pixel": round(flop / 1e9, 4), **accuracy(name, device)}
-        for precision in precisions:
-            rate = throughput(name, precision, pixels * scale, batch * (16 if cuda else 1), device)
-            entry[precision] = {"px_per_s": round(rate, 1), "model_gflops": round(rate * flop / 1e9, 1),
-                                "utilisation": round(rate * flop / gemm[precision], 3)}
+        t2, t1 = sequence_lengths(config, args.s2_steps, args.s1_steps)
+        flop = flops_per_pixel(config, t2, t1)
+        # about `--seconds` of work at the CPU's fp32 rate; a GPU needs far more pixels in flight
+        pixels = int(np.clip(args.seconds * gemm["fp32"] * 0.8 / flop, 32, 65536)) if not cuda else \
+            int(np.clip(1e15 / flop, 16384, 262144))
+        batch = 16384 if cuda else 1024
+        sizes[name] = (pixels, batch, t2, t1)
+        entry = {"family": config.family, "parameters": randomised(name).parameter_count(),
+                 "gflop_per_pixel": round(flop / 1e9, 4), "pixels": pixels, **accuracy(name, device)}
+        entry |= measure(name, precisions, pixels, batch, device, gemm, t2, t1)
         report["presets"][name] = entry
+    if args.busy and not cuda:
+        stop = multiprocessing.Event()
+        competitor = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+        competitor.start()
+        try:
+            busy_gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in precisions}
+            report["busy_gemm_gflops"] = {p: round(v / 1e9, 1) for p, v in busy_gemm.items()}
+            for name in names:
+                busy = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:])
+                solo = report["presets"][name]
+                report["presets"][name]["busy"] = {
+                    p: {"px_per_s": busy[p]["px_per_s"], "share_of_solo": round(busy[p]["px_per_s"] / solo[p]["px_per_s"], 3)}
+                    for p in precisions}
+        finally:
+            stop.set()
+            competitor.join()
     home = Path(args.home)
     if cuda:
-        report["host_sampling_px_per_s"] = {f"{n}_threads": round(host_sampling(n), 1) for n in (1, 4)}
+        report["host_selection_px_per_s"] = {
+            f"{name}_{n}_threads": round(host_selection(name, n), 1) for name in ("tessera-v1", "tessera-v2-medium")
+            for n in (1, 4)}
     elif (home / "data" / "raw" / "s2" / str(args.e2e_year) / args.e2e_region).exists():
         report["end_to_end"] = [
-            end_to_end("tessera-small", precisions[-1], args.e2e_region, args.e2e_year, home, None),
-            end_to_end("tessera-v1", precisions[-1], args.e2e_region, args.e2e_year, home, 2),
-        ]
+            end_to_end(name, precisions[-1], args.e2e_region, args.e2e_year, home, 2 if preset(name).width > 256 else None)
+            for name in ("tessera-demo", "tessera-v2-medium")]
     else:
         report["end_to_end"] = f"skipped: materialise s2_raw/s1_raw {args.e2e_region}|{args.e2e_year} first (make demo)"
     print(json.dumps(report, indent=2))

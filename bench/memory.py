@@ -1,6 +1,6 @@
 """Peak memory of raw ingest and embedding for a demo-sized region and one four times larger; JSON.
 
-    .venv/bin/python bench/memory.py [--checkpoint .tessera/data/models/encoder.pt]
+    .venv/bin/python bench/memory.py [--checkpoint path/to/encoder.pt]   # default: the demo's current encoder
 
 Each step runs in a fresh process (as Dagster's multiprocess executor runs it), so its peak RSS is
 its own. The ratio large/small is what matters: streaming should keep it near 1 while the area is 4x.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,9 @@ import time
 from pathlib import Path
 
 import yaml
+
+from model.encoder import TesseraEncoder
+from resources.storage import TesseraStorage
 
 STEP = """
 import json, resource, sys, time
@@ -60,8 +62,7 @@ def run(home: Path, pixels: int, checkpoint: Path) -> dict:
     (home / "regions.yaml").write_text(yaml.safe_dump({"regions": {"bench": {"bbox": bbox_for(pixels), "demo": True}}}))
     regions = RegionCatalog(path=str(home / "regions.yaml")).all()
     ensure_demo_catalog(home / "data" / "demo_catalog", regions, DemoSpec())
-    (home / "data" / "models").mkdir(parents=True, exist_ok=True)
-    shutil.copy(checkpoint, home / "data" / "models" / "encoder.pt")
+    TesseraStorage(root=str(home / "data")).publish_encoder(TesseraEncoder.from_checkpoint(checkpoint))
     grid = regions[0].grid
     result = {"pixels": grid.width * grid.height, "shape": [grid.height, grid.width]}
     for step in ("raw", "embeddings"):
@@ -72,9 +73,12 @@ def run(home: Path, pixels: int, checkpoint: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default=".tessera/data/models/encoder.pt")
+    parser.add_argument("--checkpoint", help="encoder checkpoint (default: the current encoder of .tessera)")
     parser.add_argument("--pixels", type=int, default=256, help="side of the small region in pixels")
     args = parser.parse_args()
+    if args.checkpoint is None:
+        storage = TesseraStorage(root=".tessera/data")
+        args.checkpoint = str(storage.encoder_dir(storage.current_encoder_id()) / "encoder.pt")
     started = time.perf_counter()
     report = {}
     for name, side in (("demo_size", args.pixels), ("four_times_area", args.pixels * 2)):

@@ -61,10 +61,10 @@ def main() -> None:
     series, labels = load(FIXTURE)
     codes, counts = np.unique(labels, return_counts=True)
     kept = set(codes[counts >= 12])
-    keep = np.array([lab in kept for lab in labels]) & series.has_data
+    keep = np.array([lab in kept for lab in labels]) & series.has_both
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        encoder = pretrain(series.subset(np.nonzero(series.has_data)[0]), preset("tessera-small"),
+        encoder = pretrain(series.subset(np.nonzero(series.has_both)[0]), preset("tessera-small"),
                            PretrainConfig(steps=args.steps, batch_size=128, warmup_steps=args.steps // 10),
                            Path(tmp) / "state.pt")
     pretrain_seconds = time.perf_counter() - started

@@ -23,6 +23,9 @@ from model.selection import EncoderInputs, SequenceGroup, normalise_s1, select_i
 from model.series import series_from_arrays
 
 
+NOMINAL_STEPS = 64
+
+
 def fusion_head(config: ModelConfig) -> nn.Sequential:
     """v1.0: one linear map. v1.1 and v2: an MLP (2d -> 4d -> output) with a LayerNorm; v2 ends in
     a parameter-free LayerNorm, so every embedding has mean 0 and variance ~1."""
@@ -86,8 +89,12 @@ class TesseraEncoder(nn.Module):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         out = np.full((inputs.count, self.config.embedding_dim), np.nan, np.float32)
         for group in inputs.groups:
-            for start in range(0, len(group), batch_size):
-                part = group.slice(start, start + batch_size)
+            # `batch_size` counts pixels of up to NOMINAL_STEPS steps: longer sequences (v1.1 / v2 up to
+            # 256) go in proportionally fewer pixels, so activation memory stays bounded
+            longest = max(group.s2.shape[1], group.s1.shape[1])
+            pixels = max(1, batch_size * NOMINAL_STEPS // max(longest, NOMINAL_STEPS))
+            for start in range(0, len(group), pixels):
+                part = group.slice(start, start + pixels)
                 s2, s2_doy, s1, s1_doy = (torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
                                           for a in (part.s2, part.s2_doy, part.s1, part.s1_doy))
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != model_dtype):

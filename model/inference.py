@@ -9,7 +9,7 @@ import torch
 
 from model.dense import pack_for_cpu
 from model.encoder import TesseraEncoder
-from model.layers import CPU_INFERENCE_CHUNK
+from model.layers import CPU_INFERENCE_ROWS
 from model.selection import EncoderInputs, select_inputs
 from model.series import PixelSeries
 
@@ -50,7 +50,7 @@ def prepare_for_inference(encoder: TesseraEncoder, device: torch.device, precisi
     if precision == "bf16":
         encoder = encoder.to(torch.bfloat16)
         if device.type == "cpu":
-            pack_for_cpu(encoder, CPU_INFERENCE_CHUNK * encoder.config.sample_steps)
+            pack_for_cpu(encoder, CPU_INFERENCE_ROWS)
     encoder._digest = identity.weights_sha256
     return encoder
 

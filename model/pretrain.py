@@ -99,14 +99,16 @@ def _parameter_groups(modules: list[nn.Module], weight_decay: float) -> list[dic
 
 
 def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfig, state_path: Path,
-             device: torch.device | None = None, progress: Callable[[int, float], None] | None = None) -> TesseraEncoder:
-    """Train an encoder; `state_path` holds the resumable state while training runs."""
+             device: torch.device | None = None, progress: Callable[[int, float], None] | None = None,
+             normalisation: Normalisation | None = None) -> TesseraEncoder:
+    """Train an encoder; `state_path` holds the resumable state while training runs. The inputs are
+    z-scored with `normalisation` (the family's own constants by default)."""
     pool = pool.subset(np.nonzero(pool.has_both)[0])
     if len(pool) < config.batch_size:
         raise ValueError(f"pretraining needs at least {config.batch_size} pixels with S1 and S2 data, got {len(pool)}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
-    encoder = TesseraEncoder(model_config).to(device)
+    encoder = TesseraEncoder(model_config, normalisation).to(device)
     head = projector(model_config).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups([encoder, head], config.weight_decay), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))

@@ -43,3 +43,22 @@ class CatalogError(TesseraError):
 
 class PartitionNotMaterialisedError(TesseraError, FileNotFoundError):
     """A partition (raw data, embeddings) that has not been materialised yet."""
+
+
+class EncoderMismatchError(TesseraError, ValueError):
+    """Vectors of different encoders (different embedding spaces) that were about to be mixed."""
+
+
+def single_encoder(ids: set[str] | list[str], requested: str | None, what: str) -> str:
+    """The one encoder id that `what` may use: `requested` if given, else the only id present;
+    several ids without a request is an error naming two of them."""
+    ids = sorted(set(ids))
+    if requested:
+        if requested not in ids:
+            raise EncoderMismatchError(f"{what} holds no vectors of encoder {requested!r} (present: {', '.join(ids)})")
+        return requested
+    if len(ids) > 1:
+        raise EncoderMismatchError(
+            f"{what} mixes vectors of several encoders ({ids[0]} and {ids[1]}{' ...' if len(ids) > 2 else ''}), "
+            "which are different embedding spaces: name one encoder_id to use")
+    return ids[0]

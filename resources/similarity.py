@@ -19,12 +19,12 @@ import pyarrow as pa
 
 from model.ann import IvfIndex, normalise
 from model.errors import VectorDimensionError
-from resources.errors import TesseraError
+from resources.errors import TesseraError, single_encoder
 from resources.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore
 
 MAX_K = 10_000
 EARTH_RADIUS_M = 6_371_008.8
-RESULT_COLUMNS = ["key", "year", "region", "row", "col", "lon", "lat", "h3_r13"]
+RESULT_COLUMNS = ["key", "year", "region", "row", "col", "lon", "lat", "h3_r13", "encoder_id"]
 
 
 class SearchError(TesseraError, ValueError):
@@ -39,6 +39,7 @@ class SearchFilter:
     h3_cells: list[str] = field(default_factory=list)
     within_m: float | None = None
     centre: tuple[float, float] | None = None  # (lon, lat) for within_m
+    encoder_id: str | None = None  # required when the table holds vectors of several encoders
 
 
 def _check_point(lon: float, lat: float) -> None:
@@ -87,6 +88,8 @@ def where_clause(f: SearchFilter) -> str | None:
     if f.h3_cells:
         parts.append("(" + " OR ".join(f"{column} IN ({', '.join(map(str, ids))})"
                                        for column, ids in _cell_members(f.h3_cells)) + ")")
+    if f.encoder_id:
+        parts.append("encoder_id = '" + f.encoder_id.replace("'", "''") + "'")
     return " AND ".join(parts) or None
 
 
@@ -118,6 +121,8 @@ class MemorySnapshot:
         self.columns = {c: data[c].to_numpy() for c in ("year", "lon", "lat", "h3_r13", "h3_r9", "h3_r7")}
         regions = data["region"].combine_chunks().dictionary_encode()
         self.region_codes, self.region_names = regions.indices.to_numpy(), regions.dictionary.to_pylist()
+        encoders = data["encoder_id"].combine_chunks().dictionary_encode()
+        self.encoder_codes, self.encoder_names = encoders.indices.to_numpy(), encoders.dictionary.to_pylist()
         self.results = data.select(RESULT_COLUMNS)
         self.nprobe = nprobe
         self._masks: dict[str, np.ndarray | None] = {}
@@ -155,6 +160,9 @@ class MemorySnapshot:
             for column, ids in _cell_members(f.h3_cells):
                 cells |= np.isin(self.columns[column], ids)
             keep = both(cells)
+        if f.encoder_id:
+            keep = both(self.encoder_codes == (self.encoder_names.index(f.encoder_id)
+                                               if f.encoder_id in self.encoder_names else -1))
         return keep
 
     def search(self, vector: np.ndarray, k: int, f: SearchFilter, exact: bool) -> pa.Table:
@@ -245,13 +253,26 @@ class Similarity:
             raise SearchError("query vector must be finite and non-zero")
         return v
 
+    def encoder_ids(self) -> list[str]:
+        """The encoders whose vectors the table holds (two bitmap-indexed counts, not a scan);
+        at most two are named, which is enough to refuse a mix."""
+        first = self.table.search().select(["encoder_id"]).limit(1).to_arrow()["encoder_id"][0].as_py()
+        other = self.table.search().where("encoder_id != '" + first.replace("'", "''") + "'").select(["encoder_id"])
+        rest = other.limit(1).to_arrow()["encoder_id"].to_pylist()
+        return [first, *rest]
+
     # -- search ----------------------------------------------------------------------------------
     def search(self, vector, k: int = 10, filters: SearchFilter | None = None, exact: bool = False) -> pa.Table:
-        """The k most similar pixels (cosine), best first, with a `similarity` column."""
+        """The k most similar pixels (cosine), best first, with a `similarity` column.
+
+        Vectors of different encoders live in different embedding spaces: when the table holds
+        several, the filters must name one (`encoder_id`)."""
         if not isinstance(k, int) or k <= 0 or k > MAX_K:
             raise SearchError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
         vector = self.check(vector)
         filters = filters or SearchFilter()
+        if filters.encoder_id is None:
+            single_encoder(self.encoder_ids(), None, "the embedding table")
         if filters.years:
             if self.engine == "memory":
                 known = bool(np.isin(self.snapshot().columns["year"], filters.years).any())

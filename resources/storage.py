@@ -20,11 +20,15 @@ from dagster import ConfigurableResource
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from model.encoder import TesseraEncoder
 from model.quantise import dequantise
 from resources.errors import PartitionNotMaterialisedError
 from resources.regions import RegionGrid
 
 INDEX_FILE = "index.json"
+ENCODER_CHECKPOINT = "encoder.pt"
+CURRENT_ENCODER = "current.json"
+ENCODER_FILE = "encoder.json"  # in an embeddings partition: the identity of the encoder that made it
 
 
 @contextlib.contextmanager
@@ -58,8 +62,45 @@ class TesseraStorage(ConfigurableResource):
     def embeddings_dir(self, year: int, region: str) -> Path:
         return self.path("embeddings", str(year), region)
 
-    def model_path(self, name: str = "encoder.pt") -> Path:
+    def model_path(self, name: str) -> Path:
         return self.path("models", name)
+
+    def encoder_dir(self, encoder_id: str) -> Path:
+        """One folder per encoder identity: a checkpoint is never overwritten by another encoder."""
+        return self.path("models", encoder_id)
+
+    def keep_encoder(self, encoder: TesseraEncoder) -> Path:
+        """The checkpoint under its identity (written once: the same id means the same weights)."""
+        checkpoint = self.encoder_dir(encoder.identity.id) / ENCODER_CHECKPOINT
+        if not checkpoint.exists():
+            encoder.save(checkpoint)
+        return checkpoint
+
+    def publish_encoder(self, encoder: TesseraEncoder, extra: dict[str, Any] | None = None) -> Path:
+        """Keep the checkpoint and make it current with one small pointer write (a temporary file
+        renamed over the pointer), so readers see the old or the new encoder, never neither."""
+        identity = encoder.identity
+        checkpoint = self.keep_encoder(encoder)
+        pointer = self.path("models", CURRENT_ENCODER)
+        tmp = pointer.with_name(f".{pointer.name}-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(identity.to_dict() | {"checkpoint": str(checkpoint)} | (extra or {}), indent=1))
+        tmp.replace(pointer)
+        return checkpoint
+
+    def current_encoder_id(self) -> str:
+        pointer = self.path("models", CURRENT_ENCODER)
+        if not pointer.exists():
+            raise PartitionNotMaterialisedError(f"no encoder yet (no {pointer}): materialise encoder_checkpoint first")
+        return json.loads(pointer.read_text())["id"]
+
+    def load_encoder(self, encoder_id: str | None = None) -> TesseraEncoder:
+        """The current encoder, or a kept one by id."""
+        encoder_id = encoder_id or self.current_encoder_id()
+        checkpoint = self.encoder_dir(encoder_id) / ENCODER_CHECKPOINT
+        if not checkpoint.exists():
+            kept = sorted(p.parent.name for p in self.path("models").glob(f"*/{ENCODER_CHECKPOINT}"))
+            raise PartitionNotMaterialisedError(f"no kept encoder {encoder_id!r} (kept: {', '.join(kept) or 'none'})")
+        return TesseraEncoder.from_checkpoint(checkpoint)
 
     def open_embeddings(self, year: int, region: str) -> "EmbeddingPartition":
         folder = self.embeddings_dir(year, region)
@@ -175,6 +216,17 @@ class EmbeddingPartition:
     def dim(self) -> int:
         with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
             return src.count
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        """The identity of the encoder that made these vectors (`id` "unknown" for partitions
+        written before identities were recorded)."""
+        path = self.folder / ENCODER_FILE
+        return json.loads(path.read_text()) if path.exists() else {"id": "unknown"}
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder["id"]
 
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """int8 vectors (h, w, dim) and scales (h, w)."""

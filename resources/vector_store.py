@@ -30,6 +30,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 from rasterio.warp import transform as warp_transform
 
+from model.errors import VectorDimensionError
 from model.quantise import dequantise
 from resources.regions import RegionGrid
 from resources.storage import EmbeddingPartition
@@ -56,6 +57,7 @@ def table_schema(dim: int) -> pa.Schema:
         pa.field("vector", pa.list_(pa.float32(), dim)),
         pa.field("s2_obs", pa.int16()),
         pa.field("s1_obs", pa.int16()),
+        pa.field("encoder_id", pa.string()),
     ])
 
 
@@ -72,8 +74,10 @@ def h3_cells(lat: np.ndarray, lon: np.ndarray) -> dict[int, np.ndarray]:
 
 def pixel_rows(partition: EmbeddingPartition, year: int, region: str, s2_counts: np.ndarray,
                s1_counts: np.ndarray, block: int = 512) -> Iterator[pa.RecordBatch]:
-    """Rows of every pixel with an embedding, one record batch per block (memory bounded by it)."""
+    """Rows of every pixel with an embedding, one record batch per block (memory bounded by it),
+    each carrying the identity of the encoder that made it."""
     grid: RegionGrid = partition.grid
+    encoder_id = partition.encoder_id
     for window in grid.blocks(block):
         q, scales = partition.read(window)
         rows, cols = np.nonzero(np.isfinite(scales))
@@ -92,6 +96,7 @@ def pixel_rows(partition: EmbeddingPartition, year: int, region: str, s2_counts:
             pa.array(cells[13]), pa.array(cells[9]), pa.array(cells[7]),
             pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
             pa.array(s2_counts[rows, cols].astype(np.int16)), pa.array(s1_counts[rows, cols].astype(np.int16)),
+            pa.array([encoder_id] * len(rows)),
         ], schema=table_schema(vectors.shape[1]))
 
 
@@ -128,13 +133,21 @@ class VectorStore(ConfigurableResource):
     def table(self, dim: int | None = None):
         db = self.connection()
         if TABLE_NAME in db.table_names():
-            return db.open_table(TABLE_NAME)
+            table = db.open_table(TABLE_NAME)
+            if "encoder_id" not in table.schema.names:  # written before rows carried their encoder
+                table.add_columns({"encoder_id": "'unknown'"})
+            return table
         if dim is None:
             return None
         return db.create_table(TABLE_NAME, schema=table_schema(dim))
 
     def write_partition(self, year: int, region: str, batches: Iterator[pa.RecordBatch], dim: int) -> WriteReport:
         table = self.table(dim)
+        stored = table.schema.field("vector").type.list_size
+        if stored != dim:
+            raise VectorDimensionError(
+                f"the embedding table holds {stored}-d vectors and this partition has {dim}: a table holds one "
+                f"width; re-materialise the embeddings with dimensions={stored} or use another VectorStore uri")
         started = time.perf_counter()
         reader = pa.RecordBatchReader.from_batches(table_schema(dim), batches)
         (
@@ -156,7 +169,7 @@ class VectorStore(ConfigurableResource):
 
         existing = {ix.columns[0]: ix for ix in table.list_indices()}
         for column, config in (("key", BTree()), ("h3_r7", BTree()), ("h3_r9", BTree()),
-                               ("year", Bitmap()), ("region", Bitmap())):
+                               ("year", Bitmap()), ("region", Bitmap()), ("encoder_id", Bitmap())):
             if column not in existing:
                 table.create_index(column, config=config)
         rows = table.count_rows()

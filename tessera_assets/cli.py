@@ -84,8 +84,9 @@ def _fewshot_report(results: dict, resources: dict, region: str, year: int) -> N
 def _print_summary(results: dict[tuple[str, str], dict]) -> None:
     encoder = results.get(("encoder_checkpoint", ""))
     if encoder:
-        print(f"\nencoder: {encoder.get('preset')} ({encoder.get('parameters'):,} parameters), "
-              f"loss {encoder.get('first_loss')} -> {encoder.get('final_loss')} in {encoder.get('seconds')} s")
+        print(f"\nencoder: {encoder.get('preset')} ({encoder.get('family')}, {encoder.get('parameters'):,} parameters), "
+              f"loss {encoder.get('first_loss')} -> {encoder.get('final_loss')} in {encoder.get('seconds')} s; "
+              f"id {encoder.get('encoder_id')}")
     header = f"{'partition':<18} {'s2 obs':>6} {'s2 cover':>8} {'s1 obs':>6} {'embedded':>9} {'px/s':>8} {'no-data':>8}"
     print("\n" + header)
     for key in sorted({k for _, k in results if k}):
@@ -171,7 +172,7 @@ def run_search(vectors, args) -> pa.Table:
     query, _ = similarity.vector_at(args.lon, args.lat, args.year)
     filters = SearchFilter(years=args.years or [args.year], regions=args.search_regions,
                            bbox=tuple(args.bbox) if args.bbox else None, h3_cells=args.h3,
-                           within_m=args.within_m, centre=(args.lon, args.lat))
+                           within_m=args.within_m, centre=(args.lon, args.lat), encoder_id=args.encoder_id)
     return similarity.search(query, k=args.k, filters=filters)
 
 
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--years", type=int, nargs="+", help="years to search (default: the query's year)")
     search.add_argument("--regions", nargs="+", dest="search_regions")
     search.add_argument("--h3", nargs="+", default=[], help="H3 cells (any resolution) to search within")
+    search.add_argument("--encoder-id", help="search the vectors of this encoder (needed when the table holds several)")
     search.add_argument("--out", help="write results.geojson or results.parquet")
     regions = commands.add_parser("regions", help="list or add regions")
     region_commands = regions.add_subparsers(dest="regions_command", required=True)

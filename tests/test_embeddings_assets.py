@@ -31,10 +31,14 @@ def _metadata(result, asset):
 def test_encoder_checkpoint_is_pretrained_and_reported(embedded):
     env, _, trained, _ = embedded
     meta = _metadata(trained, "encoder_checkpoint")
-    assert meta["preset"] == "tessera-small" and meta["steps"] == 40 and meta["partitions"] == 2
+    assert meta["preset"] == "tessera-demo" and meta["family"] == "v2" and meta["steps"] == 40 and meta["partitions"] == 2
     assert meta["loss_curve"].startswith("![loss curve](data:image/png;base64,")
-    encoder = TesseraEncoder.from_checkpoint(env.resources["storage"].model_path())
+    storage = env.resources["storage"]
+    encoder = storage.load_encoder()
+    assert encoder.identity.id == meta["encoder_id"] == storage.current_encoder_id()
     assert encoder.metadata["partitions"] == [f"{TINY_REGION}|{TINY_YEAR - 1}", f"{TINY_REGION}|{TINY_YEAR}"]
+    event = trained.get_asset_materialization_events()[0].event_specific_data.materialization
+    assert event.tags["dagster/data_version"] == meta["encoder_id"]
 
 
 def test_embeddings_are_georeferenced_int8_with_scales(embedded):
@@ -53,6 +57,8 @@ def test_embeddings_are_georeferenced_int8_with_scales(embedded):
     with rasterio.open(partition.folder / "embeddings.tif") as src:
         assert src.count == 128 and src.crs == grid.crs
     meta = _metadata(result, "embeddings")
+    assert meta["encoder_id"] == partition.encoder_id == storage.current_encoder_id()
+    assert meta["sampling"] == "all" and meta["dimensions"] == 128
     assert meta["pixels"] == grid.width * grid.height
     assert meta["pixels_embedded"] == int(valid.sum())
     assert meta["pca_preview"].startswith("![PCA of embeddings](data:image/png;base64,")
@@ -91,16 +97,53 @@ def test_blocks_read_ahead_on_several_threads_give_the_same_bytes(embedded):
     assert materialize([embeddings], partition_key=key, instance=instance, resources=env.resources).success
 
 
-def test_random_sampling_is_seeded_and_differs_from_deterministic(embedded):
+def test_v1_0_random_sampling_is_seeded_and_differs_from_evenly_spaced(embedded):
     env, instance, _, _ = embedded
     storage = env.resources["storage"]
-    q_det, _ = storage.open_embeddings(TINY_YEAR, TINY_REGION).read()
     key = year_region_key(TINY_YEAR, TINY_REGION)
-    config = {"ops": {"embeddings": {"config": {"sampling": "random", "seed": 3}}}}
-    result = materialize([embeddings], partition_key=key, instance=instance, resources=env.resources, run_config=config)
-    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}["reproducible"]
-    q_random, _ = storage.open_embeddings(TINY_YEAR, TINY_REGION).read()
-    assert not np.array_equal(q_det, q_random)
+    v1 = storage.keep_encoder(TesseraEncoder.from_preset("tessera-small")).parent.name  # kept, not made current
+
+    def run(**config):
+        run_config = {"ops": {"embeddings": {"config": {"encoder_id": v1, **config}}}}
+        result = materialize([embeddings], partition_key=key, instance=instance, resources=env.resources,
+                             run_config=run_config)
+        assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}["reproducible"]
+        return storage.open_embeddings(TINY_YEAR, TINY_REGION)
+
+    evenly = run()
+    assert evenly.encoder_id == v1 and evenly.encoder["sampling"] == "evenly-spaced"
+    q_even, _ = evenly.read()
+    q_random, _ = run(sampling="random", seed=3).read()
+    assert not np.array_equal(q_even, q_random)
+    refused = materialize([embeddings], partition_key=key, instance=instance, resources=env.resources,
+                          run_config={"ops": {"embeddings": {"config": {"sampling": "random"}}}}, raise_on_error=False)
+    message = refused.get_step_failure_events()[0].event_specific_data.error.cause.message
+    assert "applies to v1.0 weights only" in message
+    assert materialize([embeddings], partition_key=key, instance=instance, resources=env.resources).success
+
+
+def test_matryoshka_prefix_is_stored_alone(embedded):
+    env, instance, _, _ = embedded
+    storage = env.resources["storage"]
+    key = year_region_key(TINY_YEAR, TINY_REGION)
+    full_q, full_scales = storage.open_embeddings(TINY_YEAR, TINY_REGION).read()
+    config = {"ops": {"embeddings": {"config": {"dimensions": 32}}}}
+    assert materialize([embeddings], partition_key=key, instance=instance, resources=env.resources,
+                       run_config=config).success
+    prefix = storage.open_embeddings(TINY_YEAR, TINY_REGION)
+    q, scales = prefix.read()
+    assert prefix.dim == 32 and prefix.encoder["dimensions"] == 32
+    valid = np.isfinite(scales)
+    full = dequantise(full_q[valid], full_scales[valid])[:, :32]
+    short = dequantise(q[valid], scales[valid])
+    assert (np.abs(short - full) <= full_scales[valid, None] + scales[valid, None]).all()
+    assert (np.abs(q[valid]).max(axis=1) == 127).all()  # quantised over the prefix's own range
+    v1 = storage.keep_encoder(TesseraEncoder.from_preset("tessera-small")).parent.name
+    config = {"ops": {"embeddings": {"config": {"dimensions": 32, "encoder_id": v1}}}}
+    refused = materialize([embeddings], partition_key=key, instance=instance, resources=env.resources,
+                          run_config=config, raise_on_error=False)
+    assert "needs a Matryoshka-trained v2 encoder" in \
+        refused.get_step_failure_events()[0].event_specific_data.error.cause.message
     assert materialize([embeddings], partition_key=key, instance=instance, resources=env.resources).success
 
 
@@ -110,10 +153,39 @@ def test_checkpoint_path_loads_instead_of_training(embedded, tmp_path):
     config = {"ops": {"encoder_checkpoint": {"config": {"checkpoint_path": str(path)}}}}
     resources = dict(env.resources, storage=TesseraStorage(root=str(tmp_path / "data")))  # keep the trained one
     result = materialize([encoder_checkpoint], instance=instance, resources=resources, run_config=config)
-    assert _metadata(result, "encoder_checkpoint")["source"] == str(path)
+    meta = _metadata(result, "encoder_checkpoint")
+    assert meta["source"] == str(path) and meta["family"] == "v1.0"
+    assert resources["storage"].current_encoder_id() == meta["encoder_id"]
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
     config = {"ops": {"encoder_checkpoint": {"config": {"checkpoint_path": str(bad)}}}}
     failed = materialize([encoder_checkpoint], instance=instance, resources=resources, run_config=config,
                          raise_on_error=False)
     assert "cannot read checkpoint" in failed.get_step_failure_events()[0].event_specific_data.error.cause.message
+
+
+def test_a_new_encoder_marks_embeddings_stale(embedded, tmp_path):
+    """The encoder's identity is its data version: the UI marks partitions of another encoder stale."""
+    from dagster import AssetKey
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from tessera_assets.raw.assets import s1_raw, s2_raw
+
+    env, instance, _, _ = embedded
+    storage = env.resources["storage"]
+    current = storage.encoder_dir(storage.current_encoder_id()) / "encoder.pt"
+    other = TesseraEncoder.from_preset("tessera-demo").save(tmp_path / "other.pt")
+    key = year_region_key(TINY_YEAR, TINY_REGION)
+
+    def load(path) -> StaleStatus:
+        config = {"ops": {"encoder_checkpoint": {"config": {"checkpoint_path": str(path)}}}}
+        assert materialize([encoder_checkpoint], instance=instance, resources=env.resources, run_config=config).success
+        resolver = get_stale_status_resolver(instance, [s2_raw, s1_raw, encoder_checkpoint, embeddings])
+        return resolver.get_status(AssetKey("embeddings"), key)
+
+    assert load(current) == StaleStatus.FRESH  # the same weights again: the same identity
+    assert load(other) == StaleStatus.STALE
+    assert storage.encoder_dir(TesseraEncoder.from_checkpoint(other).identity.id).exists()
+    assert current.exists(), "the earlier encoder is kept"
+    assert load(current) == StaleStatus.FRESH

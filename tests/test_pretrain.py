@@ -37,7 +37,7 @@ def test_barlow_twins_loss_is_zero_for_perfectly_decorrelated_identical_views():
 
 
 def test_short_pretraining_lowers_the_loss_and_resumes(pool, tmp_path):
-    assert len(pool) == 1200 and pool.has_data.all()
+    assert len(pool) == 1200 and pool.has_both.all()
     config = PretrainConfig(steps=30, batch_size=96, warmup_steps=4, checkpoint_every=15, learning_rate=2e-3)
     state = tmp_path / "state.pt"
     encoder = pretrain(pool, preset("tessera-small"), config, state)

@@ -1,5 +1,6 @@
 """encoder_checkpoint (load official weights, or pretrain) and embeddings[year, region]."""
 
+import json
 import resource
 import time
 
@@ -11,32 +12,37 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     Config,
+    DataVersion,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
-from model.config import preset
+from model.config import EMBEDDING_DIM, PRESETS, matryoshka_prefix, preset, preset_normalisation
 from model.encoder import TesseraEncoder
 from model.inference import prepare_for_inference
+from model.selection import resolve_mode
 from model.pretrain import PretrainConfig, pretrain
 from model.quantise import dequantise, quantise
 from model.series import PixelSeries
 from resources.compute import ComputeDevice
 from resources.pixel_series import sample_pixels
 from resources.previews import embedding_preview, loss_curve, markdown_image
-from resources.storage import EmbeddingPartition, EmbeddingWriter, TesseraStorage, atomic_directory
+from resources.storage import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage, atomic_directory
 from tessera_assets.embeddings.streaming import embed_block, stream_partition
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 
 class EncoderConfig(Config):
-    """Either load a checkpoint (official TESSERA or our own) or pretrain a preset on the raw data."""
+    """Either load a checkpoint (any official TESSERA release, or our own) or pretrain a preset on the raw data."""
 
-    checkpoint_path: str | None = Field(None, description="official or tessera checkpoint to load instead of training")
+    checkpoint_path: str | None = Field(
+        None, description="official TESSERA checkpoint (v1.0, v1.1, v2 student) or one of ours, loaded instead of training")
+    data_source: str | None = Field(
+        None, description="TESSERA v1.1 only: 'mpc' or 'aws', the normalisation its weights were trained with")
     trusted_checkpoint: bool = Field(False, description="allow pickled objects in the checkpoint file")
-    preset: str = Field("tessera-small", description="preset to pretrain: tessera-small or tessera-v1")
+    preset: str = Field("tessera-demo", description=f"preset to pretrain: {', '.join(PRESETS)}")
     steps: int = 200
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -44,18 +50,27 @@ class EncoderConfig(Config):
     seed: int = 0
 
 
+def _identity_metadata(encoder: TesseraEncoder) -> dict:
+    identity = encoder.identity
+    return {"encoder_id": identity.id, "family": identity.family, "architecture": identity.architecture,
+            "normalisation": identity.normalisation, "weights_sha256": identity.weights_sha256,
+            "preset": encoder.config.name, "parameters": encoder.parameter_count()}
+
+
 @asset(deps=[AssetKey("s2_raw"), AssetKey("s1_raw")], group_name="model", pool="gpu", kinds={"pytorch"})
 def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, storage: TesseraStorage,
                        compute: ComputeDevice) -> MaterializeResult:
-    """The encoder every embeddings partition uses, saved with its preset and normalisation."""
+    """The encoder every embeddings partition uses. Kept under its identity (family, architecture,
+    normalisation, weights digest), never overwritten; the identity is the data version, so the UI
+    marks embeddings made by another encoder stale."""
     started = time.perf_counter()
-    path = storage.model_path()
     if config.checkpoint_path:
-        encoder = TesseraEncoder.from_checkpoint(config.checkpoint_path, trusted=config.trusted_checkpoint)
-        encoder.save(path)
-        return MaterializeResult(metadata={
-            "source": config.checkpoint_path, "preset": encoder.config.name,
-            "parameters": encoder.parameter_count(), "path": MetadataValue.path(str(path)),
+        encoder = TesseraEncoder.from_checkpoint(config.checkpoint_path, data_source=config.data_source,
+                                                 trusted=config.trusted_checkpoint)
+        path = storage.publish_encoder(encoder, {"source": config.checkpoint_path})
+        context.log.info(f"loaded {encoder.identity.family} encoder {encoder.identity.id} from {config.checkpoint_path}")
+        return MaterializeResult(data_version=DataVersion(encoder.identity.id), metadata={
+            **_identity_metadata(encoder), "source": config.checkpoint_path, "path": MetadataValue.path(str(path)),
             "seconds": round(time.perf_counter() - started, 2),
         })
     partitions = storage.raw_partitions()
@@ -75,14 +90,16 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
         if step % 50 == 0 or step == train.steps:
             context.log.info(f"step {step}/{train.steps}: loss {loss:.3f}")
 
-    encoder = pretrain(pool, preset(config.preset), train, storage.model_path("pretrain-state.pt"), device, progress)
+    model_config = preset(config.preset)
+    encoder = pretrain(pool, model_config, train, storage.model_path("pretrain-state.pt"), device, progress,
+                       preset_normalisation(model_config, config.data_source))
     encoder.metadata["partitions"] = [f"{r}|{y}" for y, r in partitions]
-    encoder.save(path)
+    path = storage.publish_encoder(encoder, {"source": "pretrained"})
     storage.model_path("pretrain-state.pt").unlink(missing_ok=True)
     losses = encoder.metadata["losses"]
-    curve = loss_curve(losses, storage.model_path("loss.png"), f"{config.preset} Barlow Twins loss")
-    return MaterializeResult(metadata={
-        "preset": config.preset, "parameters": encoder.parameter_count(), "steps": len(losses),
+    curve = loss_curve(losses, path.parent / "loss.png", f"{config.preset} Barlow Twins loss")
+    return MaterializeResult(data_version=DataVersion(encoder.identity.id), metadata={
+        **_identity_metadata(encoder), "steps": len(losses),
         "pixels": len(pool), "partitions": len(partitions), "device": str(device), "precision": precision,
         "first_loss": round(losses[0], 3), "final_loss": round(float(np.mean(losses[-10:])), 3),
         "seconds": round(time.perf_counter() - started, 1), "path": MetadataValue.path(str(path)),
@@ -91,15 +108,21 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
 
 
 class EmbeddingsConfig(Config):
-    sampling: str = Field("deterministic", description="deterministic (v1.1, default) or random (v1.0)")
+    sampling: str = Field("auto", description=(
+        "auto: the encoder family's own selection (v1.1 and v2: every valid observation, in buckets; "
+        "v1.0 weights: 40 evenly spaced valid steps); v1.0 weights also take 'random' (v1.0's seeded draws)"))
     seed: int = Field(0, description="seed of random sampling, per block")
+    dimensions: int = Field(EMBEDDING_DIM, description=(
+        "Matryoshka prefix to store: 16, 32, 64 or 128; below 128 only for v2 encoders, whose first dimensions "
+        "are usable alone"))
+    encoder_id: str | None = Field(None, description="embed with this kept encoder instead of the current one")
 
 
 EMBEDDING_CHECKS = [
     AssetCheckSpec("finite_where_valid", asset="embeddings", description="no NaN/inf in embedded pixels"),
     AssetCheckSpec("positive_scales", asset="embeddings", description="scale > 0 wherever there is data"),
     AssetCheckSpec("reproducible", asset="embeddings",
-                   description="re-embedding a block gives the stored bytes (deterministic sampling)"),
+                   description="re-embedding a block gives the stored bytes (any selection but random)"),
 ]
 
 
@@ -111,19 +134,23 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     year, region = year_and_region(context)
     s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
     device, precision = compute.resolve()
-    encoder = prepare_for_inference(TesseraEncoder.from_checkpoint(storage.model_path()), device, precision)
+    encoder = prepare_for_inference(storage.load_encoder(config.encoder_id), device, precision)
+    dims = matryoshka_prefix(encoder.config, config.dimensions)
     grid = s2.grid
     batch, readers = compute.batch_for(device), compute.readers_for(device)
     final = storage.embeddings_dir(year, region)
     with atomic_directory(final) as tmp:
-        writer = EmbeddingWriter(tmp, grid, encoder.config.embedding_dim)
+        writer = EmbeddingWriter(tmp, grid, dims)
         try:
             stats = stream_partition(encoder, s2, s1, writer, compute.block_size, config.sampling, config.seed,
-                                     batch, precision, progress=context.log.info, readers=readers)
+                                     batch, precision, progress=context.log.info, readers=readers, dims=dims)
         finally:
             writer.close()
+        (tmp / ENCODER_FILE).write_text(json.dumps(encoder.identity.to_dict() | {
+            "preset": encoder.config.name, "dimensions": dims, "sampling": resolve_mode(encoder.config, config.sampling),
+        }, indent=1))
         embedding_preview(tmp, tmp / "preview.png")
-        checks = _checks(EmbeddingPartition(tmp), encoder, s2, s1, config, compute.block_size, batch, precision)
+        checks = _checks(EmbeddingPartition(tmp), encoder, s2, s1, config, compute.block_size, batch, precision, dims)
     return MaterializeResult(
         metadata={
             "pixels": stats.pixels, "pixels_embedded": stats.embedded,
@@ -133,7 +160,8 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
             "end_to_end_over_forward": round(stats.forward_seconds / max(stats.seconds, 1e-9), 3),
             "seconds": round(stats.seconds, 2), "device": str(device), "precision": precision,
             "batch_size": batch, "readers": readers,
-            "preset": encoder.config.name, "sampling": config.sampling,
+            **_identity_metadata(encoder), "dimensions": dims,
+            "sampling": resolve_mode(encoder.config, config.sampling),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "path": MetadataValue.path(str(final)),
             "pca_preview": markdown_image(final / "preview.png", "PCA of embeddings"),
@@ -143,7 +171,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
 
 
 def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsConfig, block: int, batch: int,
-            precision) -> list[AssetCheckResult]:
+            precision, dims: int) -> list[AssetCheckResult]:
     """Read back block by block (memory stays bounded), and re-embed the first block with the same
     block and batch sizes (GPU kernels may pick other algorithms for other shapes)."""
     valid_pixels, finite, positive = 0, True, True
@@ -155,7 +183,7 @@ def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsCo
         positive &= bool((scales[valid] > 0).all())
     window = partition.grid.blocks(block)[0]
     q_again, scales_again = quantise(
-        embed_block(encoder, s2, s1, window, 0, config.sampling, config.seed, batch, precision)
+        embed_block(encoder, s2, s1, window, 0, config.sampling, config.seed, batch, precision)[..., :dims]
     )
     q_stored, scales_stored = partition.read(window)
     same = bool(np.array_equal(q_again, q_stored) and np.array_equal(scales_again, scales_stored, equal_nan=True))

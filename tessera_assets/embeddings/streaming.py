@@ -55,11 +55,12 @@ def embed_block(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, win
 def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition, writer: EmbeddingWriter,
                      block: int, mode: str, seed: int, batch_size: int, precision: Precision,
                      progress: Callable[[str], None] | None = None, windows: list[Window] | None = None,
-                     readers: int = 1) -> StreamStats:
+                     readers: int = 1, dims: int | None = None) -> StreamStats:
     """Embed every block of the grid (or the given windows, which the benchmark uses).
 
     `readers` blocks are read and sampled ahead at once, on as many threads: one keeps up with a
-    CPU forward pass, a GPU's needs several (memory grows by one block per reader)."""
+    CPU forward pass, a GPU's needs several (memory grows by one block per reader). `dims` keeps a
+    Matryoshka prefix, quantised on its own (the scale is that of the stored dimensions)."""
     windows = windows or s2.grid.blocks(block)
     stats = StreamStats()
     started = time.perf_counter()
@@ -68,7 +69,7 @@ def stream_partition(encoder: TesseraEncoder, s2: RawPartition, s1: RawPartition
         return block_inputs(encoder, s2, s1, windows[i], i, mode, seed)
 
     def store(window: Window, vectors: np.ndarray) -> None:
-        q, scales = quantise(vectors)
+        q, scales = quantise(vectors[:, :dims])
         h, w = int(window.height), int(window.width)
         writer.write(window, q.reshape(h, w, -1), scales.reshape(h, w))
 

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from model.fewshot import Classifier, baseline_features, kshot_curve
 from model.quantise import dequantise
+from resources.errors import EncoderMismatchError, single_encoder
 from resources.labels import LabelsError, pixels_of, read_labels
 from resources.pixel_series import read_window
 from resources.previews import class_map_png, learning_curve_png, markdown_image
@@ -25,6 +26,7 @@ class LabelsConfig(Config):
     labels_path: str = Field("labels", description="a labels file, or a folder of them")
     year: int | None = Field(None, description="year of labels that carry none")
     label_field: str = "label"
+    encoder_id: str | None = Field(None, description="use the partitions of this encoder (needed when several made them)")
 
 
 def _label_files(path: str) -> list[Path]:
@@ -58,6 +60,9 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     if not any(wanted.values()):
         raise LabelsError(f"none of the {len(features)} labels falls in a materialised embeddings partition "
                           f"({', '.join(f'{r}|{y}' for y, r in partitions) or 'none materialised'})")
+    encoders = {key: storage.open_embeddings(*key).encoder_id for key, pixels in wanted.items() if pixels}
+    encoder_id = single_encoder(set(encoders.values()), config.encoder_id, "the labelled embeddings partitions")
+    wanted = {key: pixels for key, pixels in wanted.items() if encoders.get(key) == encoder_id}
     columns: dict[str, list] = {k: [] for k in ("label", "group", "year", "region", "row", "col", "embedding", "baseline")}
     for (year, region), pixels in wanted.items():
         if not pixels:
@@ -93,6 +98,7 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
         raise LabelsError(f"classes with fewer than 2 labelled pixels: {', '.join(scarce)}")
     table = pa.table({k: (pa.array([v.tolist() for v in vals], pa.list_(pa.float32())) if k in ("embedding", "baseline")
                           else pa.array(vals)) for k, vals in columns.items()})
+    table = table.replace_schema_metadata({b"encoder_id": encoder_id.encode()})
     path = storage.path("fewshot", "samples.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".samples.parquet.tmp")
@@ -100,6 +106,7 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     tmp.replace(path)
     return MaterializeResult(metadata={
         "samples": table.num_rows, "labels_read": len(features), "labels_outside_partitions": outside,
+        "encoder_id": encoder_id,
         "classes": MetadataValue.json({str(k): int(v) for k, v in zip(labels, counts)}),
         "path": MetadataValue.path(str(path)),
     })
@@ -131,20 +138,24 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
             context.log.info(f"{name} k={point['k']}: macro-F1 {point['macro_f1']:.3f} ± {point['macro_f1_std']:.3f}")
     model = Classifier(config.head).fit(x_embedding, y, seed=config.seed)
     folder = storage.path("fewshot")
-    torch.save({"classifier": model, "curves": curves}, folder / "classifier.pt")
+    encoder_id = table.schema.metadata.get(b"encoder_id", b"unknown").decode()
+    torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id}, folder / "classifier.pt")
     png = learning_curve_png(curves, folder / "learning_curve.png", config.head)
     table_md = "| k | embeddings macro-F1 | baseline macro-F1 | embeddings accuracy |\n|---|---|---|---|\n" + "\n".join(
         f"| {e['k']} | {e['macro_f1']:.3f} ± {e['macro_f1_std']:.3f} | {b['macro_f1']:.3f} ± {b['macro_f1_std']:.3f} "
         f"| {e['accuracy']:.3f} |" for e, b in zip(curves["embeddings"], curves["baseline"]))
     return MaterializeResult(metadata={
         "head": config.head, "samples": len(y), "classes": len(np.unique(y)), "draws": config.draws,
+        "encoder_id": encoder_id,
         "learning_curve": markdown_image(png, "learning curve"), "scores": MetadataValue.md(table_md),
         "curves": MetadataValue.json(curves), "seconds": round(time.perf_counter() - started, 1),
     })
 
 
-def load_classifier(storage: TesseraStorage) -> Classifier:
-    return torch.load(storage.path("fewshot", "classifier.pt"), weights_only=False)["classifier"]
+def load_classifier(storage: TesseraStorage) -> tuple[Classifier, str]:
+    """The fitted head and the encoder whose embeddings it was trained on."""
+    saved = torch.load(storage.path("fewshot", "classifier.pt"), weights_only=False)
+    return saved["classifier"], saved.get("encoder_id", "unknown")
 
 
 @asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), fewshot_classifier],
@@ -152,14 +163,18 @@ def load_classifier(storage: TesseraStorage) -> Classifier:
 def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> MaterializeResult:
     """The class and the classifier's confidence for every pixel, and the area of each class."""
     year, region = year_and_region(context)
-    classifier = load_classifier(storage)
+    classifier, encoder_id = load_classifier(storage)
     embeddings = storage.open_embeddings(year, region)
+    if embeddings.encoder_id != encoder_id:
+        raise EncoderMismatchError(
+            f"the classifier was trained on embeddings of encoder {encoder_id}, but {region}|{year} was embedded by "
+            f"{embeddings.encoder_id}: re-materialise the partition's embeddings or the few-shot assets")
     final = storage.path("land_cover", str(year), region)
     with atomic_directory(final) as tmp:
         counts = write_class_map(embeddings, classifier.predict_proba, len(classifier.classes), tmp)
         class_map_png(tmp / "classes.tif", list(classifier.classes), tmp / "classes.png")
     hectares = {str(c): round(float(n) * 0.01, 2) for c, n in zip(classifier.classes, counts)}
     return MaterializeResult(metadata={
-        "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)),
+        "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)), "encoder_id": encoder_id,
         "map": markdown_image(final / "classes.png", "land cover"), "path": MetadataValue.path(str(final)),
     })

@@ -6,6 +6,7 @@ import yaml
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from resources.errors import EncoderMismatchError
 from resources.previews import markdown_image, similarity_png
 from resources.similarity import Similarity
 from resources.storage import TesseraStorage, atomic_directory, write_similarity_raster
@@ -26,7 +27,7 @@ def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vec
                                      partition.dim)
     context.log.info(f"{report.rows} rows for {region} {year}; table has {report.table_rows}; index {report.index['type']}")
     return MaterializeResult(metadata={
-        "rows": report.rows, "table_rows": report.table_rows, "table_version": report.version,
+        "rows": report.rows, "encoder_id": partition.encoder_id, "dimensions": partition.dim, "table_rows": report.table_rows, "table_version": report.version,
         "index": MetadataValue.json(report.index), "index_type": report.index["type"],
         "unindexed_rows": report.index.get("unindexed_rows"),
         "write_seconds": round(report.write_seconds, 2), "index_seconds": round(report.index_seconds, 2),
@@ -66,6 +67,10 @@ def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage
     with atomic_directory(final) as tmp:
         for name, spec in sorted(queries.items()):
             query, origin = similarity.vector_at(float(spec["lon"]), float(spec["lat"]), int(spec["year"]))
+            if origin["encoder_id"] != partition.encoder_id:
+                raise EncoderMismatchError(
+                    f"saved query {name!r} is a vector of encoder {origin['encoder_id']}, but {region}|{year} was "
+                    f"embedded by {partition.encoder_id}: re-materialise one of them with the same encoder")
             stats = write_similarity_raster(partition, query, tmp / f"{name}.tif")
             similarity_png(tmp / f"{name}.tif", tmp / f"{name}.png", marker=(origin["row"], origin["col"])
                            if origin["region"] == region and origin["year"] == year else None)
