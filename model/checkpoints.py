@@ -171,9 +171,15 @@ def _clean(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return cleaned
 
 
-def matryoshka_dims(metadata: dict[str, Any]) -> tuple[int, ...]:
-    """The prefixes a v2 student was trained to make usable (`args.matryoshka_dims`, a
-    comma-separated string in the reference; a list accepted too)."""
-    value = (metadata.get("args") or {}).get("matryoshka_dims", "16,32,64,128")
+def matryoshka_dims(metadata: dict[str, Any], config: ModelConfig) -> tuple[int, ...]:
+    """The prefixes an encoder was trained to make usable alone: an official student's
+    `args.matryoshka_dims` (a comma-separated string in the reference; a list accepted too, default
+    16,32,64,128), what our pretraining recorded, else only the whole vector."""
+    if config.family != "v2":
+        return (config.embedding_dim,)
+    if "args" in metadata:
+        value = (metadata.get("args") or {}).get("matryoshka_dims") or "16,32,64,128"
+    else:
+        value = metadata.get("matryoshka_dims") or [config.embedding_dim]
     items = value.split(",") if isinstance(value, str) else value
     return tuple(int(v) for v in np.atleast_1d(items))

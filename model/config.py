@@ -207,12 +207,15 @@ def preset_normalisation(config: ModelConfig, data_source: str | None = None) ->
     return NORMALISATIONS[DEFAULT_NORMALISATION[config.family]]
 
 
-def matryoshka_prefix(config: ModelConfig, dimensions: int) -> int:
-    """How many leading dimensions to store: any of 16/32/64/128 for v2 students (trained so that
-    each prefix works alone), only the whole vector for v1.x, whose dimensions carry no order."""
+def matryoshka_prefix(config: ModelConfig, dimensions: int, trained: tuple[int, ...]) -> int:
+    """How many leading dimensions to store: a prefix the encoder was Matryoshka-trained for (the
+    v2 students and our v2 presets: 16/32/64), or the whole vector (v1.x dimensions carry no order)."""
     if dimensions not in MATRYOSHKA_DIMS or dimensions > config.embedding_dim:
         raise ValueError(f"dimensions must be one of {MATRYOSHKA_DIMS} (at most {config.embedding_dim}), got {dimensions}")
     if dimensions < config.embedding_dim and config.family != "v2":
         raise ValueError(f"a {dimensions}-d prefix needs a Matryoshka-trained v2 encoder; this is {config.family}, "
                          f"whose {config.embedding_dim} dimensions are only meaningful together")
+    if dimensions < config.embedding_dim and dimensions not in trained:
+        raise ValueError(f"this encoder was trained to make prefixes of {', '.join(map(str, trained))} dimensions "
+                         f"usable, not {dimensions}")
     return dimensions

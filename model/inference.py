@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -22,6 +25,24 @@ def best_device(requested: str = "auto") -> torch.device:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
     return torch.device(requested)
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (what a
+    Kubernetes CPU limit sets). PyTorch counts the machine's cores instead; more threads than
+    granted CPUs leaves some waiting on descheduled stragglers at every parallel region."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            fields = Path(quota_file).read_text().split()
+            quota, period = (fields[0], fields[1]) if period_file is None else (fields[0], Path(period_file).read_text().strip())
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1"):
+            count = min(count, max(1, math.floor(int(quota) / int(period))))
+        break
+    return count
 
 
 def cpu_supports_bf16() -> bool:

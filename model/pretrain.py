@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import ModelConfig, Normalisation
+from model.config import MATRYOSHKA_DIMS, ModelConfig, Normalisation
 from model.encoder import TesseraEncoder
 from model.inference import best_precision
 from model.selection import normalise_s1, z_score
@@ -41,15 +41,33 @@ class PretrainConfig:
     precision: str = "auto"  # bf16 autocast on GPUs and on CPUs with bf16 units; or fp32 / bf16
 
 
-def projector(config: ModelConfig) -> nn.Sequential:
+def projector(config: ModelConfig, inputs: int) -> nn.Sequential:
     """Linear layers with BatchNorm and ReLU between them, widening the embedding for the loss."""
-    dims = (config.embedding_dim, *config.projector_dims)
+    dims = (inputs, *config.projector_dims)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims, dims[1:])):
         layers.append(nn.Linear(a, b, bias=i == len(dims) - 2))
         if i < len(dims) - 2:
             layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
+
+
+def trained_prefixes(config: ModelConfig) -> tuple[int, ...]:
+    """v2 encoders are Matryoshka-trained (each of the first 16/32/64 dimensions usable alone, as
+    the official students are); v1.x learn the whole vector only."""
+    return tuple(k for k in MATRYOSHKA_DIMS if k <= config.embedding_dim) if config.family == "v2" else (config.embedding_dim,)
+
+
+class Projectors(nn.Module):
+    """One projector per trained prefix of the embedding; the loss sums Barlow Twins over them."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.prefixes = trained_prefixes(config)
+        self.heads = nn.ModuleList(projector(config, k) for k in self.prefixes)
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return [head(z[:, :k]).float() for k, head in zip(self.prefixes, self.heads)]
 
 
 def _standardise(z: torch.Tensor) -> torch.Tensor:
@@ -78,6 +96,19 @@ def _views(pool: PixelSeries, index: np.ndarray, steps: int, rng: np.random.Gene
                   normalise_s1(s1[..., :-1], desc, norm), s1[..., -1])
         out += [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
     return out
+
+
+def _loss(za: torch.Tensor, zb: torch.Tensor, zm: torch.Tensor | None, alpha: float, perm: torch.Tensor,
+          config: PretrainConfig) -> torch.Tensor:
+    """Barlow Twins on two views, plus the mixup regulariser: a mix of view a with a permuted batch
+    of view b must correlate with both views as the same mix of their correlations."""
+    loss = barlow_twins_loss(cross_correlation(za, zb), config.barlow_lambda)
+    if zm is None:
+        return loss
+    target_a = alpha * cross_correlation(za, za) + (1 - alpha) * cross_correlation(zb[perm], za)
+    target_b = alpha * cross_correlation(za, zb) + (1 - alpha) * cross_correlation(zb[perm], zb)
+    mix = (cross_correlation(zm, za) - target_a).pow(2).sum() + (cross_correlation(zm, zb) - target_b).pow(2).sum()
+    return loss + config.mixup_weight * config.barlow_lambda * mix
 
 
 def _schedule(config: PretrainConfig) -> Callable[[int], float]:
@@ -109,7 +140,7 @@ def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfi
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     encoder = TesseraEncoder(model_config, normalisation).to(device)
-    head = projector(model_config).to(device)
+    head = Projectors(model_config).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups([encoder, head], config.weight_decay), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     rng = np.random.default_rng(config.seed)
@@ -137,18 +168,15 @@ def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfi
         index = order[cursor:cursor + config.batch_size]
         cursor += config.batch_size
         a2, a2d, a1, a1d, b2, b2d, b1, b1d = _views(pool, index, model_config.sample_steps, rng, encoder.normalisation, device)
-        with autocast:
-            za = head(encoder(a2, a2d, a1, a1d)).float()
-            zb = head(encoder(b2, b2d, b1, b1d)).float()
-            loss = barlow_twins_loss(cross_correlation(za, zb), config.barlow_lambda)
-            if config.mixup_weight > 0:
-                alpha = float(rng.beta(1.0, 1.0))
-                perm = torch.from_numpy(rng.permutation(len(index))).to(device)
-                zm = head(encoder(alpha * a2 + (1 - alpha) * b2[perm], a2d, alpha * a1 + (1 - alpha) * b1[perm], a1d)).float()
-                target_a = alpha * cross_correlation(za, za) + (1 - alpha) * cross_correlation(zb[perm], za)
-                target_b = alpha * cross_correlation(za, zb) + (1 - alpha) * cross_correlation(zb[perm], zb)
-                mix = (cross_correlation(zm, za) - target_a).pow(2).sum() + (cross_correlation(zm, zb) - target_b).pow(2).sum()
-                loss = loss + config.mixup_weight * config.barlow_lambda * mix
+        with autocast:  # the networks in bf16 where available; the correlations below in fp32
+            za = head(encoder(a2, a2d, a1, a1d))
+            zb = head(encoder(b2, b2d, b1, b1d))
+            alpha = float(rng.beta(1.0, 1.0))
+            perm = torch.from_numpy(rng.permutation(len(index))).to(device)
+            zm = head(encoder(alpha * a2 + (1 - alpha) * b2[perm], a2d, alpha * a1 + (1 - alpha) * b1[perm], a1d)) \
+                if config.mixup_weight > 0 else [None] * len(za)
+        # in bf16 the correlation matrix keeps ~3 significant digits and the loss moves in steps of 0.25
+        loss = sum(_loss(a, b, m, alpha, perm, config) for a, b, m in zip(za, zb, zm))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(head.parameters()), config.grad_clip)
@@ -169,6 +197,7 @@ def pretrain(pool: PixelSeries, model_config: ModelConfig, config: PretrainConfi
     encoder.metadata = {
         "preset": model_config.name, "steps": step, "losses": losses, "pixels": len(pool), "device": str(device),
         "seconds": round(seconds + time.perf_counter() - started, 1), "pretrain": asdict(config),
+        "matryoshka_dims": list(head.prefixes),
     }
     return encoder.cpu()
 

@@ -151,31 +151,36 @@ def select_inputs(series: PixelSeries, config: ModelConfig, norm: Normalisation,
     n2, n1 = s2_valid.sum(1), s1_valid.sum(1)
     l2, l1 = bucket_lengths(n2, buckets, empty), bucket_lengths(n1, buckets, empty)
     order2, order1 = valid_first(s2_valid), valid_first(s1_valid, desc)
-    s2_z = z_score(series.s2, norm.s2_mean, norm.s2_std)
-    s1_z = normalise_s1(series.s1, desc, norm)
+
+    def s2_z(rows: np.ndarray, members: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        return z_score(rows, norm.s2_mean, norm.s2_std)
+
+    def s1_z(rows: np.ndarray, members: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        return normalise_s1(rows, np.take_along_axis(desc[members], steps, axis=1), norm)
+
     groups = []
     pairs = np.unique(np.stack([l2, l1], axis=1), axis=0)
     for length2, length1 in pairs:
         members = np.nonzero((l2 == length2) & (l1 == length1))[0]
-        s2_rows, s2_days = _sequences(s2_z[members], series.s2_doy[members], order2[members], n2[members],
-                                      int(length2), config.family)
-        s1_rows, s1_days = _sequences(s1_z[members], series.s1_doy[members], order1[members], n1[members],
-                                      int(length1), config.family)
+        s2_rows, s2_days = _sequences(series.s2, series.s2_doy, order2, n2, members, int(length2), config.family, s2_z)
+        s1_rows, s1_days = _sequences(series.s1, series.s1_doy, order1, n1, members, int(length1), config.family, s1_z)
         groups.append(SequenceGroup(index[members], s2_rows, s2_days, s1_rows, s1_days))
     return EncoderInputs(count, groups)
 
 
-def _sequences(values: np.ndarray, doy: np.ndarray, order: np.ndarray, counts: np.ndarray, length: int,
-               family: str) -> tuple[np.ndarray, np.ndarray]:
-    """(n, length, bands) rows and (n, length) DOYs; pixels without an observation get zero rows."""
+def _sequences(values: np.ndarray, doy: np.ndarray, order: np.ndarray, counts: np.ndarray, members: np.ndarray,
+               length: int, family: str, normalise) -> tuple[np.ndarray, np.ndarray]:
+    """z-scored (n, length, bands) rows and (n, length) DOYs of `members`; pixels without an
+    observation get zero rows. Only the selected rows are converted and z-scored."""
+    counts = counts[members]
     if values.shape[1] == 0:  # a sensor with no step at all in this series
         return np.zeros((len(counts), length, values.shape[2]), np.float32), np.zeros((len(counts), length), np.float32)
     ranks = np.zeros((len(counts), length), np.int64)
     present = counts > 0
     ranks[present] = rank_table(counts[present], length, family)
-    steps = np.take_along_axis(order, ranks, axis=1)
-    rows = np.take_along_axis(values, steps[:, :, None], axis=1)
-    days = np.take_along_axis(doy, steps, axis=1).astype(np.float32)
+    steps = np.take_along_axis(order[members], ranks, axis=1)
+    rows = normalise(np.take_along_axis(values[members], steps[:, :, None], axis=1), members, steps)
+    days = np.take_along_axis(doy[members], steps, axis=1).astype(np.float32)
     rows[~present] = 0
     days[~present] = 0
     return rows, days

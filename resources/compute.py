@@ -6,7 +6,7 @@ import torch
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from model.inference import Precision, best_device, best_precision
+from model.inference import Precision, available_cpus, best_device, best_precision
 
 
 class ComputeDevice(ConfigurableResource):
@@ -20,9 +20,14 @@ class ComputeDevice(ConfigurableResource):
     block_size: int = 128
     readers: int = Field(
         default=0, description="Blocks read and sampled ahead, each on its own thread; 0 picks 1 on CPU, 4 on CUDA.")
+    threads: int = Field(
+        default=0, description="CPU threads of the forward pass; 0 follows the CPUs granted (affinity, cgroup quota).")
 
     def resolve(self) -> tuple[torch.device, Precision]:
+        """The device and precision; on CPU also sets the thread count to the CPUs actually granted."""
         device = best_device(self.device)
+        if device.type == "cpu":
+            torch.set_num_threads(self.threads if self.threads > 0 else available_cpus())
         return device, best_precision(device, self.precision)
 
     def batch_for(self, device: torch.device) -> int:

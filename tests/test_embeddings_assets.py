@@ -37,6 +37,7 @@ def test_encoder_checkpoint_is_pretrained_and_reported(embedded):
     encoder = storage.load_encoder()
     assert encoder.identity.id == meta["encoder_id"] == storage.current_encoder_id()
     assert encoder.metadata["partitions"] == [f"{TINY_REGION}|{TINY_YEAR - 1}", f"{TINY_REGION}|{TINY_YEAR}"]
+    assert encoder.metadata["matryoshka_dims"] == [16, 32, 64, 128]  # v2: every prefix trained to work alone
     event = trained.get_asset_materialization_events()[0].event_specific_data.materialization
     assert event.tags["dagster/data_version"] == meta["encoder_id"]
 
@@ -189,3 +190,44 @@ def test_a_new_encoder_marks_embeddings_stale(embedded, tmp_path):
     assert storage.encoder_dir(TesseraEncoder.from_checkpoint(other).identity.id).exists()
     assert current.exists(), "the earlier encoder is kept"
     assert load(current) == StaleStatus.FRESH
+
+
+def test_raw_partitions_feed_the_family_call(embedded):
+    """A stored v2 partition equals `embed_series` on the raw files read directly: the S2 clear mask
+    and the two S1 orbit directions reach the encoder as the reference call takes them."""
+    env, _, _, _ = embedded
+    storage = env.resources["storage"]
+    s2, s1 = storage.open_raw("s2", TINY_YEAR, TINY_REGION), storage.open_raw("s1", TINY_YEAR, TINY_REGION)
+    window = s2.grid.blocks(24)[0]
+    s2_values, s2_clear = s2.read_block(window)
+    s1_values, _ = s1.read_block(window)
+    orbits = np.array([o["orbit"] for o in s1.observations])
+    assert set(orbits) == {"ascending", "descending"}
+
+    def per_pixel(values):  # (T, C, h, w) -> (N, T, C)
+        t, c = values.shape[:2]
+        return values.reshape(t, c, -1).transpose(2, 0, 1)
+
+    encoder = storage.load_encoder()
+    expected = encoder.embed_series(
+        per_pixel(s2_values), s2.doy, s2_clear.reshape(len(s2.doy), -1).T,
+        per_pixel(s1_values[orbits == "ascending"]), s1.doy[orbits == "ascending"],
+        per_pixel(s1_values[orbits == "descending"]), s1.doy[orbits == "descending"])
+    q, scales = storage.open_embeddings(TINY_YEAR, TINY_REGION).read(window)
+    stored = dequantise(q.reshape(-1, q.shape[-1]), scales.ravel())
+    assert np.array_equal(np.isnan(stored).all(1), np.isnan(expected).all(1))
+    ok = np.isfinite(scales.ravel())
+    assert np.abs(stored[ok] - expected[ok]).max() <= scales.ravel()[ok].max() / 2 + 1e-5
+
+
+def test_sources_without_orbit_direction_are_refused_by_v1_1_and_v2():
+    from model.series import PixelSeries
+
+    n, t = 3, 5
+    series = PixelSeries(np.ones((n, t, 10), np.uint16), np.ones((n, t), bool), np.tile(np.arange(1, t + 1), (n, 1)),
+                         np.ones((n, t, 2), np.int16), np.ones((n, t), bool), np.tile(np.arange(1, t + 1), (n, 1)))
+    from model.inference import embed_series
+
+    with pytest.raises(ValueError, match="no orbit direction"):
+        embed_series(TesseraEncoder.from_preset("tessera-demo"), series)
+    assert np.isfinite(embed_series(TesseraEncoder.from_preset("tessera-small"), series)).all()  # v1.0 merges them

@@ -190,7 +190,7 @@ def test_v2_students_are_built_from_their_args(tmp_path):
     loaded = TesseraEncoder.from_checkpoint(path)
     assert loaded.config.name == "tessera-v2-medium" and loaded.config.family == "v2"
     assert loaded.identity == source.identity
-    assert matryoshka_dims(loaded.metadata) == (16, 32, 64, 128)
+    assert matryoshka_dims(loaded.metadata, loaded.config) == (16, 32, 64, 128)
     arrays = _series([8, 0], [3, 4], [2, 0], t2=20, ta=6, td=6)
     assert np.array_equal(loaded.embed_series(*arrays), source.embed_series(*arrays))
 
@@ -211,7 +211,7 @@ def test_v2_students_are_built_from_their_args(tmp_path):
     torch.save({"args": dict(args, enable_qk_norm=True, matryoshka_dims=[16, 128]), "model": qk.state_dict()},
                tmp_path / "qk.pt")
     loaded_qk = TesseraEncoder.from_checkpoint(tmp_path / "qk.pt")
-    assert loaded_qk.config.qk_norm and matryoshka_dims(loaded_qk.metadata) == (16, 128)
+    assert loaded_qk.config.qk_norm and matryoshka_dims(loaded_qk.metadata, loaded_qk.config) == (16, 128)
 
     broken = dict(source.state_dict())
     del broken["s1_backbone.attn_pool.query.bias"]

@@ -19,6 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from model.checkpoints import matryoshka_dims
 from model.config import EMBEDDING_DIM, PRESETS, matryoshka_prefix, preset, preset_normalisation
 from model.encoder import TesseraEncoder
 from model.inference import prepare_for_inference
@@ -135,7 +136,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
     device, precision = compute.resolve()
     encoder = prepare_for_inference(storage.load_encoder(config.encoder_id), device, precision)
-    dims = matryoshka_prefix(encoder.config, config.dimensions)
+    dims = matryoshka_prefix(encoder.config, config.dimensions, matryoshka_dims(encoder.metadata, encoder.config))
     grid = s2.grid
     batch, readers = compute.batch_for(device), compute.readers_for(device)
     final = storage.embeddings_dir(year, region)
