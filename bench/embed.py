@@ -11,7 +11,8 @@ utilisation. Accuracy: max |fast - reference| in fp32 and min cosine(bf16, refer
 streamed to stored embeddings, as a fraction of the pure forward rate on the same pixels. On CUDA the
 end-to-end step is replaced by the host's selection rate (pixels/s that the CPU side can feed the
 GPU), since a GPU machine may lack the geospatial stack. `--busy` measures each preset again beside
-one competing CPU-bound process and reports the share of the solo rate it keeps.
+one competing CPU-bound process and reports the share of the solo rate it keeps, with the default
+thread tuning and with every CPU given a thread (PyTorch's own default).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from torch import nn
 
 from model.config import ModelConfig, preset, preset_normalisation
 from model.dense import dense, pack_for_cpu
-from model.encoder import TesseraEncoder
-from model.inference import cpu_supports_bf16, prepare_for_inference
+from model.encoder import TUNED_BATCH_ROWS, TesseraEncoder
+from model.inference import available_cpus, cpu_supports_bf16, prepare_for_inference
 from model.reference import reference_embed, reference_embed_series
 from model.selection import EncoderInputs, SequenceGroup, select_inputs
 from model.series import series_from_arrays
@@ -104,11 +105,14 @@ def group(pixels: int, t2: int, t1: int, seed: int = 0) -> EncoderInputs:
     return EncoderInputs(pixels, [sequences])
 
 
-def throughput(name: str, precision: str, pixels: int, batch: int, device: torch.device, t2: int, t1: int) -> float:
+def throughput(name: str, precision: str, pixels: int, batch: int, device: torch.device, t2: int, t1: int,
+               threads: int = 0) -> float:
     """Pixels/s of the forward pass from host arrays to host embeddings (transfers included on CUDA)."""
-    model = prepare_for_inference(randomised(name), device, precision)
+    model = prepare_for_inference(randomised(name), device, precision, threads)
     inputs = group(pixels, t2, t1)
-    model.embed_inputs(group(min(batch, pixels), t2, t1, seed=1), batch, precision)  # warm up
+    # warm up; on CPU also long enough for the thread tuner to have timed each of its candidates
+    warm = min(batch, pixels) if device.type == "cuda" else 4 * max(1, TUNED_BATCH_ROWS // (t2 + t1))
+    model.embed_inputs(group(warm, t2, t1, seed=1), batch, precision)
     synchronise(device)
     start = time.perf_counter()
     model.embed_inputs(inputs, batch, precision)
@@ -208,11 +212,11 @@ def _spin(stop) -> None:
 
 
 def measure(name: str, precisions: list[str], pixels: int, batch: int, device: torch.device, gemm: dict,
-            t2: int, t1: int) -> dict:
+            t2: int, t1: int, threads: int = 0) -> dict:
     flop = flops_per_pixel(preset(name), t2, t1)
     entry = {}
     for precision in precisions:
-        rate = throughput(name, precision, pixels, batch, device, t2, t1)
+        rate = throughput(name, precision, pixels, batch, device, t2, t1, threads)
         entry[precision] = {"px_per_s": round(rate, 1), "model_gflops": round(rate * flop / 1e9, 1),
                             "utilisation": round(rate * flop / gemm[precision], 3)}
     return entry
@@ -261,12 +265,15 @@ def main() -> None:
         try:
             busy_gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in precisions}
             report["busy_gemm_gflops"] = {p: round(v / 1e9, 1) for p, v in busy_gemm.items()}
-            for name in names:
-                busy = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:])
+            for name in names:  # the tuned default, and every CPU given a thread (PyTorch's default)
                 solo = report["presets"][name]
-                report["presets"][name]["busy"] = {
-                    p: {"px_per_s": busy[p]["px_per_s"], "share_of_solo": round(busy[p]["px_per_s"] / solo[p]["px_per_s"], 3)}
-                    for p in precisions}
+                tuned = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:])
+                fixed = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:], threads=available_cpus())
+                report["presets"][name]["busy"] = {p: {
+                    "px_per_s": tuned[p]["px_per_s"], "share_of_solo": round(tuned[p]["px_per_s"] / solo[p]["px_per_s"], 3),
+                    "all_threads_px_per_s": fixed[p]["px_per_s"],
+                    "all_threads_share_of_solo": round(fixed[p]["px_per_s"] / solo[p]["px_per_s"], 3),
+                } for p in precisions}
         finally:
             stop.set()
             competitor.join()

@@ -6,6 +6,7 @@ Module names and shapes match the official checkpoints exactly (`s2_backbone.*`,
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from model.series import series_from_arrays
 
 
 NOMINAL_STEPS = 64
+TUNED_BATCH_ROWS = 32768
 
 
 def fusion_head(config: ModelConfig) -> nn.Sequential:
@@ -52,6 +54,7 @@ class TesseraEncoder(nn.Module):
         self.dim_reducer = fusion_head(config)
         self.metadata: dict[str, Any] = {}
         self._digest: str | None = None
+        self.thread_tuner = None  # set on CPU by model.inference.prepare_for_inference
 
     @classmethod
     def from_preset(cls, name: str, data_source: str | None = None) -> "TesseraEncoder":
@@ -93,13 +96,18 @@ class TesseraEncoder(nn.Module):
             # 256) go in proportionally fewer pixels, so activation memory stays bounded
             longest = max(group.s2.shape[1], group.s1.shape[1])
             pixels = max(1, batch_size * NOMINAL_STEPS // max(longest, NOMINAL_STEPS))
+            if self.thread_tuner and device.type == "cpu":  # batches of ~0.1-4 s, so the tuner can follow
+                pixels = min(pixels, max(1, TUNED_BATCH_ROWS // (group.s2.shape[1] + group.s1.shape[1])))
             for start in range(0, len(group), pixels):
                 part = group.slice(start, start + pixels)
-                s2, s2_doy, s1, s1_doy = (torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
-                                          for a in (part.s2, part.s2_doy, part.s1, part.s1_doy))
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype != model_dtype):
-                    vectors = self(s2.to(model_dtype), s2_doy, s1.to(model_dtype), s1_doy)
-                out[part.index] = vectors.float().cpu().numpy()
+                timed = self.thread_tuner.batch(len(part) * (part.s2.shape[1] + part.s1.shape[1])) \
+                    if self.thread_tuner and device.type == "cpu" else contextlib.nullcontext()
+                with timed:
+                    s2, s2_doy, s1, s1_doy = (torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
+                                              for a in (part.s2, part.s2_doy, part.s1, part.s1_doy))
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != model_dtype):
+                        vectors = self(s2.to(model_dtype), s2_doy, s1.to(model_dtype), s1_doy)
+                    out[part.index] = vectors.float().cpu().numpy()
         return out
 
     def embed(self, s2: Any, s1: Any, batch_size: int = 4096, precision: str = "fp32") -> Any:

@@ -21,7 +21,8 @@ class ComputeDevice(ConfigurableResource):
     readers: int = Field(
         default=0, description="Blocks read and sampled ahead, each on its own thread; 0 picks 1 on CPU, 4 on CUDA.")
     threads: int = Field(
-        default=0, description="CPU threads of the forward pass; 0 follows the CPUs granted (affinity, cgroup quota).")
+        default=0, description=("CPU threads; 0 uses the CPUs granted (affinity, cgroup quota) and lets inference "
+                                "choose among them by measured speed, which holds up beside other busy processes."))
 
     def resolve(self) -> tuple[torch.device, Precision]:
         """The device and precision; on CPU also sets the thread count to the CPUs actually granted."""
