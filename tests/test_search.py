@@ -216,4 +216,8 @@ def test_similarity_map_for_saved_queries(table_env, tmp_path):
     truth = _truth(env)
     cls = _labels(env)[0]["properties"]["class_id"]
     assert np.nanmax(sim) == pytest.approx(1.0, abs=1e-3)
-    assert np.nanmean(sim[truth == cls]) > np.nanmean(sim[truth != cls]) + 0.05
+    # the query's class ranks above the others (AUC), whatever the anisotropy of a briefly trained space
+    same, other = sim[(truth == cls) & np.isfinite(sim)], sim[(truth != cls) & np.isfinite(sim)]
+    ranks = np.argsort(np.argsort(np.concatenate([same, other]))) + 1
+    auc = (ranks[:len(same)].sum() - len(same) * (len(same) + 1) / 2) / (len(same) * len(other))
+    assert auc > 0.8
