@@ -18,9 +18,13 @@ Mode = Literal["evenly-spaced", "random"]
 MODES: tuple[str, ...] = ("evenly-spaced", "random")
 
 
-def _valid_time_order(valid: np.ndarray) -> np.ndarray:
-    """Per pixel, time indices with the valid ones first, each group in time order. valid: (N, T)."""
-    return np.argsort(~valid, axis=1, kind="stable")
+def valid_first(valid: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
+    """Per pixel, time indices with the valid steps first in stored order (then by `key`, stable:
+    S1 passes its descending flag so that ascending steps come first). valid: (N, T)."""
+    order_key = (~valid).astype(np.int8) * 2
+    if key is not None:
+        order_key = order_key + key.astype(np.int8)
+    return np.argsort(order_key, axis=1, kind="stable")
 
 
 def sample_steps(valid: np.ndarray, steps: int, mode: Mode = "evenly-spaced",
@@ -30,7 +34,7 @@ def sample_steps(valid: np.ndarray, steps: int, mode: Mode = "evenly-spaced",
     Pixels with none get index 0 everywhere; callers must leave them out (they have no embedding)."""
     n_pixels, n_times = valid.shape
     counts = np.maximum(valid.sum(axis=1), 1)[:, None]
-    order = _valid_time_order(valid)
+    order = valid_first(valid)
     if mode == "evenly-spaced":
         # evenly spaced ranks 0 .. count-1 among the valid steps (repeats when count < steps)
         ranks = np.floor(np.linspace(0.0, 1.0, steps)[None, :] * (counts - 1) + 0.5).astype(np.int64)

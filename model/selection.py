@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from model.config import ModelConfig, Normalisation
-from model.sampling import MODES
+from model.sampling import MODES, valid_first
 from model.series import PixelSeries
 
 DEFAULT_BUCKETS = tuple(range(8, 257, 8))
@@ -76,15 +76,6 @@ def rank_table(counts: np.ndarray, length: int, family: str) -> np.ndarray:
     for n in np.unique(counts):
         table[counts == n] = ranks(int(n), length)
     return table
-
-
-def valid_first(valid: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
-    """Per pixel, time indices with the valid steps first in stored order (then by `key`, stable:
-    S1 passes its descending flag so ascending steps come first)."""
-    order_key = (~valid).astype(np.int8) * 2
-    if key is not None:
-        order_key = order_key + key.astype(np.int8)
-    return np.argsort(order_key, axis=1, kind="stable")
 
 
 def z_score(values: np.ndarray, mean, std) -> np.ndarray:
