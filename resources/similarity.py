@@ -254,7 +254,7 @@ class Similarity:
         return v
 
     def encoder_ids(self) -> list[str]:
-        """The encoders whose vectors the table holds (two bitmap-indexed counts, not a scan);
+        """The encoders whose vectors the table holds (two one-row queries on a bitmap-indexed column);
         at most two are named, which is enough to refuse a mix."""
         first = self.table.search().select(["encoder_id"]).limit(1).to_arrow()["encoder_id"][0].as_py()
         other = self.table.search().where("encoder_id != '" + first.replace("'", "''") + "'").select(["encoder_id"])
