@@ -11,8 +11,8 @@ utilisation. Accuracy: max |fast - reference| in fp32 and min cosine(bf16, refer
 streamed to stored embeddings, as a fraction of the pure forward rate on the same pixels. On CUDA the
 end-to-end step is replaced by the host's selection rate (pixels/s that the CPU side can feed the
 GPU), since a GPU machine may lack the geospatial stack. `--busy` measures each preset again beside
-one competing CPU-bound process and reports the share of the solo rate it keeps, with the default
-thread tuning and with every CPU given a thread (PyTorch's own default).
+one competing CPU-bound process and reports the share of the solo rate it keeps, with tuned threads
+(`ComputeDevice.threads = -1`) and with the default, a thread per granted CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 from model.config import ModelConfig, preset, preset_normalisation
 from model.dense import dense, pack_for_cpu
 from model.encoder import TUNED_BATCH_ROWS, TesseraEncoder
-from model.inference import available_cpus, cpu_supports_bf16, prepare_for_inference
+from model.inference import cpu_supports_bf16, prepare_for_inference
 from model.reference import reference_embed, reference_embed_series
 from model.selection import EncoderInputs, SequenceGroup, select_inputs
 from model.series import series_from_arrays
@@ -265,10 +265,10 @@ def main() -> None:
         try:
             busy_gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in precisions}
             report["busy_gemm_gflops"] = {p: round(v / 1e9, 1) for p, v in busy_gemm.items()}
-            for name in names:  # the tuned default, and every CPU given a thread (PyTorch's default)
+            for name in names:  # tuned threads (ComputeDevice.threads = -1), and the default, a thread per CPU
                 solo = report["presets"][name]
-                tuned = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:])
-                fixed = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:], threads=available_cpus())
+                tuned = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:], threads=-1)
+                fixed = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:])
                 report["presets"][name]["busy"] = {p: {
                     "px_per_s": tuned[p]["px_per_s"], "share_of_solo": round(tuned[p]["px_per_s"] / solo[p]["px_per_s"], 3),
                     "all_threads_px_per_s": fixed[p]["px_per_s"],

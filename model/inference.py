@@ -113,14 +113,16 @@ def prepare_for_inference(encoder: TesseraEncoder, device: torch.device, precisi
                           threads: int = 0) -> TesseraEncoder:
     """bf16 runs fastest with bf16 weights on both CPU and GPU: autocast would re-cast every weight
     on every batch (measured on an H100: bf16 weights + the fused FFN epilogue gave ~2x autocast).
-    On CPU, `threads` fixes the thread count; 0 lets a ThreadTuner choose it batch by batch among
-    the CPUs actually granted."""
+
+    On CPU, `threads` > 0 fixes the thread count and 0 uses the CPUs granted: stored bytes then
+    depend only on the machine. -1 lets a ThreadTuner choose batch by batch, which holds up beside
+    busy processes, but a GEMM may round differently at another thread count, so re-runs can differ
+    in the last bit of some pixels."""
     identity = encoder.identity  # of the fp32 weights, before any cast
     encoder = encoder.eval().to(device)
     if device.type == "cpu":
-        if threads > 0:
-            torch.set_num_threads(threads)
-        encoder.thread_tuner = None if threads > 0 else ThreadTuner(available_cpus())
+        torch.set_num_threads(threads if threads > 0 else available_cpus())
+        encoder.thread_tuner = ThreadTuner(available_cpus()) if threads < 0 else None
     if precision == "bf16":
         encoder = encoder.to(torch.bfloat16)
         if device.type == "cpu":

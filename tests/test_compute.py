@@ -35,3 +35,21 @@ def test_explicit_thread_count_wins():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_thread_tuner_runs_the_fastest_and_keeps_exploring():
+    from model.inference import ThreadTuner
+
+    tuner = ThreadTuner(4, explore_every=4)
+    assert tuner.candidates == [4, 2, 1]
+    tried = []
+    for _ in range(3):  # every candidate is timed first
+        tried.append(tuner.choose())
+        tuner.rates[tried[-1]] = {4: 100.0, 2: 300.0, 1: 150.0}[tried[-1]]
+        tuner.batches += 1
+    assert tried == [4, 2, 1] and tuner.best == 2
+    chosen = []
+    for _ in range(8):
+        chosen.append(tuner.choose())
+        tuner.batches += 1
+    assert chosen.count(2) == 6 and set(chosen) - {2}, "mostly the fastest, now and then another"

@@ -135,7 +135,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     year, region = year_and_region(context)
     s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
     device, precision = compute.resolve()
-    encoder = prepare_for_inference(storage.load_encoder(config.encoder_id), device, precision)
+    encoder = prepare_for_inference(storage.load_encoder(config.encoder_id), device, precision, compute.threads)
     dims = matryoshka_prefix(encoder.config, config.dimensions, matryoshka_dims(encoder.metadata, encoder.config))
     grid = s2.grid
     batch, readers = compute.batch_for(device), compute.readers_for(device)
