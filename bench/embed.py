@@ -11,8 +11,8 @@ utilisation. Accuracy: max |fast - reference| in fp32 and min cosine(bf16, refer
 streamed to stored embeddings, as a fraction of the pure forward rate on the same pixels. On CUDA the
 end-to-end step is replaced by the host's selection rate (pixels/s that the CPU side can feed the
 GPU), since a GPU machine may lack the geospatial stack. `--busy` measures each preset again beside
-one competing CPU-bound process and reports the share of the solo rate it keeps, with tuned threads
-(`ComputeDevice.threads = -1`) and with the default, a thread per granted CPU.
+one competing CPU-bound process and reports the share of the solo rate it keeps, with the default
+single-threaded workers side by side and with every operation split across threads (PyTorch's way).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 
 from model.config import ModelConfig, preset, preset_normalisation
 from model.dense import dense, pack_for_cpu
-from model.encoder import TUNED_BATCH_ROWS, TesseraEncoder
+from model.encoder import TesseraEncoder
 from model.inference import cpu_supports_bf16, prepare_for_inference
 from model.reference import reference_embed, reference_embed_series
 from model.selection import EncoderInputs, SequenceGroup, select_inputs
@@ -106,13 +106,15 @@ def group(pixels: int, t2: int, t1: int, seed: int = 0) -> EncoderInputs:
 
 
 def throughput(name: str, precision: str, pixels: int, batch: int, device: torch.device, t2: int, t1: int,
-               threads: int = 0) -> float:
-    """Pixels/s of the forward pass from host arrays to host embeddings (transfers included on CUDA)."""
-    model = prepare_for_inference(randomised(name), device, precision, threads)
+               intra_op: bool = False) -> float:
+    """Pixels/s of the forward pass from host arrays to host embeddings (transfers included on CUDA).
+    `intra_op`: on CPU, every operation split across all threads (PyTorch's way) instead of the
+    default single-threaded workers side by side."""
+    model = prepare_for_inference(randomised(name), device, precision)
+    if intra_op:
+        model.cpu_workers = 1
     inputs = group(pixels, t2, t1)
-    # warm up; on CPU also long enough for the thread tuner to have timed each of its candidates
-    warm = min(batch, pixels) if device.type == "cuda" else 4 * max(1, TUNED_BATCH_ROWS // (t2 + t1))
-    model.embed_inputs(group(warm, t2, t1, seed=1), batch, precision)
+    model.embed_inputs(group(min(batch, pixels), t2, t1, seed=1), batch, precision)  # warm up
     synchronise(device)
     start = time.perf_counter()
     model.embed_inputs(inputs, batch, precision)
@@ -212,11 +214,11 @@ def _spin(stop) -> None:
 
 
 def measure(name: str, precisions: list[str], pixels: int, batch: int, device: torch.device, gemm: dict,
-            t2: int, t1: int, threads: int = 0) -> dict:
+            t2: int, t1: int, intra_op: bool = False) -> dict:
     flop = flops_per_pixel(preset(name), t2, t1)
     entry = {}
     for precision in precisions:
-        rate = throughput(name, precision, pixels, batch, device, t2, t1, threads)
+        rate = throughput(name, precision, pixels, batch, device, t2, t1, intra_op)
         entry[precision] = {"px_per_s": round(rate, 1), "model_gflops": round(rate * flop / 1e9, 1),
                             "utilisation": round(rate * flop / gemm[precision], 3)}
     return entry
@@ -257,6 +259,8 @@ def main() -> None:
         entry = {"family": config.family, "parameters": randomised(name).parameter_count(),
                  "gflop_per_pixel": round(flop / 1e9, 4), "pixels": pixels, **accuracy(name, device)}
         entry |= measure(name, precisions, pixels, batch, device, gemm, t2, t1)
+        if args.busy and not cuda:  # the solo baseline of PyTorch's own threading, before the competitor starts
+            entry["solo_intra_op"] = measure(name, precisions, pixels, batch, device, gemm, t2, t1, intra_op=True)
         report["presets"][name] = entry
     if args.busy and not cuda:
         stop = multiprocessing.Event()
@@ -265,14 +269,16 @@ def main() -> None:
         try:
             busy_gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in precisions}
             report["busy_gemm_gflops"] = {p: round(v / 1e9, 1) for p, v in busy_gemm.items()}
-            for name in names:  # tuned threads (ComputeDevice.threads = -1), and the default, a thread per CPU
+            for name in names:  # our workers, and every operation split across threads (PyTorch's way)
                 solo = report["presets"][name]
-                tuned = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:], threads=-1)
-                fixed = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:])
+                solo_intra = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:], intra_op=True) \
+                    if "solo_intra_op" not in solo else solo["solo_intra_op"]
+                busy = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:])
+                busy_intra = measure(name, precisions, *sizes[name][:2], device, gemm, *sizes[name][2:], intra_op=True)
                 report["presets"][name]["busy"] = {p: {
-                    "px_per_s": tuned[p]["px_per_s"], "share_of_solo": round(tuned[p]["px_per_s"] / solo[p]["px_per_s"], 3),
-                    "all_threads_px_per_s": fixed[p]["px_per_s"],
-                    "all_threads_share_of_solo": round(fixed[p]["px_per_s"] / solo[p]["px_per_s"], 3),
+                    "px_per_s": busy[p]["px_per_s"], "share_of_solo": round(busy[p]["px_per_s"] / solo[p]["px_per_s"], 3),
+                    "intra_op_px_per_s": busy_intra[p]["px_per_s"],
+                    "intra_op_share_of_its_solo": round(busy_intra[p]["px_per_s"] / solo_intra[p]["px_per_s"], 3),
                 } for p in precisions}
         finally:
             stop.set()

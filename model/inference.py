@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -48,49 +45,6 @@ def available_cpus() -> int:
     return count
 
 
-class ThreadTuner:
-    """Chooses the CPU thread count of inference by measured throughput, and keeps checking.
-
-    With every core given a thread, one busy process beside us leaves one thread descheduled at a
-    time and the others spinning at each parallel region's barrier until it returns: measured on 2
-    cores beside one CPU-bound process, 2 threads kept 23-42% of their solo rate while 1 thread kept
-    100% (2-3x faster than 2 threads there), and alone 2 threads are 1.6-1.9x faster than 1. So the
-    tuner times each batch (rows per second, so sequence lengths don't bias it) at the thread count in
-    use, keeps a running rate per candidate, runs the best, and tries another candidate every
-    `explore_every` batches, so it follows the machine as other tenants come and go."""
-
-    def __init__(self, cpus: int, explore_every: int = 16):
-        self.candidates = sorted({cpus, max(1, cpus // 2), 1}, reverse=True)
-        self.explore_every = explore_every
-        self.rates: dict[int, float] = {}
-        self.batches = 0
-
-    def choose(self) -> int:
-        untried = [c for c in self.candidates if c not in self.rates]
-        if untried:
-            return untried[0]
-        best = max(self.rates, key=self.rates.get)
-        if self.batches % self.explore_every == self.explore_every - 1:
-            others = [c for c in self.candidates if c != best]
-            return others[(self.batches // self.explore_every) % len(others)]
-        return best
-
-    @contextlib.contextmanager
-    def batch(self, rows: int) -> Iterator[None]:
-        threads = self.choose()
-        torch.set_num_threads(threads)
-        started = time.perf_counter()
-        yield
-        rate = rows / max(time.perf_counter() - started, 1e-9)
-        old = self.rates.get(threads)
-        self.rates[threads] = rate if old is None else 0.5 * old + 0.5 * rate
-        self.batches += 1
-
-    @property
-    def best(self) -> int | None:
-        return max(self.rates, key=self.rates.get) if self.rates else None
-
-
 def cpu_supports_bf16() -> bool:
     """Native bf16 matrix units (avx512_bf16 or AMX); elsewhere bf16 on CPU is slower than fp32."""
     try:
@@ -113,16 +67,11 @@ def prepare_for_inference(encoder: TesseraEncoder, device: torch.device, precisi
                           threads: int = 0) -> TesseraEncoder:
     """bf16 runs fastest with bf16 weights on both CPU and GPU: autocast would re-cast every weight
     on every batch (measured on an H100: bf16 weights + the fused FFN epilogue gave ~2x autocast).
-
-    On CPU, `threads` > 0 fixes the thread count and 0 uses the CPUs granted: stored bytes then
-    depend only on the machine. -1 lets a ThreadTuner choose batch by batch, which holds up beside
-    busy processes, but a GEMM may round differently at another thread count, so re-runs can differ
-    in the last bit of some pixels."""
+    On CPU, inference runs `threads` single-threaded workers (0: one per CPU granted)."""
     identity = encoder.identity  # of the fp32 weights, before any cast
     encoder = encoder.eval().to(device)
     if device.type == "cpu":
-        torch.set_num_threads(threads if threads > 0 else available_cpus())
-        encoder.thread_tuner = ThreadTuner(available_cpus()) if threads < 0 else None
+        encoder.cpu_workers = threads if threads > 0 else available_cpus()
     if precision == "bf16":
         encoder = encoder.to(torch.bfloat16)
         if device.type == "cpu":

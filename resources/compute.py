@@ -21,9 +21,7 @@ class ComputeDevice(ConfigurableResource):
     readers: int = Field(
         default=0, description="Blocks read and sampled ahead, each on its own thread; 0 picks 1 on CPU, 4 on CUDA.")
     threads: int = Field(
-        default=0, description=(
-            "CPU threads; 0 uses the CPUs granted (affinity, cgroup quota); -1 lets inference choose among them by "
-            "measured speed (2x faster beside a busy process, but re-runs may differ in the last bit)"))
+        default=0, description="CPU threads (inference: single-threaded workers); 0 uses the CPUs granted (affinity, cgroup quota)")
 
     def resolve(self) -> tuple[torch.device, Precision]:
         """The device and precision; on CPU also sets the thread count to the CPUs actually granted."""

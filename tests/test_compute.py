@@ -37,19 +37,21 @@ def test_explicit_thread_count_wins():
         torch.set_num_threads(before)
 
 
-def test_the_thread_tuner_runs_the_fastest_and_keeps_exploring():
-    from model.inference import ThreadTuner
+def test_cpu_workers_are_deterministic_and_agree_with_one_thread():
+    import numpy as np
+    import torch
 
-    tuner = ThreadTuner(4, explore_every=4)
-    assert tuner.candidates == [4, 2, 1]
-    tried = []
-    for _ in range(3):  # every candidate is timed first
-        tried.append(tuner.choose())
-        tuner.rates[tried[-1]] = {4: 100.0, 2: 300.0, 1: 150.0}[tried[-1]]
-        tuner.batches += 1
-    assert tried == [4, 2, 1] and tuner.best == 2
-    chosen = []
-    for _ in range(8):
-        chosen.append(tuner.choose())
-        tuner.batches += 1
-    assert chosen.count(2) == 6 and set(chosen) - {2}, "mostly the fastest, now and then another"
+    from model.encoder import TesseraEncoder
+    from model.inference import prepare_for_inference
+
+    rng = np.random.default_rng(0)
+    n, t = 300, 20
+    arrays = (rng.uniform(0, 6000, (n, t, 10)), np.arange(1, t + 1), rng.random((n, t)) < 0.6,
+              rng.uniform(2000, 9000, (n, t, 2)), np.arange(1, t + 1), rng.uniform(2000, 9000, (n, t, 2)),
+              np.arange(5, t + 5))
+    encoder = prepare_for_inference(TesseraEncoder.from_preset("tessera-demo"), torch.device("cpu"), "fp32", threads=3)
+    assert encoder.cpu_workers == 3
+    first = encoder.embed_series(*arrays, batch_size=128)
+    assert np.array_equal(first, encoder.embed_series(*arrays, batch_size=128)), "the same bytes every time"
+    encoder.cpu_workers = 1
+    assert np.abs(first - encoder.embed_series(*arrays, batch_size=128)).max() < 1e-5
