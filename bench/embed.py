@@ -291,7 +291,7 @@ def main() -> None:
     elif (home / "data" / "raw" / "s2" / str(args.e2e_year) / args.e2e_region).exists():
         report["end_to_end"] = [
             end_to_end(name, precisions[-1], args.e2e_region, args.e2e_year, home, 2 if preset(name).width > 256 else None)
-            for name in ("tessera-demo", "tessera-v2-medium")]
+            for name in names]
     else:
         report["end_to_end"] = f"skipped: materialise s2_raw/s1_raw {args.e2e_region}|{args.e2e_year} first (make demo)"
     print(json.dumps(report, indent=2))
