@@ -89,13 +89,6 @@ NORMALISATIONS: dict[str, Normalisation] = {
 DEFAULT_NORMALISATION = {"v1.0": "v1.0", "v2": "v2"}  # v1.1 has none: the file does not say mpc or aws
 
 
-def normalisation(name: str) -> Normalisation:
-    try:
-        return NORMALISATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown normalisation {name!r}: choose one of {', '.join(NORMALISATIONS)}") from None
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the encoder. `latent_dim * 4` is the transformer width, as in the reference code."""

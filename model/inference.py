@@ -13,7 +13,7 @@ import torch
 from model.dense import pack_for_cpu
 from model.encoder import TesseraEncoder
 from model.layers import CPU_INFERENCE_ROWS
-from model.selection import EncoderInputs, select_inputs
+from model.selection import select_inputs
 from model.series import PixelSeries
 
 Precision = Literal["fp32", "bf16"]
@@ -86,7 +86,3 @@ def embed_series(encoder: TesseraEncoder, series: PixelSeries, mode: str = "auto
     """(N, dim) float32 embeddings of a PixelSeries; pixels the family cannot embed are NaN."""
     inputs = select_inputs(series, encoder.config, encoder.normalisation, mode, rng)
     return encoder.embed_inputs(inputs, batch_size, precision)
-
-
-__all__ = ["EncoderInputs", "Precision", "best_device", "best_precision", "cpu_supports_bf16", "embed_series",
-           "prepare_for_inference", "select_inputs"]

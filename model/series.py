@@ -37,10 +37,6 @@ class PixelSeries:
     def has_any(self) -> np.ndarray:
         return self.s2_valid.any(axis=1) | self.s1_valid.any(axis=1)
 
-    @property
-    def orbit_known(self) -> bool:
-        return self.s1_desc is not None
-
     def descending(self) -> np.ndarray:
         """The orbit flags; refuses series whose S1 steps never said their direction, since
         v1.1 and v2 would silently z-score them with the wrong constants."""
