@@ -10,6 +10,7 @@ because of it.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -17,13 +18,13 @@ import h3
 import numpy as np
 import pyarrow as pa
 
-from model.ann import IvfIndex, normalise
 from model.errors import VectorDimensionError
 from resources.errors import TesseraError, single_encoder
 from resources.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore
 
 MAX_K = 10_000
 EARTH_RADIUS_M = 6_371_008.8
+SEARCH_REPORT_KEY = b"tessera:search"
 RESULT_COLUMNS = ["key", "year", "region", "row", "col", "lon", "lat", "h3_r13", "encoder_id"]
 
 
@@ -40,6 +41,11 @@ class SearchFilter:
     within_m: float | None = None
     centre: tuple[float, float] | None = None  # (lon, lat) for within_m
     encoder_id: str | None = None  # required when the table holds vectors of several encoders
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Unit length along the last axis (zero vectors stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _check_point(lon: float, lat: float) -> None:
@@ -105,106 +111,22 @@ def _boxes(f: SearchFilter) -> list[tuple[float, float, float, float]]:
     return boxes
 
 
-class MemorySnapshot:
-    """The table's filter columns and vectors in memory with an IVF index, for one table version.
-
-    Columns are kept in the index's list order, so a filter mask needs no reordering, and the masks
-    of recent filters are cached: a user paging through results of one filter pays for it once."""
-
-    def __init__(self, table, nprobe: int):
-        data = table.to_arrow().select([*RESULT_COLUMNS, "h3_r9", "h3_r7", "vector"])
-        dim = data.schema.field("vector").type.list_size
-        vectors = data["vector"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
-        self.index = IvfIndex.build(vectors)
-        order = pa.array(self.index.order)
-        data = data.drop_columns(["vector"]).take(order).combine_chunks()
-        self.columns = {c: data[c].to_numpy() for c in ("year", "lon", "lat", "h3_r13", "h3_r9", "h3_r7")}
-        regions = data["region"].combine_chunks().dictionary_encode()
-        self.region_codes, self.region_names = regions.indices.to_numpy(), regions.dictionary.to_pylist()
-        encoders = data["encoder_id"].combine_chunks().dictionary_encode()
-        self.encoder_codes, self.encoder_names = encoders.indices.to_numpy(), encoders.dictionary.to_pylist()
-        self.results = data.select(RESULT_COLUMNS)
-        self.nprobe = nprobe
-        self._masks: dict[str, np.ndarray | None] = {}
-
-    def mask(self, f: SearchFilter) -> np.ndarray | None:
-        """The prefilter as a boolean row mask (None: every row), the same predicate as `where_clause`."""
-        key = repr(f)
-        if key not in self._masks:
-            if len(self._masks) >= 32:
-                self._masks.pop(next(iter(self._masks)))
-            self._masks[key] = self._compute_mask(f)
-        return self._masks[key]
-
-    def _compute_mask(self, f: SearchFilter) -> np.ndarray | None:
-        keep = None
-
-        def both(m):
-            return m if keep is None else keep & m
-
-        if f.years:
-            keep = both(np.isin(self.columns["year"], f.years))
-        if f.regions:
-            codes = [self.region_names.index(r) for r in f.regions if r in self.region_names]
-            keep = both(np.isin(self.region_codes, codes))
-        lon, lat = self.columns["lon"], self.columns["lat"]
-        for w, s_, e, n in _boxes(f):
-            keep = both((lon >= w) & (lon <= e) & (lat >= s_) & (lat <= n))
-        if f.within_m is not None:  # exact, on the rows the bbox kept
-            inside = np.zeros(len(lon), bool)
-            rows = np.nonzero(keep)[0]
-            inside[rows] = haversine_m(*f.centre, lon[rows], lat[rows]) <= f.within_m
-            keep = inside
-        if f.h3_cells:
-            cells = np.zeros(len(lon), bool)
-            for column, ids in _cell_members(f.h3_cells):
-                cells |= np.isin(self.columns[column], ids)
-            keep = both(cells)
-        if f.encoder_id:
-            keep = both(self.encoder_codes == (self.encoder_names.index(f.encoder_id)
-                                               if f.encoder_id in self.encoder_names else -1))
-        return keep
-
-    def search(self, vector: np.ndarray, k: int, f: SearchFilter, exact: bool) -> pa.Table:
-        nprobe = len(self.index.centroids) if exact else self.nprobe
-        positions, scores = self.index.search(vector, k, nprobe=nprobe, mask=self.mask(f), index_order=True)
-        return self.results.take(pa.array(positions)).append_column("similarity", pa.array(scores, pa.float32()))
-
-
-_SNAPSHOTS: dict[tuple[str, int], MemorySnapshot] = {}
-
-
 class Similarity:
-    """Queries over one VectorStore.
+    """Queries over one VectorStore, answered by the table's own LanceDB indexes.
 
-    Two engines give the same answers: `memory` keeps the table's vectors in this process with an
-    IVF index (milliseconds a query, for processes that query many times; built once per table
-    version, a few seconds a million rows), `lancedb` queries the table on disk through its own
-    index (for one-off queries of huge tables). `auto` chooses memory up to `store.memory_max_rows`."""
+    A query opens nothing but the table, so a fresh process answers its first query as fast as a
+    warm one. Filters are prefilters (scalar indexes); when they keep at most
+    `store.exact_scan_max_rows` rows, those rows are scanned exactly, which is faster than probing
+    IVF lists that hold few of them, and exact. Otherwise the vector index is probed with at least
+    `store.nprobes` lists and more when the filter leaves fewer than k rows in them, so a filtered
+    search never comes back short while k rows match."""
 
-    def __init__(self, store: VectorStore, engine: str = "auto"):
+    def __init__(self, store: VectorStore):
         self.store = store
         self.table = store.table()
         if self.table is None or self.table.count_rows() == 0:
             raise SearchError("the embedding table is empty: materialise embedding_table first")
         self.dim = self.table.schema.field("vector").type.list_size
-        if engine not in ("auto", "memory", "lancedb"):
-            raise SearchError(f"unknown engine {engine!r}: use auto, memory or lancedb")
-        if engine == "auto":
-            engine = "memory" if self.table.count_rows() <= store.memory_max_rows else "lancedb"
-        self.engine = engine
-        self._snapshot: MemorySnapshot | None = None
-
-    def snapshot(self) -> MemorySnapshot:
-        """The in-memory copy of the table as it was when this Similarity first needed it (shared by
-        Similarity objects of the same table version; make a new Similarity to see later writes)."""
-        if self._snapshot is None:
-            key = (self.store.uri, self.table.version)
-            if key not in _SNAPSHOTS:
-                _SNAPSHOTS.clear()  # one version at a time: memory is the constraint
-                _SNAPSHOTS[key] = MemorySnapshot(self.table, self.store.nprobes)
-            self._snapshot = _SNAPSHOTS[key]
-        return self._snapshot
 
     # -- query vectors ---------------------------------------------------------------------------
     def vector_at(self, lon: float, lat: float, year: int) -> tuple[np.ndarray, dict]:
@@ -233,7 +155,7 @@ class Similarity:
 
     @staticmethod
     def _row_vector(rows: pa.Table, i: int) -> tuple[np.ndarray, dict]:
-        vector = np.asarray(rows["vector"][i].as_py(), np.float32)
+        vector = rows["vector"][i].values.to_numpy().astype(np.float32)
         return vector, {c: rows[c][i].as_py() for c in RESULT_COLUMNS}
 
     def example_vector(self, positives: list[np.ndarray], negatives: list[np.ndarray] | None = None) -> np.ndarray:
@@ -263,7 +185,8 @@ class Similarity:
 
     # -- search ----------------------------------------------------------------------------------
     def search(self, vector, k: int = 10, filters: SearchFilter | None = None, exact: bool = False) -> pa.Table:
-        """The k most similar pixels (cosine), best first, with a `similarity` column.
+        """The k most similar pixels (cosine), best first, with a `similarity` column; the table's
+        schema metadata `tessera:search` says how it was answered (`search_report`).
 
         Vectors of different encoders live in different embedding spaces: when the table holds
         several, the filters must name one (`encoder_id`)."""
@@ -273,16 +196,13 @@ class Similarity:
         filters = filters or SearchFilter()
         if filters.encoder_id is None:
             single_encoder(self.encoder_ids(), None, "the embedding table")
-        if filters.years:
-            if self.engine == "memory":
-                known = bool(np.isin(self.snapshot().columns["year"], filters.years).any())
-            else:
-                known = self.table.count_rows(f"year IN ({', '.join(str(int(y)) for y in filters.years)})") > 0
-            if not known:
-                raise SearchError(f"none of the years {filters.years} is in the embedding table")
-        if self.engine == "memory":
-            return self.snapshot().search(vector, k, filters, exact)
+        if filters.years and self.table.count_rows(where_clause(SearchFilter(years=filters.years))) == 0:
+            raise SearchError(f"none of the years {filters.years} is in the embedding table")
         where = where_clause(filters)
+        table_rows = self.table.count_rows()
+        matching = self.table.count_rows(where) if where else table_rows
+        index = self.store.describe_index(self.table)
+        exact = exact or index["index"].startswith("none") or matching <= self.store.exact_scan_max_rows
         fetch = k * 2 if filters.within_m is not None else k  # the radius is refined exactly below
         query = (self.table.search(vector, vector_column_name="vector").distance_type("cosine")
                  .select([*RESULT_COLUMNS, "_distance"]).limit(fetch))
@@ -290,8 +210,9 @@ class Similarity:
             query = query.where(where, prefilter=True)
         if exact:
             query = query.bypass_vector_index()
-        else:
-            query = query.nprobes(self.store.nprobes).refine_factor(self.store.refine_factor)
+        else:  # more lists only when the filter leaves fewer than k rows in the first ones
+            query = (query.minimum_nprobes(self.store.nprobes).maximum_nprobes(0)
+                     .refine_factor(self.store.refine_factor))
         result = query.to_arrow()
         similarity = 1.0 - result["_distance"].to_numpy()
         result = result.drop_columns(["_distance"]).append_column("similarity", pa.array(similarity, pa.float32()))
@@ -299,12 +220,27 @@ class Similarity:
             lon, lat = filters.centre
             inside = haversine_m(lon, lat, result["lon"].to_numpy(), result["lat"].to_numpy()) <= filters.within_m
             result = result.filter(pa.array(inside))
-        return result.slice(0, k)
+        report = {"table_rows": table_rows, "rows_searched": matching,
+                  **({"index": "none (exact scan)"} if exact else index)}
+        return result.slice(0, k).replace_schema_metadata({SEARCH_REPORT_KEY: json.dumps(report).encode()})
+
+
+def search_report(results: pa.Table) -> dict:
+    """How `Similarity.search` answered: rows in the table, rows the filters kept, index used."""
+    return json.loads((results.schema.metadata or {}).get(SEARCH_REPORT_KEY, b"{}"))
+
+
+def format_results(results: pa.Table) -> str:
+    """Results as a text table, best first."""
+    lines = [f"{'rank':>4} {'similarity':>10} {'lon':>11} {'lat':>10} {'year':>5} {'region':<12} h3 (res 13)"]
+    for rank, row in enumerate(results.to_pylist(), start=1):
+        lines.append(f"{rank:>4} {row['similarity']:>10.4f} {row['lon']:>11.6f} {row['lat']:>10.6f} {row['year']:>5} "
+                     f"{row['region']:<12} {row['h3_r13']:x}")
+    return "\n".join(lines)
 
 
 def write_results(results: pa.Table, path: str) -> str:
     """Results as GeoJSON points or GeoParquet (WKB point geometry, EPSG:4326), by file extension."""
-    import json
     import struct
 
     import pyarrow.parquet as pq

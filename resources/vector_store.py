@@ -1,45 +1,53 @@
-"""The embedding table: one LanceDB table, one row per pixel and year, H3-indexed.
+"""The embedding table: one LanceDB table, one row per pixel, year and region, H3-indexed.
 
-Key: `"{year}-{h3 res-13 cell of the pixel centre}"` (res-13 cells, ~44 m2, are smaller than a 10 m
-pixel, so the key is unique). Filter columns `h3_r7` (~5 km2) and `h3_r9` (~0.1 km2) carry B-tree
-indexes, `year` and `region` bitmap indexes. A partition is written with one `merge_insert` that
-inserts, updates, and deletes the partition's rows that are gone, in one commit: re-running never
-duplicates, other partitions are untouched, and readers see the old or the new partition, never half.
+Key: `"{year}-{region}-{h3 res-13 cell of the pixel centre}"` (res-13 cells, ~44 m2, are smaller
+than a 10 m pixel, so the cell names the pixel). The region is part of the key because regions may
+overlap (a field site inside a county) and their grids need not align: each partition owns its rows,
+and re-materialising one never touches another's. Vectors are float16: the embeddings are int8 with
+a per-pixel scale, which float16 holds to within 1e-3 relative, at half the bytes of float32.
 
-Vector index (cosine): none below `ANN_MIN_ROWS` (an exact scan is fast and exact there, and IVF
-training on few rows is poor); above it IVF-PQ with `sqrt(rows)` partitions (clamped to 16..4096)
-and `dim / 4` sub-vectors of 8 bits (32 for 128-d: the default `dim/16` loses too much recall),
-queried with 20-40 probes and a refine step that re-ranks 10x candidates by exact distance. Rows
-written after the index are folded in by `optimize()`; the index is rebuilt when the table has
-grown fourfold since it was trained.
+Writing a partition is one `merge_insert` on the key that inserts, updates and deletes exactly that
+partition's rows in one commit, so readers see the old or the new partition, never half. It builds
+no index: rows written since the last index refresh are searched by exact scan, so results stay
+right, and a write costs the same whatever the table's size. Commit conflicts between concurrent
+writers are retried by Lance (the key is an unenforced primary key, see PITFALLS).
+
+`refresh_index` is the maintenance step (the `embedding_index` asset): scalar indexes on the filter
+columns (B-tree on the key and H3 cells, bitmap on year, region and encoder id), and the vector
+index once the table is large enough to need one: IVF-PQ, cosine, `dim / 4` sub-vectors of 8 bits,
+one IVF partition per `rows_per_partition` rows, queried with `nprobes` lists and an exact re-rank
+of `refine_factor * k` candidates (the parameters `bench/search.py` chose; the module docstring of
+that file has the measurements). New rows are folded into the index by `optimize()`; it is
+retrained when the table has grown fourfold since training.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import h3
-import numpy as np
 import pyarrow as pa
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
-from rasterio.warp import transform as warp_transform
 
 from model.errors import VectorDimensionError
-from model.quantise import dequantise
-from resources.regions import RegionGrid
-from resources.storage import EmbeddingPartition
+from resources.errors import TesseraError
 
 TABLE_NAME = "embeddings"
 FILTER_RESOLUTIONS = (7, 9)
 KEY_RESOLUTION = 13
-ANN_MIN_ROWS = 100_000
+SCHEMA_VERSION = "2"  # 1: float32 vectors, keys without the region
+SCHEMA_VERSION_KEY = b"tessera:table-schema"
 REBUILD_GROWTH = 4.0
+SCALAR_INDEXES = (("key", "btree"), ("h3_r7", "btree"), ("h3_r9", "btree"),
+                  ("year", "bitmap"), ("region", "bitmap"), ("encoder_id", "bitmap"))
+
+
+class TableSchemaError(TesseraError):
+    """An embedding table written by an older version of the platform, in a layout this one cannot extend."""
 
 
 def table_schema(dim: int) -> pa.Schema:
@@ -54,50 +62,19 @@ def table_schema(dim: int) -> pa.Schema:
         pa.field("h3_r13", pa.int64()),
         pa.field("h3_r9", pa.int64()),
         pa.field("h3_r7", pa.int64()),
-        pa.field("vector", pa.list_(pa.float32(), dim)),
+        pa.field("vector", pa.list_(pa.float16(), dim)),
         pa.field("s2_obs", pa.int16()),
         pa.field("s1_obs", pa.int16()),
         pa.field("encoder_id", pa.string()),
-    ])
+    ], metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
 
 
-def h3_cells(lat: np.ndarray, lon: np.ndarray) -> dict[int, np.ndarray]:
-    """Res-13 cells of points and their res-9 and res-7 parents, as int64."""
-    r13 = np.fromiter((h3.str_to_int(h3.latlng_to_cell(a, o, KEY_RESOLUTION)) for a, o in zip(lat, lon)),
-                      np.int64, len(lat))
-    cells = {13: r13}
-    for res in FILTER_RESOLUTIONS:
-        cells[res] = np.fromiter((h3.str_to_int(h3.cell_to_parent(h3.int_to_str(int(c)), res)) for c in r13),
-                                 np.int64, len(r13))
-    return cells
+def row_key(year: int, region: str, cell: int) -> str:
+    return f"{year}-{region}-{cell:x}"
 
 
-def pixel_rows(partition: EmbeddingPartition, year: int, region: str, s2_counts: np.ndarray,
-               s1_counts: np.ndarray, block: int = 512) -> Iterator[pa.RecordBatch]:
-    """Rows of every pixel with an embedding, one record batch per block (memory bounded by it),
-    each carrying the identity of the encoder that made it."""
-    grid: RegionGrid = partition.grid
-    encoder_id = partition.encoder_id
-    for window in grid.blocks(block):
-        q, scales = partition.read(window)
-        rows, cols = np.nonzero(np.isfinite(scales))
-        if len(rows) == 0:
-            continue
-        vectors = dequantise(q[rows, cols], scales[rows, cols])
-        rows, cols = rows + int(window.row_off), cols + int(window.col_off)
-        xs = grid.transform.c + (cols + 0.5) * grid.transform.a
-        ys = grid.transform.f + (rows + 0.5) * grid.transform.e
-        lon, lat = (np.asarray(v) for v in warp_transform(grid.crs, "EPSG:4326", xs, ys))
-        cells = h3_cells(lat, lon)
-        keys = [f"{year}-{c:x}" for c in cells[13]]
-        yield pa.RecordBatch.from_arrays([
-            pa.array(keys), pa.array(np.full(len(rows), year, np.int32)), pa.array([region] * len(rows)),
-            pa.array(rows.astype(np.int32)), pa.array(cols.astype(np.int32)), pa.array(lon), pa.array(lat),
-            pa.array(cells[13]), pa.array(cells[9]), pa.array(cells[7]),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
-            pa.array(s2_counts[rows, cols].astype(np.int16)), pa.array(s1_counts[rows, cols].astype(np.int16)),
-            pa.array([encoder_id] * len(rows)),
-        ], schema=table_schema(vectors.shape[1]))
+def partition_predicate(year: int, region: str) -> str:
+    return f"year = {int(year)} AND region = '{region.replace(chr(39), chr(39) * 2)}'"
 
 
 @dataclass
@@ -105,43 +82,71 @@ class WriteReport:
     rows: int
     table_rows: int
     version: int
-    index: dict[str, Any]
-    write_seconds: float
-    index_seconds: float
+    seconds: float
+
+
+@dataclass
+class IndexReport:
+    """What `refresh_index` did and what the table's vector index is now, for asset metadata."""
+
+    type: str
+    action: str  # "none", "trained", "retrained", "folded in new rows"
+    table_rows: int
+    indexed_rows: int
+    unindexed_rows: int
+    seconds: float
+    parameters: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "action": self.action, "table_rows": self.table_rows,
+                "indexed_rows": self.indexed_rows, "unindexed_rows": self.unindexed_rows,
+                "seconds": round(self.seconds, 2), **self.parameters}
 
 
 class VectorStore(ConfigurableResource):
-    """The LanceDB database: a local folder by default, or `s3://bucket/prefix` with storage options."""
+    """The LanceDB database (a local folder, or `s3://bucket/prefix` with storage options) and how
+    its vector index is built and queried."""
 
     uri: str = ".tessera/data/lancedb"
     storage_options: dict[str, str] = {}
-    nprobes: int = 32
+    ann_min_rows: int = 100_000  # below this an exact scan is fast, exact, and needs no training
+    rows_per_partition: int = 4_096  # IVF lists of about this many rows
+    nprobes: int = 20
+    exact_scan_max_rows: int = 20_000  # filters keeping at most this many rows are scanned exactly
     refine_factor: int = 10
-    ann_min_rows: int = ANN_MIN_ROWS
-    memory_max_rows: int = 2_000_000  # `Similarity(engine="auto")` searches in memory up to this size
+    keep_versions_hours: float = 1.0  # older table versions are removed by refresh_index
     _db: Any = PrivateAttr(default=None)
 
     def connection(self):
         if self._db is None:
             import lancedb
 
-            # a short consistency interval: readers see other processes' commits
+            # consistency interval 0: every read sees other processes' latest commits
             self._db = lancedb.connect(self.uri, storage_options=self.storage_options or None,
                                        read_consistency_interval=timedelta(seconds=0))
         return self._db
 
     def table(self, dim: int | None = None):
+        """The table (created for `dim`-d vectors when missing and `dim` is given; else None)."""
         db = self.connection()
         if TABLE_NAME in db.table_names():
             table = db.open_table(TABLE_NAME)
-            if "encoder_id" not in table.schema.names:  # written before rows carried their encoder
-                table.add_columns({"encoder_id": "'unknown'"})
+            version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"1").decode()
+            if version != SCHEMA_VERSION:
+                raise TableSchemaError(
+                    f"the embedding table at {self.uri} has layout {version} (float32 vectors, keys without the "
+                    f"region); this version writes layout {SCHEMA_VERSION}. The table is derived data: move it away "
+                    f"and re-materialise embedding_table for your partitions, then embedding_index")
             return table
         if dim is None:
             return None
-        return db.create_table(TABLE_NAME, schema=table_schema(dim))
+        try:
+            return db.create_table(TABLE_NAME, schema=table_schema(dim))
+        except ValueError:  # another writer created it first
+            return db.open_table(TABLE_NAME)
 
-    def write_partition(self, year: int, region: str, batches: Iterator[pa.RecordBatch], dim: int) -> WriteReport:
+    def write_partition(self, year: int, region: str, batches: Iterable[pa.RecordBatch], dim: int) -> WriteReport:
+        """Replace the partition's rows in one commit; indexes are left to `refresh_index`."""
         table = self.table(dim)
         stored = table.schema.field("vector").type.list_size
         if stored != dim:
@@ -149,50 +154,73 @@ class VectorStore(ConfigurableResource):
                 f"the embedding table holds {stored}-d vectors and this partition has {dim}: a table holds one "
                 f"width; re-materialise the embeddings with dimensions={stored} or use another VectorStore uri")
         started = time.perf_counter()
-        reader = pa.RecordBatchReader.from_batches(table_schema(dim), batches)
+        reader = pa.RecordBatchReader.from_batches(table_schema(dim), iter(batches))
         (
             table.merge_insert("key")
             .when_matched_update_all()
             .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(f"year = {int(year)} AND region = '{region}'")
+            .when_not_matched_by_source_delete(partition_predicate(year, region))
             .execute(reader)
         )
-        write_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        index = self.refresh_indexes(table)
-        rows = table.count_rows(f"year = {int(year)} AND region = '{region}'")
-        return WriteReport(rows, table.count_rows(), table.version, index, write_seconds, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return WriteReport(table.count_rows(partition_predicate(year, region)), table.count_rows(), table.version, seconds)
 
-    def refresh_indexes(self, table) -> dict[str, Any]:
-        """Scalar indexes always; the vector index once the table is large enough (see module doc)."""
+    def partition_counts(self) -> list[tuple[tuple[int, str], int]]:
+        """Rows per (year, region), sorted: what the table holds, for the UI."""
+        table = self.table()
+        if table is None:
+            return []
+        columns = table.search().select(["year", "region"]).limit(None).to_arrow()
+        counts = columns.group_by(["year", "region"]).aggregate([([], "count_all")]).to_pylist()
+        return sorted(((c["year"], c["region"]), c["count_all"]) for c in counts)
+
+    def vector_index(self, table) -> Any | None:
+        return next((ix for ix in table.list_indices() if ix.columns[0] == "vector"), None)
+
+    def refresh_index(self) -> IndexReport:
+        """Scalar indexes always; the vector index trained, retrained or topped up (module doc)."""
         from lancedb.index import BTree, Bitmap, IvfPq
 
-        existing = {ix.columns[0]: ix for ix in table.list_indices()}
-        for column, config in (("key", BTree()), ("h3_r7", BTree()), ("h3_r9", BTree()),
-                               ("year", Bitmap()), ("region", Bitmap()), ("encoder_id", Bitmap())):
+        started = time.perf_counter()
+        table = self.table()
+        if table is None:
+            raise TableSchemaError(f"no embedding table at {self.uri}: materialise embedding_table first")
+        existing = {ix.columns[0] for ix in table.list_indices()}
+        for column, kind in SCALAR_INDEXES:
             if column not in existing:
-                table.create_index(column, config=config)
+                table.create_index(column, config=BTree() if kind == "btree" else Bitmap())
         rows = table.count_rows()
         dim = table.schema.field("vector").type.list_size
-        if rows < self.ann_min_rows:
-            table.optimize()
-            return {"type": "none (exact search)", "reason": f"{rows} rows < {self.ann_min_rows}", "unindexed_rows": rows}
-        partitions = int(min(4096, max(16, round(math.sqrt(rows)))))
-        current = next((ix.name for ix in existing.values() if ix.columns[0] == "vector"), None)
-        built_with = int(current.rsplit("_p", 1)[1]) if current and "_p" in current else 0
-        if current is None or partitions > math.sqrt(REBUILD_GROWTH) * built_with:
-            name = f"vector_ivfpq_p{partitions}"  # the name records what the index was trained for
+        current = self.vector_index(table)
+        trained_for = int(current.name.rsplit("_p", 1)[1]) if current and "_p" in current.name else 0
+        partitions = max(1, round(rows / self.rows_per_partition))
+        action = "none"
+        if rows >= self.ann_min_rows and (current is None or partitions >= REBUILD_GROWTH * trained_for):
+            name = f"vector_ivfpq_p{partitions}"  # the name records the size it was trained for
             table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=partitions,
                                                       num_sub_vectors=max(1, dim // 4)), name=name)
-            if current and current != name:
-                table.drop_index(current)
-            current, built_with = name, partitions
-        table.optimize()  # folds new rows into every index, compacts small fragments
-        stats = table.index_stats(current)
-        return {
-            "type": "IVF_PQ (cosine)", "name": current, "num_partitions": built_with,
-            "num_sub_vectors": max(1, dim // 4), "num_bits": 8, "nprobes": self.nprobes,
-            "refine_factor": self.refine_factor,
-            "indexed_rows": stats.num_indexed_rows if stats else None,
-            "unindexed_rows": stats.num_unindexed_rows if stats else None,
-        }
+            if current is not None and current.name != name:
+                table.drop_index(current.name)
+            action = "retrained" if current is not None else "trained"
+            current, trained_for = self.vector_index(table), partitions
+        elif current is not None:
+            action = "folded in new rows"
+        # folds new rows into every index, compacts small fragments, drops versions no reader needs
+        table.optimize(cleanup_older_than=timedelta(hours=self.keep_versions_hours))
+        if current is None:
+            return IndexReport("none (exact search)", action, rows, 0, rows, time.perf_counter() - started,
+                               {"reason": f"{rows} rows < ann_min_rows {self.ann_min_rows}"})
+        stats = table.index_stats(current.name)
+        return IndexReport("IVF_PQ (cosine)", action, rows, stats.num_indexed_rows, stats.num_unindexed_rows,
+                           time.perf_counter() - started, {
+                               "name": current.name, "num_partitions": trained_for,
+                               "num_sub_vectors": max(1, dim // 4), "num_bits": 8, "nprobes": self.nprobes,
+                               "refine_factor": self.refine_factor})
+
+    def describe_index(self, table) -> dict[str, Any]:
+        """The vector index queries will use (for search reports): its name and the query parameters."""
+        current = self.vector_index(table)
+        if current is None:
+            return {"index": "none (exact scan)"}
+        return {"index": current.name, "nprobes": self.nprobes, "refine_factor": self.refine_factor}
+

@@ -20,7 +20,7 @@ embeddings_job = define_asset_job("embed", selection=["embeddings"], partitions_
 defs = Definitions(
     assets=all_assets,
     jobs=[raw_job, embeddings_job],
-    sensors=[region_partitions_sensor],
+    sensors=[region_partitions_sensor, vector_assets.index_after_writes],
     resources=build_resources(),
     executor=multiprocess_executor.configured({"max_concurrent": 2}),
 )

@@ -13,9 +13,11 @@ from dagster import materialize
 
 from conftest import TINY_REGION, TINY_YEAR
 from model.errors import VectorDimensionError
-from resources.similarity import SearchError, SearchFilter, Similarity, haversine_m, write_results
+from resources.similarity import SearchError, SearchFilter, Similarity, haversine_m, search_report, write_results
+from resources.vector_store import VectorStore
+from tessera_assets.cli import main
 from tessera_assets.partitions import year_region_key
-from tessera_assets.vectors.assets import embedding_table, similarity_map
+from tessera_assets.vectors.assets import embedding_index, embedding_table, similarity_map
 
 YEARS = (TINY_YEAR - 1, TINY_YEAR)
 
@@ -51,7 +53,6 @@ def test_one_row_per_embedded_pixel_and_reruns_never_duplicate(table_env):
     embedded = int(np.isfinite(storage.open_embeddings(TINY_YEAR, TINY_REGION).read()[1]).sum())
     meta = _meta(results[TINY_YEAR])
     assert meta["rows"] == embedded
-    assert meta["index_type"] == "none (exact search)"
     table = env.resources["vectors"].table()
     before = table.count_rows()
     for _ in range(2):
@@ -70,15 +71,14 @@ def test_rows_carry_h3_cells_that_agree_with_their_coordinates(table_env):
         cell = h3.latlng_to_cell(row["lat"], row["lon"], 13)
         assert h3.str_to_int(cell) == row["h3_r13"]
         assert h3.str_to_int(h3.cell_to_parent(cell, 7)) == row["h3_r7"]
-        assert row["key"] == f"{row['year']}-{row['h3_r13']:x}"
+        assert row["key"] == f"{row['year']}-{row['region']}-{row['h3_r13']:x}"
         assert len(row["vector"]) == 128 and row["s2_obs"] > 0
 
 
-@pytest.mark.parametrize("engine", ["memory", "lancedb"])
-def test_a_pixel_of_a_class_finds_mostly_that_class(table_env, engine):
+def test_a_pixel_of_a_class_finds_mostly_that_class(table_env):
     env, _, _ = table_env
     truth = _truth(env)
-    similarity = Similarity(env.resources["vectors"], engine=engine)
+    similarity = Similarity(env.resources["vectors"])
     precisions = []
     for feature in _labels(env)[::10]:
         lon, lat = feature["geometry"]["coordinates"]
@@ -94,10 +94,9 @@ def test_a_pixel_of_a_class_finds_mostly_that_class(table_env, engine):
     assert np.mean(precisions) >= 0.7, precisions
 
 
-@pytest.mark.parametrize("engine", ["memory", "lancedb"])
-def test_filters_are_never_violated(table_env, engine):
+def test_filters_are_never_violated(table_env):
     env, _, _ = table_env
-    similarity = Similarity(env.resources["vectors"], engine=engine)
+    similarity = Similarity(env.resources["vectors"])
     feature = _labels(env)[0]
     lon, lat = feature["geometry"]["coordinates"]
     query, origin = similarity.vector_at(lon, lat, TINY_YEAR)
@@ -145,10 +144,9 @@ def test_examples_and_keys(table_env):
     assert again == origin
 
 
-@pytest.mark.parametrize("engine", ["memory", "lancedb"])
-def test_bad_queries_are_named(table_env, engine):
+def test_bad_queries_are_named(table_env):
     env, _, _ = table_env
-    similarity = Similarity(env.resources["vectors"], engine=engine)
+    similarity = Similarity(env.resources["vectors"])
     lon, lat = _labels(env)[0]["geometry"]["coordinates"]
     query, _ = similarity.vector_at(lon, lat, TINY_YEAR)
     with pytest.raises(SearchError, match="out of range"):
@@ -181,23 +179,48 @@ def test_results_as_geojson_and_geoparquet(table_env, tmp_path):
     assert b"geo" in table.schema.metadata and table.num_rows == 5
 
 
-def test_ann_index_is_built_when_large_enough_and_agrees_with_exact(table_env, tmp_path):
+def test_embedding_index_trains_then_tops_up_and_search_agrees_with_exact(table_env, tmp_path):
     env, instance, _ = table_env
-    from resources.vector_store import VectorStore
-
-    store = VectorStore(uri=str(tmp_path / "lancedb"), ann_min_rows=1000)
+    store = VectorStore(uri=str(tmp_path / "lancedb"), ann_min_rows=2000, rows_per_partition=256,
+                        exact_scan_max_rows=0)  # always through the index here: it is what is tested
     resources = dict(env.resources, vectors=store)
-    for year in YEARS:
-        meta = _meta(materialize([embedding_table], partition_key=year_region_key(year, TINY_REGION),
-                                 instance=instance, resources=resources))
-    assert meta["index_type"] == "IVF_PQ (cosine)" and meta["unindexed_rows"] == 0
-    similarity = Similarity(store, engine="lancedb")
-    query, _ = similarity.vector_at(*_labels(env)[5]["geometry"]["coordinates"], TINY_YEAR)
-    approx = set(similarity.search(query, k=10)["key"].to_pylist())
-    exact = set(similarity.search(query, k=10, exact=True)["key"].to_pylist())
-    assert len(approx & exact) >= 8
-    in_memory = Similarity(store, engine="memory").search(query, k=10)
-    assert set(in_memory["key"].to_pylist()) == exact, "both engines, exact cosines: the same top 10"
+    key = year_region_key(TINY_YEAR, TINY_REGION)
+    materialize([embedding_table], partition_key=key, instance=instance, resources=resources)
+    first = _meta(materialize([embedding_index], instance=instance, resources=resources))
+    assert first["index_type"] == "none (exact search)" and first["action"] == "none"  # too few rows for IVF
+    materialize([embedding_table], partition_key=year_region_key(TINY_YEAR - 1, TINY_REGION), instance=instance,
+                resources=resources)
+    trained = _meta(materialize([embedding_index], instance=instance, resources=resources))
+    assert trained["index_type"] == "IVF_PQ (cosine)" and trained["action"] == "trained"
+    assert trained["unindexed_rows"] == 0 and trained["indexed_rows"] == trained["table_rows"]
+    assert "| 2022 | tiny |" in trained["rows_by_partition"]
+    again = _meta(materialize([embedding_index], instance=instance, resources=resources))
+    assert again["action"] == "folded in new rows" and again["index"]["name"] == trained["index"]["name"]
+
+    similarity = Similarity(store)
+    for feature in _labels(env)[:40:8]:
+        query, _ = similarity.vector_at(*feature["geometry"]["coordinates"], TINY_YEAR)
+        approx = similarity.search(query, k=10)
+        assert search_report(approx)["index"] == trained["index"]["name"]
+        exact = similarity.search(query, k=10, exact=True)
+        assert search_report(exact)["index"] == "none (exact scan)"
+        assert len(set(approx["key"].to_pylist()) & set(exact["key"].to_pylist())) >= 8
+
+
+def test_cli_search_says_what_it_searched(table_env, monkeypatch, capsys, tmp_path):
+    env, _, _ = table_env
+    monkeypatch.setenv("TESSERA_LANCEDB_URI", env.resources["vectors"].uri)
+    lon, lat = _labels(env)[0]["geometry"]["coordinates"]
+    out = tmp_path / "hits.geojson"
+    assert main(["search", "--lon", str(lon), "--lat", str(lat), "--year", str(TINY_YEAR), "-k", "7",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = env.resources["vectors"].table().count_rows()
+    year_rows = env.resources["vectors"].table().count_rows(f"year = {TINY_YEAR}")
+    assert f"searched {year_rows:,} of {rows:,} rows with none (exact scan)" in printed
+    assert len(json.loads(out.read_text())["features"]) == 7
+    assert main(["search", "--lon", str(lon), "--lat", str(lat), "--year", "2019"]) == 2
+    assert "year 2019 is not in the embedding table" in capsys.readouterr().err
 
 
 def test_similarity_map_for_saved_queries(table_env, tmp_path):

@@ -42,7 +42,7 @@ def test_embedding_table_on_s3(embedded_env, s3_store):
     table = s3_store.table()
     embedded = env.resources["storage"].open_embeddings(TINY_YEAR, TINY_REGION).read()[1]
     assert table.count_rows() == int(np.isfinite(embedded).sum()), "re-running on S3 never duplicates"
-    similarity = Similarity(s3_store, engine="lancedb")
+    similarity = Similarity(s3_store)
     row = table.search().limit(1).to_arrow().to_pylist()[0]
-    found = similarity.search(np.asarray(row["vector"]), k=3)
+    found = similarity.search(np.asarray(row["vector"], np.float32), k=3)
     assert found["key"][0].as_py() == row["key"]

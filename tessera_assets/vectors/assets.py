@@ -1,16 +1,19 @@
-"""embedding_table[year, region] (LanceDB, H3) and similarity_map[year, region] for saved queries."""
+"""embedding_table[year, region] (LanceDB, H3), its embedding_index, and similarity_map[year, region]
+for saved queries."""
 
 from pathlib import Path
 
 import yaml
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import (AssetExecutionContext, AssetKey, AutomationCondition, AutomationConditionSensorDefinition, Config,
+                     DefaultSensorStatus, MaterializeResult, MetadataValue, asset)
 from pydantic import Field
 
 from resources.errors import EncoderMismatchError
 from resources.previews import markdown_image, similarity_png
 from resources.similarity import Similarity
 from resources.storage import TesseraStorage, atomic_directory, write_similarity_raster
-from resources.vector_store import VectorStore, pixel_rows
+from resources.table_rows import pixel_rows
+from resources.vector_store import VectorStore
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 
@@ -18,21 +21,46 @@ from tessera_assets.partitions import year_and_region, year_region_partitions
        pool="lancedb", kinds={"lancedb"})
 def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vectors: VectorStore) -> MaterializeResult:
     """One row per embedded pixel of the partition in the shared LanceDB table, replacing exactly
-    this partition's rows in one commit."""
+    this partition's rows in one commit. Searchable at once (new rows by exact scan); the
+    `embedding_index` asset folds them into the vector index."""
     year, region = year_and_region(context)
     partition = storage.open_embeddings(year, region)
     s2_counts = storage.open_raw("s2", year, region).valid_count()
     s1_counts = storage.open_raw("s1", year, region).valid_count()
     report = vectors.write_partition(year, region, pixel_rows(partition, year, region, s2_counts, s1_counts),
                                      partition.dim)
-    context.log.info(f"{report.rows} rows for {region} {year}; table has {report.table_rows}; index {report.index['type']}")
+    context.log.info(f"{report.rows} rows for {region} {year} in {report.seconds:.1f} s; table has {report.table_rows}")
     return MaterializeResult(metadata={
-        "rows": report.rows, "encoder_id": partition.encoder_id, "dimensions": partition.dim, "table_rows": report.table_rows, "table_version": report.version,
-        "index": MetadataValue.json(report.index), "index_type": report.index["type"],
-        "unindexed_rows": report.index.get("unindexed_rows"),
-        "write_seconds": round(report.write_seconds, 2), "index_seconds": round(report.index_seconds, 2),
+        "rows": report.rows, "encoder_id": partition.encoder_id, "dimensions": partition.dim,
+        "table_rows": report.table_rows, "table_version": report.version,
+        "write_seconds": round(report.seconds, 2), "uri": vectors.uri,
+    })
+
+
+@asset(deps=[embedding_table], group_name="search", pool="lancedb", kinds={"lancedb"},
+       automation_condition=AutomationCondition.eager().without(~AutomationCondition.any_deps_missing()))
+def embedding_index(context: AssetExecutionContext, vectors: VectorStore) -> MaterializeResult:
+    """The table's indexes, refreshed after partitions are written: scalar indexes on the filter
+    columns, and the IVF-PQ vector index trained once the table is large enough, topped up with new
+    rows, and retrained when the table has grown fourfold. Runs by itself after writes (automation)
+    so that writing a partition costs the same whatever the table's size."""
+    report = vectors.refresh_index()
+    context.log.info(f"index {report.type}: {report.action}; {report.indexed_rows} of {report.table_rows} rows indexed "
+                     f"in {report.seconds:.1f} s")
+    partitions = vectors.partition_counts()
+    return MaterializeResult(metadata={
+        "index": MetadataValue.json(report.to_dict()), "index_type": report.type, "action": report.action,
+        "table_rows": report.table_rows, "indexed_rows": report.indexed_rows,
+        "unindexed_rows": report.unindexed_rows, "seconds": round(report.seconds, 2),
+        "partitions": len(partitions), "rows_by_partition": MetadataValue.md(
+            "| year | region | rows |\n|---|---|---|\n" + "\n".join(f"| {y} | {r} | {n} |" for (y, r), n in partitions)),
         "uri": vectors.uri,
     })
+
+
+index_after_writes = AutomationConditionSensorDefinition(
+    "embedding_index_after_writes", target=[embedding_index], default_status=DefaultSensorStatus.RUNNING,
+    description="Refreshes embedding_index once partition writes to the embedding table have finished.")
 
 
 class SavedQueries(Config):
