@@ -1,59 +1,77 @@
-"""Similarity search at scale, our tuned path against its baselines in the same run; prints JSON.
+"""Similarity search at scale through the table's own index, against same-run baselines; prints JSON.
 
-    .venv/bin/python bench/search.py [--rows 1000000] [--queries 100]
+    .venv/bin/python bench/search.py [--rows 1000000] [--queries 100] [--sweep]
 
-Clustered unit vectors (128-d) in a table with our schema. For each path: index build time, p50/p95
-latency of single queries, recall@10 against the exact answer (numpy over all rows):
-  tuned        - `Similarity(engine="memory")`: the in-process IVF over the table's vectors
-  lancedb_ivf_pq - `Similarity(engine="lancedb")`: the table's own IVF-PQ index as `VectorStore` derives it
-  numpy        - an exact scan of an in-memory float32 matrix
-  lancedb_flat - LanceDB with no vector index (`bypass_vector_index`)
-and the tuned path with a prefilter on one H3 res-7 cell and on one region.
+The table is written as a backfill writes it: `--partitions` partitions (regions x 2 years) of
+clustered 128-d unit vectors on real pixel grids (so the H3 columns are real), each with
+`VectorStore.write_partition`; then `VectorStore.refresh_index` (what `embedding_index` runs).
+Reported:
+  write_seconds       - the first and the last partition write (a write must not grow with the table)
+  index               - build time and what was built; bytes on disk per row, index included
+  cold                - a fresh `python` process that opens the table and answers one query (wall,
+                        interpreter start and imports included), and `tessera search` end to end
+  indexed             - `Similarity.search`, warm: p50/p95 and recall@10 against the exact answer
+  filtered_*          - one H3 res-7 cell, one region, one year: latency, recall, shortest answer
+  numpy_exact         - baseline: an exact scan of the vectors held in memory (float32)
+  lancedb_flat        - baseline: the same table without its index (`bypass_vector_index`)
+  sweep (--sweep)     - recall and p50 over nprobes x refine_factor on the built index
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from datetime import timedelta
+from pathlib import Path
 
 import h3
 import numpy as np
 import pyarrow as pa
 
-from resources.similarity import SearchFilter, Similarity
-from resources.vector_store import VectorStore, table_schema
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resources.similarity import SearchFilter, Similarity, search_report  # noqa: E402
+from resources.vector_store import VectorStore, row_key, table_schema  # noqa: E402
+
+YEARS = (2023, 2024)
+ORIGIN = (52.0, 0.0)  # lat, lon of region 0's north-west corner
+CELL_LAT, CELL_LON = 9e-5, 1.46e-4  # about 10 m
 
 
-PARENT_CELL = h3.latlng_to_cell(52.2, 0.1, 4)  # its res-7 children label the rows for filtered queries
-
-
-def clustered(rows: int, dim: int, clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def clustered(rows: int, rng: np.random.Generator, clusters: int = 1000, dim: int = 128) -> np.ndarray:
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    labels = rng.integers(0, clusters, rows)
-    data = centres[labels] + rng.normal(scale=0.6, size=(rows, dim)).astype(np.float32)
-    return data / np.linalg.norm(data, axis=1, keepdims=True), labels
+    data = centres[rng.integers(0, clusters, rows)] + rng.normal(scale=0.6, size=(rows, dim)).astype(np.float32)
+    return data / np.linalg.norm(data, axis=1, keepdims=True)
 
 
-def batches(data: np.ndarray, rng: np.random.Generator, size: int = 100_000):
-    schema = table_schema(data.shape[1])
-    cells7 = np.array([h3.str_to_int(c) for c in sorted(h3.cell_to_children(PARENT_CELL, 7))[:100]], np.int64)
-    for start in range(0, len(data), size):
-        chunk = data[start:start + size]
-        n = len(chunk)
-        ids = np.arange(start, start + n)
+def partition_rows(vectors: np.ndarray, year: int, region: int, width: int, block: int = 200_000):
+    """Record batches of one partition: pixel i of a `width`-wide grid whose corner is offset east by region."""
+    schema = table_schema(vectors.shape[1])
+    name = f"region-{region}"
+    for start in range(0, len(vectors), block):
+        ids = np.arange(start, min(start + block, len(vectors)))
+        lat = ORIGIN[0] - (ids // width) * CELL_LAT
+        lon = ORIGIN[1] + region * (width + 50) * CELL_LON + (ids % width) * CELL_LON
+        r13 = np.fromiter((h3.str_to_int(h3.latlng_to_cell(a, o, 13)) for a, o in zip(lat, lon)), np.int64, len(ids))
+        r9 = np.fromiter((h3.str_to_int(h3.cell_to_parent(h3.int_to_str(int(c)), 9)) for c in r13), np.int64, len(ids))
+        r7 = np.fromiter((h3.str_to_int(h3.cell_to_parent(h3.int_to_str(int(c)), 7)) for c in r9), np.int64, len(ids))
+        n = len(ids)
         yield pa.RecordBatch.from_arrays([
-            pa.array([f"2024-{i:x}" for i in ids]), pa.array(np.full(n, 2024, np.int32)),
-            pa.array([f"region-{i % 10}" for i in ids]), pa.array((ids // 1000).astype(np.int32)),
-            pa.array((ids % 1000).astype(np.int32)), pa.array(rng.uniform(0, 1, n)), pa.array(rng.uniform(50, 51, n)),
-            pa.array(ids.astype(np.int64)), pa.array((ids % 5000).astype(np.int64)), pa.array(cells7[ids % 100]),
-            pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), data.shape[1]),
-            pa.array(np.full(n, 30, np.int16)), pa.array(np.full(n, 30, np.int16)),
+            pa.array([row_key(year, name, int(c)) for c in r13]), pa.array(np.full(n, year, np.int32)),
+            pa.array([name] * n), pa.array((ids // width).astype(np.int32)), pa.array((ids % width).astype(np.int32)),
+            pa.array(lon), pa.array(lat), pa.array(r13), pa.array(r9), pa.array(r7),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors[ids].astype(np.float16).ravel()), vectors.shape[1]),
+            pa.array(np.full(n, 30, np.int16)), pa.array(np.full(n, 20, np.int16)), pa.array(["bench-encoder"] * n),
         ], schema=schema)
 
 
-def latency(run, queries: np.ndarray) -> tuple[dict, list]:
+def timed(run, queries: np.ndarray) -> tuple[dict, list]:
     run(queries[0])
     times, answers = [], []
     for q in queries:
@@ -64,69 +82,147 @@ def latency(run, queries: np.ndarray) -> tuple[dict, list]:
 
 
 def recall(answers: list, truth: list) -> float:
-    return round(float(np.mean([len(set(a) & set(t)) / len(t) for a, t in zip(answers, truth)])), 4)
+    return round(float(np.mean([len(set(a) & set(t)) / max(1, len(t)) for a, t in zip(answers, truth)])), 4)
+
+
+def bytes_on_disk(folder: str) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+COLD = """
+import json, sys, time
+start = time.perf_counter()
+import numpy as np
+from resources.similarity import Similarity
+from resources.vector_store import VectorStore
+imported = time.perf_counter()
+similarity = Similarity(VectorStore(uri=sys.argv[1], nprobes=int(sys.argv[2]), refine_factor=int(sys.argv[3])))
+found = similarity.search(np.array(json.loads(sys.argv[4]), np.float32), k=10)
+print(json.dumps({"imports_s": imported - start, "open_and_query_s": time.perf_counter() - imported, "hits": found.num_rows}))
+"""
+
+
+def cold_query(uri: str, store: VectorStore, query: np.ndarray, pixel: tuple[float, float, int]) -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=root)
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", COLD, uri, str(store.nprobes), str(store.refine_factor),
+                          json.dumps(query.tolist())], capture_output=True, text=True, check=True, env=env, cwd=root)
+    wall = time.perf_counter() - start
+    inside = json.loads(out.stdout.strip().splitlines()[-1])
+    lon, lat, year = pixel
+    start = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-m", "tessera_assets.cli", "search", "--lon", repr(lon), "--lat", repr(lat),
+                          "--year", str(year)], capture_output=True, text=True, env=dict(env, TESSERA_LANCEDB_URI=uri),
+                         cwd=root)
+    cli_wall = time.perf_counter() - start
+    if cli.returncode != 0:
+        raise RuntimeError(cli.stderr)
+    return {"wall_s": round(wall, 3), "imports_s": round(inside["imports_s"], 3),
+            "open_and_query_s": round(inside["open_and_query_s"], 3),
+            "python_start_s": round(wall - inside["imports_s"] - inside["open_and_query_s"], 3),
+            "cli_search_wall_s": round(cli_wall, 3), "cli_says": cli.stdout.strip().splitlines()[-1]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=10, help="regions x 2 years; an even number")
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--flat-queries", type=int, default=20, help="LanceDB without index is slow: fewer queries")
+    parser.add_argument("--flat-queries", type=int, default=10, help="LanceDB without index is slow: fewer queries")
+    parser.add_argument("--nprobes", type=int, default=VectorStore().nprobes)
+    parser.add_argument("--refine-factor", type=int, default=VectorStore().refine_factor)
+    parser.add_argument("--rows-per-partition", type=int, default=VectorStore().rows_per_partition)
+    parser.add_argument("--sweep", action="store_true", help="also sweep nprobes x refine_factor")
+    parser.add_argument("--dir", default=None, help="where the table goes (default: a temporary folder)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    data, _ = clustered(args.rows, 128, 1000, rng)
-    queries = data[rng.choice(args.rows, args.queries, replace=False)] + rng.normal(scale=0.05, size=(args.queries, 128)).astype(np.float32)
+    regions = args.partitions // len(YEARS)
+    per_partition = args.rows // args.partitions
+    width = int(math.ceil(math.sqrt(per_partition)))
+    data = clustered(per_partition * args.partitions, rng)
+    rows = len(data)
+    picks = rng.choice(rows, args.queries, replace=False)
+    queries = data[picks] + rng.normal(scale=0.05, size=(args.queries, 128)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    report: dict = {"rows": args.rows, "dim": 128, "queries": args.queries}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = VectorStore(uri=tmp)
-        table = store.table(128)
+    report: dict = {"rows": rows, "partitions": args.partitions, "dim": 128, "queries": args.queries,
+                    "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        store = VectorStore(uri=tmp, nprobes=args.nprobes, refine_factor=args.refine_factor,
+                            rows_per_partition=args.rows_per_partition)
+        # partition p holds rows [p * per_partition, (p + 1) * per_partition): year = p % 2, region = p // 2
+        writes = []
+        for p in range(args.partitions):
+            block = data[p * per_partition:(p + 1) * per_partition]
+            start = time.perf_counter()
+            store.write_partition(YEARS[p % 2], f"region-{p // 2}", partition_rows(block, YEARS[p % 2], p // 2, width), 128)
+            writes.append(time.perf_counter() - start)
+        report["write_seconds"] = {"first_partition": round(writes[0], 2), "last_partition": round(writes[-1], 2),
+                                   "rows_per_partition": per_partition}
         start = time.perf_counter()
-        table.add(pa.Table.from_batches(list(batches(data, rng))))
-        report["load_seconds"] = round(time.perf_counter() - start, 1)
-        start = time.perf_counter()
-        report["index"] = store.refresh_indexes(table)
-        report["index_build_seconds"] = round(time.perf_counter() - start, 1)
-        start = time.perf_counter()
-        similarity = Similarity(store, engine="memory")
-        similarity.snapshot()
-        report["memory_index_build_seconds"] = round(time.perf_counter() - start, 1)
-        on_disk = Similarity(store, engine="lancedb")
+        index = store.refresh_index()
+        report["index"] = {**index.to_dict(), "build_seconds": round(time.perf_counter() - start, 1)}
+        store.table().optimize(cleanup_older_than=timedelta(0))  # the bench is the only reader
+        report["bytes_per_row"] = round(bytes_on_disk(tmp) / rows, 1)
 
-        def exact_ids(q: np.ndarray, mask: np.ndarray | None = None) -> list[int]:
+        table = store.table()
+        ordered = table.search().select(["year", "region", "row", "col", "h3_r7", "lon", "lat"]).limit(None).to_arrow()
+        # the row id of a table row: its partition's block start + its pixel index
+        part = (np.array([int(r.split("-")[1]) for r in ordered["region"].to_pylist()]) * 2
+                + (ordered["year"].to_numpy() - YEARS[0]))
+        positions = part * per_partition + ordered["row"].to_numpy() * width + ordered["col"].to_numpy()
+        lookup = np.empty(rows, np.int64)
+        lookup[positions] = np.arange(rows)  # data row -> table row (for filter masks)
+        h3_r7 = ordered["h3_r7"].to_numpy()[lookup]
+        year = ordered["year"].to_numpy()[lookup]
+        region = part // 2
+
+        def ids(result: pa.Table) -> list[int]:
+            p = (np.array([int(r.split("-")[1]) for r in result["region"].to_pylist()], np.int64) * 2
+                 + (result["year"].to_numpy() - YEARS[0]))
+            return (p * per_partition + result["row"].to_numpy() * width + result["col"].to_numpy()).tolist()
+
+        def exact(q: np.ndarray, mask: np.ndarray | None = None) -> list[int]:
             scores = data @ q
             if mask is not None:
                 scores = np.where(mask, scores, -np.inf)
-            return np.argpartition(-scores, 10)[:10].tolist()
+            top = np.argpartition(-scores, 10)[:10]
+            return top[np.isfinite(scores[top])].tolist()
 
-        def ids(result: pa.Table) -> list[int]:
-            return [int(k.split("-")[1], 16) for k in result["key"].to_pylist()]
-
-        truth = [exact_ids(q) for q in queries]
-        numpy_stats, _ = latency(exact_ids, queries)
+        pixel_row = int(lookup[picks[0]])
+        cold = cold_query(tmp, store, queries[0], (ordered["lon"][pixel_row].as_py(), ordered["lat"][pixel_row].as_py(),
+                                                   int(ordered["year"][pixel_row].as_py())))
+        report["cold"] = cold
+        similarity = Similarity(store)
+        truth = [exact(q) for q in queries]
+        stats, answers = timed(lambda q: ids(similarity.search(q, k=10)), queries)
+        report["indexed"] = {**stats, "recall_at_10": recall(answers, truth),
+                             "index": search_report(similarity.search(queries[0], k=10))["index"]}
+        cell = h3_r7[picks[0]]
+        for name, filters, mask in (
+            ("filtered_h3_r7", SearchFilter(h3_cells=[h3.int_to_str(int(cell))]), h3_r7 == cell),
+            ("filtered_region", SearchFilter(regions=["region-1"]), region == 1),
+            ("filtered_year", SearchFilter(years=[YEARS[1]]), year == YEARS[1]),
+        ):
+            found = []
+            stats, answers = timed(lambda q: found.append(similarity.search(q, k=10, filters=filters)) or ids(found[-1]),
+                                   queries)
+            report[name] = {**stats, "recall_at_10": recall(answers, [exact(q, mask) for q in queries]),
+                            "rows_in_filter": int(mask.sum()), "fewest_results": min(r.num_rows for r in found),
+                            "path": search_report(found[-1])["index"]}
+        numpy_stats, _ = timed(exact, queries)
         report["numpy_exact"] = {**numpy_stats, "recall_at_10": 1.0}
-        tuned_stats, answers = latency(lambda q: ids(similarity.search(q, k=10)), queries)
-        report["tuned"] = {**tuned_stats, "recall_at_10": recall(answers, truth)}
-        ivf_stats, ivf_answers = latency(lambda q: ids(on_disk.search(q, k=10)), queries)
-        report["lancedb_ivf_pq"] = {**ivf_stats, "recall_at_10": recall(ivf_answers, truth)}
         flat = queries[: args.flat_queries]
-        flat_stats, flat_answers = latency(lambda q: ids(on_disk.search(q, k=10, exact=True)), flat)
+        flat_stats, flat_answers = timed(lambda q: ids(similarity.search(q, k=10, exact=True)), flat)
         report["lancedb_flat"] = {**flat_stats, "recall_at_10": recall(flat_answers, truth[: len(flat)])}
-        cell = 42
-        cell_str = sorted(h3.cell_to_children(PARENT_CELL, 7))[cell]
-        cell_mask = (np.arange(args.rows) % 100) == cell
-        cell_truth = [exact_ids(q, cell_mask) for q in queries]
-        cell_stats, cell_answers = latency(
-            lambda q: ids(similarity.search(q, k=10, filters=SearchFilter(h3_cells=[cell_str]))), queries)
-        report["tuned_filtered_h3_r7"] = {**cell_stats, "recall_at_10": recall(cell_answers, cell_truth),
-                                          "rows_in_filter": int(cell_mask.sum())}
-        region_mask = (np.arange(args.rows) % 10) == 3
-        region_truth = [exact_ids(q, region_mask) for q in queries]
-        region_stats, region_answers = latency(
-            lambda q: ids(similarity.search(q, k=10, filters=SearchFilter(regions=["region-3"]))), queries)
-        report["tuned_filtered_region"] = {**region_stats, "recall_at_10": recall(region_answers, region_truth),
-                                           "rows_in_filter": int(region_mask.sum())}
-    p50 = report["tuned"]["p50_ms"]
+        if args.sweep:
+            report["sweep"] = {}
+            for nprobes in (10, 20, 40):
+                for refine in (5, 10, 20):
+                    swept = Similarity(VectorStore(uri=tmp, nprobes=nprobes, refine_factor=refine))
+                    stats, answers = timed(lambda q: ids(swept.search(q, k=10)), queries)
+                    report["sweep"][f"nprobes{nprobes}_refine{refine}"] = {**stats, "recall_at_10": recall(answers, truth)}
+    p50 = report["indexed"]["p50_ms"]
     report["speedup_vs_numpy_p50"] = round(report["numpy_exact"]["p50_ms"] / p50, 1)
     report["speedup_vs_lancedb_flat_p50"] = round(report["lancedb_flat"]["p50_ms"] / p50, 1)
     print(json.dumps(report, indent=2))

@@ -191,7 +191,7 @@ def test_embedding_index_trains_then_tops_up_and_search_agrees_with_exact(table_
     materialize([embedding_table], partition_key=year_region_key(TINY_YEAR - 1, TINY_REGION), instance=instance,
                 resources=resources)
     trained = _meta(materialize([embedding_index], instance=instance, resources=resources))
-    assert trained["index_type"] == "IVF_PQ (cosine)" and trained["action"] == "trained"
+    assert trained["index_type"] == "IVF_RQ 4-bit (cosine)" and trained["action"] == "trained"
     assert trained["unindexed_rows"] == 0 and trained["indexed_rows"] == trained["table_rows"]
     assert "| 2022 | tiny |" in trained["rows_by_partition"]
     again = _meta(materialize([embedding_index], instance=instance, resources=resources))

@@ -97,7 +97,7 @@ def test_filtered_search_through_the_index_is_exact_within_the_filter_and_never_
         k = min(50, matching)
         found = similarity.search(query, k=k, filters=filters)
         report = search_report(found)
-        assert report["rows_searched"] == matching and report["index"].startswith("vector_ivfpq")
+        assert report["rows_searched"] == matching and report["index"].startswith("vector_ivfrq")
         assert found.num_rows == k, "probes more lists when the first ones hold fewer than k matching rows"
         if filters.years:
             assert set(found["year"].to_pylist()) == {2022}
