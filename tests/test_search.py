@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from dagster import materialize
+from dagster import Definitions, evaluate_automation_conditions, instance_for_test, materialize
 
 from conftest import TINY_REGION, TINY_YEAR
 from model.errors import VectorDimensionError
@@ -205,6 +205,23 @@ def test_embedding_index_trains_then_tops_up_and_search_agrees_with_exact(table_
         exact = similarity.search(query, k=10, exact=True)
         assert search_report(exact)["index"] == "none (exact scan)"
         assert len(set(approx["key"].to_pylist()) & set(exact["key"].to_pylist())) >= 8
+
+
+def test_embedding_index_runs_by_itself_after_partition_writes(embedded_env, tmp_path):
+    env, _, _, _ = embedded_env
+    resources = dict(env.resources, vectors=VectorStore(uri=str(tmp_path / "lancedb")))
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("region", [TINY_REGION])
+        assets = Definitions(assets=[embedding_table, embedding_index], resources=resources)
+        tick = evaluate_automation_conditions(defs=assets, instance=instance)
+        assert tick.get_num_requested(embedding_index.key) == 0, "nothing to index before the first write"
+        materialize([embedding_table], partition_key=year_region_key(TINY_YEAR, TINY_REGION), instance=instance,
+                    resources=resources)
+        tick = evaluate_automation_conditions(defs=assets, instance=instance, cursor=tick.cursor)
+        assert tick.get_num_requested(embedding_index.key) == 1
+        materialize([embedding_index], instance=instance, resources=resources)
+        tick = evaluate_automation_conditions(defs=assets, instance=instance, cursor=tick.cursor)
+        assert tick.get_num_requested(embedding_index.key) == 0, "indexed: nothing new"
 
 
 def test_cli_search_says_what_it_searched(table_env, monkeypatch, capsys, tmp_path):

@@ -37,11 +37,17 @@ def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vec
     })
 
 
+# after partition writes, once none is in progress (`eager()` would also wait for every partition
+# of every year and region to exist, which never happens)
+AFTER_WRITES = (AutomationCondition.any_deps_updated().since_last_handled() & ~AutomationCondition.any_deps_in_progress()
+                & ~AutomationCondition.in_progress()).with_label("after partition writes")
+
+
 @asset(deps=[embedding_table], group_name="search", pool="lancedb", kinds={"lancedb"},
-       automation_condition=AutomationCondition.eager().without(~AutomationCondition.any_deps_missing()))
+       automation_condition=AFTER_WRITES)
 def embedding_index(context: AssetExecutionContext, vectors: VectorStore) -> MaterializeResult:
     """The table's indexes, refreshed after partitions are written: scalar indexes on the filter
-    columns, and the IVF-PQ vector index trained once the table is large enough, topped up with new
+    columns, and the IVF-RaBitQ vector index trained once the table is large enough, topped up with new
     rows, and retrained when the table has grown fourfold. Runs by itself after writes (automation)
     so that writing a partition costs the same whatever the table's size."""
     report = vectors.refresh_index()
