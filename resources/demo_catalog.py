@@ -23,9 +23,12 @@ import rasterio.warp
 from affine import Affine
 from rasterio.warp import transform_bounds
 
+from resources.errors import CatalogError
 from resources.regions import Region, RegionGrid
 from resources.stac import S2_20M_BANDS, S2_BANDS
 from resources.storage import atomic_directory
+
+DEMO_STAMP = "demo_spec.json"  # the generator's spec; its presence marks a folder the generator made
 
 CLASS_NAMES: dict[int, str] = {
     1: "cereal", 2: "maize", 3: "forest", 4: "grassland", 5: "water", 6: "urban", 7: "bare", 8: "spring-cereal",
@@ -370,12 +373,19 @@ def _spec_stamp(regions: list[Region], spec: DemoSpec) -> str:
 def ensure_demo_catalog(root: Path, regions: list[Region], spec: DemoSpec = DemoSpec()) -> Path:
     """Generate the catalog unless an identical one is already there; returns catalog.json.
 
-    Written under a temporary name and moved into place, so a crash leaves the old catalog whole."""
+    Written under a temporary name and moved into place, so a crash leaves the old catalog whole.
+    It only ever replaces a folder it made itself (the spec stamp marks it): a catalog of the
+    user's own, configured with `provider: demo` by mistake, is refused, never overwritten."""
     root = Path(root).resolve()  # pystac resolves a relative root against the wrong folder
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.with_name(f".{root.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel steps (s2_raw, s1_raw) wait for one generator
-        stamp_file = root / "demo_spec.json"
+        stamp_file = root / DEMO_STAMP
+        if root.exists() and any(root.iterdir()) and not stamp_file.exists():
+            raise CatalogError(
+                f"{root} holds files the demo generator did not write, so it will not replace them: the demo "
+                f"catalog only goes into a new folder or one it made itself (marked by {DEMO_STAMP}). If this is "
+                f"your own catalog, configure its real provider (planetary-computer, earth-search), not 'demo'")
         if not (stamp_file.exists() and stamp_file.read_text() == _spec_stamp(regions, spec)):
             _generate(root, regions, spec)
     return root / "catalog.json"
@@ -397,7 +407,7 @@ def _generate(root: Path, regions: list[Region], spec: DemoSpec) -> None:
         catalog.normalize_hrefs(str(tmp))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(pystac.CatalogType.SELF_CONTAINED)
-        (tmp / "demo_spec.json").write_text(_spec_stamp(regions, spec))
+        (tmp / DEMO_STAMP).write_text(_spec_stamp(regions, spec))
 
 
 def ground_truth_dir(catalog_root: Path, region: str) -> Path:

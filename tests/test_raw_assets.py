@@ -200,3 +200,25 @@ def test_corrupt_cog_is_skipped_and_reported(tmp_path, demo_env):
     index = json.loads((s2.folder / "index.json").read_text())
     assert any(s["id"] == victim.name and ("corrupt" in s["reason"] or "unreadable" in s["reason"])
                for s in index["skipped"])
+
+
+def test_a_users_catalog_configured_as_demo_is_refused_and_left_whole(demo_env, tmp_path, instance):
+    """The demo generator replaces only folders it made: a user's own catalog named `provider: demo`
+    by mistake used to be replaced by an empty demo catalog."""
+    from resources.stac import StacCatalog
+
+    own = tmp_path / "my_catalog"
+    own.mkdir()
+    (own / "catalog.json").write_text(json.dumps({"type": "Catalog", "id": "mine", "stac_version": "1.0.0",
+                                                  "description": "a user's scenes", "links": []}))
+    (own / "scene.tif").write_bytes(b"not the demo's")
+    catalog = StacCatalog(url=str(own / "catalog.json"), provider="demo")
+    instance.add_dynamic_partitions("region", [TINY_REGION])
+    result = materialize([s2_raw], partition_key=year_region_key(TINY_YEAR, TINY_REGION), instance=instance,
+                         resources=dict(demo_env.resources, s2_catalog=catalog, s1_catalog=catalog),
+                         raise_on_error=False)
+    assert not result.success
+    message = result.get_step_failure_events()[0].event_specific_data.error.cause.message
+    assert "holds files the demo generator did not write" in message and "not 'demo'" in message
+    assert sorted(p.name for p in own.iterdir()) == ["catalog.json", "scene.tif"]
+    assert (own / "scene.tif").read_bytes() == b"not the demo's"
