@@ -25,7 +25,7 @@ from rasterio.warp import transform_bounds
 
 from resources.errors import CatalogError
 from resources.regions import Region, RegionGrid
-from resources.stac import S2_20M_BANDS, S2_BANDS
+from resources.stac import BASELINE_04_START, S2_20M_BANDS, S2_BANDS
 from resources.storage import atomic_directory
 
 DEMO_STAMP = "demo_spec.json"  # the generator's spec; its presence marks a folder the generator made
@@ -34,7 +34,6 @@ CLASS_NAMES: dict[int, str] = {
     1: "cereal", 2: "maize", 3: "forest", 4: "grassland", 5: "water", 6: "urban", 7: "bare", 8: "spring-cereal",
 }
 DEFAULT_YEARS: tuple[int, ...] = (2021, 2022)
-BASELINE_04_START = dt.date(2022, 1, 25)
 PAD_PX = 16
 LABELS_PER_CLASS = 40
 

@@ -8,6 +8,7 @@ static catalogs on disk (the demo catalog among them). Everything downstream see
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +47,15 @@ _ES_S2 = {
     "B04": "red", "B02": "blue", "B03": "green", "B08": "nir", "B8A": "nir08", "B05": "rededge1",
     "B06": "rededge2", "B07": "rededge3", "B11": "swir16", "B12": "swir22", "SCL": "scl",
 }
+_CDSE_S2 = {b: f"{b}_{'20m' if b in S2_20M_BANDS else '10m'}" for b in S2_BANDS} | {"SCL": "SCL_20m"}
 PROVIDERS: dict[str, Provider] = {
     "planetary-computer": Provider("sentinel-2-l2a", "sentinel-1-rtc", _PC_S2, {"VV": "vv", "VH": "vh"}, True),
     # Earth Search has no RTC; its S1 GRD is uncalibrated DN, so it is not offered as an S1 source.
     "earth-search": Provider("sentinel-2-l2a", None, _ES_S2, {}),
+    # Earth Search v0 (`sentinel-s2-l2a-cogs`) keeps the band names as asset keys
+    "earth-search-v0": Provider("sentinel-s2-l2a-cogs", None, _PC_S2, {}),
+    # Copernicus Data Space: resolution-suffixed keys, JP2 on its S3 (GDAL needs AWS_S3_ENDPOINT and keys)
+    "cdse": Provider("sentinel-2-l2a", None, _CDSE_S2, {}),
     "demo": Provider("sentinel-2-l2a", "sentinel-1-rtc", _PC_S2, {"VV": "vv", "VH": "vh"}),
 }
 
@@ -77,20 +83,55 @@ class SearchResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _parse_baseline(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+BASELINE_04_START = dt.date(2022, 1, 25)  # first acquisitions processed with baseline 04.00 (the offset)
+_PRODUCT_BASELINE = re.compile(r"_N(\d{2})(\d{2})_")  # S2B_MSIL2A_20220315T103629_N0400_R008_...
+
+
+def processing_baseline(properties: dict[str, Any]) -> float | None:
+    """The processing baseline from whichever field the provider fills: `s2:processing_baseline`
+    (Planetary Computer, Earth Search v1), `processing:version` (CDSE), or the `N0400` part of the
+    product id (`sentinel:product_id` on Earth Search v0, `s2:product_uri`)."""
+    for key in ("s2:processing_baseline", "processing:version"):
+        try:
+            return float(properties[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+    for key in ("sentinel:product_id", "s2:product_uri"):
+        match = _PRODUCT_BASELINE.search(str(properties.get(key, "")))
+        if match:
+            return float(f"{match.group(1)}.{match.group(2)}")
+    return None
+
+
+def _raster_offset_scale(asset: dict[str, Any] | None) -> tuple[float, float] | None:
+    """`raster:offset`/`raster:scale` of a band asset: on the asset (STAC 1.1, CDSE), or in its first
+    `raster:bands` entry (the raster extension of STAC 1.0, Earth Search v1)."""
+    if not asset:
         return None
+    candidates = [(asset.get("raster:offset"), asset.get("raster:scale"))]
+    candidates += [(band.get("offset"), band.get("scale")) for band in (asset.get("raster:bands") or [])[:1]]
+    candidates += [(band.get("raster:offset"), band.get("raster:scale")) for band in (asset.get("bands") or [])[:1]]
+    return next(((float(o), float(sc)) for o, sc in candidates if o is not None and sc), None)
 
 
-def s2_offset_dn(properties: dict[str, Any]) -> int:
-    """The DN offset still present in the data. Baseline 04.00+ adds 1000; Earth Search's
-    `sentinel-2-l2a` already removed it (`earthsearch:boa_offset_applied`), so we must not twice."""
+def s2_offset_dn(properties: dict[str, Any], band_asset: dict[str, Any] | None = None,
+                 acquired: dt.date | None = None) -> int:
+    """The DN offset still present in the data, to subtract exactly once.
+
+    Earth Search's `sentinel-2-l2a` removed it already (`earthsearch:boa_offset_applied`), though its
+    band metadata still declares the offset, so the flag decides. Otherwise the band's declared
+    `raster:offset`/`raster:scale` (offset -0.1 at scale 1e-4 is 1000 DN), else the processing
+    baseline (04.00 and later add 1000), else the acquisition date (baseline 04.00 from 2022-01-25)."""
     if properties.get("earthsearch:boa_offset_applied") is True:
         return 0
-    baseline = _parse_baseline(properties.get("s2:processing_baseline"))
-    return BASELINE_OFFSET_DN if baseline is not None and baseline >= 4.0 else 0
+    declared = _raster_offset_scale(band_asset)
+    if declared is not None:
+        offset, scale = declared
+        return max(0, int(round(-offset / scale)))
+    baseline = processing_baseline(properties)
+    if baseline is None:
+        return BASELINE_OFFSET_DN if acquired is not None and acquired >= BASELINE_04_START else 0
+    return BASELINE_OFFSET_DN if baseline >= 4.0 else 0
 
 
 def scene_from_item(item: pystac.Item | dict[str, Any], sensor: Sensor, provider: Provider) -> Scene | str:
@@ -111,13 +152,14 @@ def scene_from_item(item: pystac.Item | dict[str, Any], sensor: Sensor, provider
     cloud = props.get("eo:cloud_cover")
     if sensor == "s2" and cloud is not None and float(cloud) >= MAX_CLOUD_COVER:
         return f"cloud cover {float(cloud):.1f}% >= {MAX_CLOUD_COVER:.0f}%"
+    acquired = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
     return Scene(
         id=data["id"],
         collection=data.get("collection", ""),
-        datetime=dt.datetime.fromisoformat(when.replace("Z", "+00:00")),
+        datetime=acquired,
         hrefs={band: assets[key]["href"] for band, key in mapping.items()},
         cloud_cover=None if cloud is None else float(cloud),
-        offset_dn=s2_offset_dn(props) if sensor == "s2" else 0,
+        offset_dn=s2_offset_dn(props, assets[mapping["B04"]], acquired.date()) if sensor == "s2" else 0,
         orbit_state=props.get("sat:orbit_state"),
     )
 
@@ -133,7 +175,7 @@ class StacCatalog(ConfigurableResource):
     """A STAC API root URL or a static catalog.json path, and the provider whose names it uses."""
 
     url: str
-    provider: Literal["planetary-computer", "earth-search", "demo"] = "demo"
+    provider: Literal["planetary-computer", "earth-search", "earth-search-v0", "cdse", "demo"] = "demo"
     s2_collection: str | None = None
     s1_collection: str | None = None
     page_size: int = 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -126,7 +127,54 @@ def test_offset_rule():
     assert s2_offset_dn({"s2:processing_baseline": "04.00"}) == 1000
     assert s2_offset_dn({"s2:processing_baseline": "03.01"}) == 0
     assert s2_offset_dn({"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True}) == 0
-    assert s2_offset_dn({}) == 0
+    assert s2_offset_dn({"processing:version": "05.11"}) == 1000  # CDSE's field
+    assert s2_offset_dn({"sentinel:product_id": "S2B_MSIL2A_20220315T103629_N0400_R008_T32TQM_20220315T134546"}) == 1000
+    assert s2_offset_dn({"sentinel:product_id": "S2A_MSIL2A_20200712T105031_N0214_R051_T31UFS_20200712T133712"}) == 0
+    declared = {"raster:offset": -0.1, "raster:scale": 0.0001}
+    assert s2_offset_dn({"s2:processing_baseline": "03.01"}, declared) == 1000, "the band's declaration wins"
+    assert s2_offset_dn({}, {"raster:bands": [{"offset": 0, "scale": 0.0001}]}) == 0
+    # nothing said: the acquisition date decides (baseline 04.00 from 2022-01-25)
+    assert s2_offset_dn({}, None, dt.date(2022, 1, 25)) == 1000
+    assert s2_offset_dn({}, None, dt.date(2022, 1, 24)) == 0
+
+
+def _cdse_item(version: str, with_raster_metadata: bool) -> dict:
+    """An item in the Copernicus Data Space layout, its assets as the recorded collection's
+    `item_assets` declare them (keys `B04_10m`, `SCL_20m`, raster:offset/scale on each asset)."""
+    declared = _load("openeo-python-client", "cdse-sentinel-2-l2a.collection.json")["item_assets"]
+    assets = {}
+    for key, asset in declared.items():
+        asset = dict(asset, href=f"s3://eodata/Sentinel-2/MSI/L2A/2023/06/01/{key}.jp2")
+        if not with_raster_metadata:
+            asset = {k: v for k, v in asset.items() if not k.startswith("raster:")}
+        assets[key] = asset
+    return {"type": "Feature", "id": f"S2A_MSIL2A_20230601T103631_N{version.replace('.', '')}_R008_T31UFS",
+            "collection": "sentinel-2-l2a", "bbox": [5.0, 51.2, 5.1, 51.3],
+            "properties": {"datetime": "2023-06-01T10:36:31Z", "eo:cloud_cover": 12.0, "processing:version": version},
+            "assets": assets}
+
+
+def test_cdse_items_map_their_suffixed_assets_and_take_the_offset_from_the_item():
+    for with_raster_metadata in (True, False):
+        scene = scene_from_item(_cdse_item("05.11", with_raster_metadata), "s2", PROVIDERS["cdse"])
+        assert scene.offset_dn == 1000, "05.11 adds the offset: from raster:offset, else processing:version"
+        assert scene.hrefs["B8A"].endswith("B8A_20m.jp2") and scene.hrefs["B04"].endswith("B04_10m.jp2")
+        assert scene.hrefs["SCL"].endswith("SCL_20m.jp2")
+    old = _cdse_item("03.01", with_raster_metadata=False)
+    assert scene_from_item(old, "s2", PROVIDERS["cdse"]).offset_dn == 0
+    reason = scene_from_item(old, "s2", PROVIDERS["planetary-computer"])
+    assert reason.startswith("missing assets B04"), "the wrong provider is named by the keys it misses"
+
+
+def test_earth_search_v0_items_take_the_baseline_from_the_product_id():
+    item = {"type": "Feature", "id": "S2B_31UFS_20220315_0_L2A", "collection": "sentinel-s2-l2a-cogs",
+            "bbox": [5.0, 51.2, 5.1, 51.3],
+            "properties": {"datetime": "2022-03-15T10:46:29Z", "eo:cloud_cover": 3.2,
+                           "sentinel:product_id": "S2B_MSIL2A_20220315T103629_N0400_R008_T31UFS_20220315T134546"},
+            "assets": {k: {"href": f"https://sentinel-cogs.s3.us-west-2.amazonaws.com/31/U/FS/{k}.tif"}
+                       for k in PROVIDERS["earth-search-v0"].s2_assets.values()}}
+    scene = scene_from_item(item, "s2", PROVIDERS["earth-search-v0"])
+    assert scene.offset_dn == 1000 and scene.hrefs["B8A"].endswith("B8A.tif")
 
 
 def test_earth_search_offers_no_s1_and_missing_static_catalog_is_named(tmp_path):
