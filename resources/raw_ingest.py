@@ -29,7 +29,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from resources.regions import RegionGrid
-from resources.sentinel import remove_offset, s1_to_tessera_units, scl_clear
+from resources.sentinel import remove_offset, s1_implausible, s1_to_linear, s1_to_tessera_units, s1_unit_of, scl_clear
 from resources.stac import S1_BANDS, S2_20M_BANDS, S2_BANDS, Scene, Sensor
 from resources.storage import INDEX_FILE, grid_to_json
 
@@ -74,6 +74,10 @@ class ValueStats:
     minimum: float = np.inf
     maximum: float = -np.inf
 
+    inputs: int = 0  # values as the provider delivered them (S1: in their unit), and of those
+    inputs_implausible: int = 0  # the ones implausible for that unit (sentinel.S1_PLAUSIBLE)
+    units: dict[str, str] = field(default_factory=dict)  # S1 scene id -> the unit it was delivered in
+
     def add(self, values: np.ndarray) -> None:
         if values.size:
             self.count += values.size
@@ -83,11 +87,18 @@ class ValueStats:
     def merge(self, other: "ValueStats") -> None:
         self.count += other.count
         self.outside += other.outside
+        self.inputs += other.inputs
+        self.inputs_implausible += other.inputs_implausible
+        self.units |= other.units
         self.minimum, self.maximum = min(self.minimum, other.minimum), max(self.maximum, other.maximum)
 
     @property
     def outside_fraction(self) -> float:
         return self.outside / self.count if self.count else 0.0
+
+    @property
+    def implausible_input_fraction(self) -> float:
+        return self.inputs_implausible / self.inputs if self.inputs else 0.0
 
 
 @dataclass
@@ -116,6 +127,7 @@ class _SceneReader:
 
     def __init__(self, scene: Scene, grid: RegionGrid, stack: contextlib.ExitStack):
         self.scene = scene
+        self.unit: str | None = None  # S1: "linear" or "db", told from the first block with enough values
         self.vrts: dict[str, WarpedVRT] = {}
         self.footprint: Window | None = None
         try:
@@ -146,7 +158,7 @@ class _SceneReader:
             raise SceneReadError(self.scene, f"corrupt or truncated {band}: {exc}") from exc
 
 
-def _mosaic_s2(readers: list[_SceneReader], window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _mosaic_s2(readers: list[_SceneReader], window: Window, seen: ValueStats) -> tuple[np.ndarray, np.ndarray]:
     h, w = int(window.height), int(window.width)
     values = np.zeros((len(S2_BANDS), h, w), np.uint16)
     filled = np.zeros((h, w), bool)
@@ -166,14 +178,25 @@ def _mosaic_s2(readers: list[_SceneReader], window: Window) -> tuple[np.ndarray,
     return values, filled
 
 
-def _mosaic_s1(readers: list[_SceneReader], window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _mosaic_s1(readers: list[_SceneReader], window: Window, seen: ValueStats) -> tuple[np.ndarray, np.ndarray]:
+    """Backscatter in linear power or in dB (told apart per scene: a dB product would otherwise
+    become almost all no data), converted to TESSERA's units; values implausible for their unit are
+    counted for the `physical_range` check."""
     h, w = int(window.height), int(window.width)
     values = np.zeros((len(S1_BANDS), h, w), np.int16)
     filled = np.zeros((h, w), bool)
     for reader in readers:
         if not reader.covers(window):
             continue
-        units = [s1_to_tessera_units(reader.read(band, window).filled(np.nan)) for band in S1_BANDS]
+        delivered = [reader.read(band, window).filled(np.nan) for band in S1_BANDS]
+        reader.unit = reader.unit or s1_unit_of(np.stack(delivered))
+        unit = reader.unit or "linear"
+        for band in delivered:
+            checked, implausible = s1_implausible(band, unit)
+            seen.inputs += checked
+            seen.inputs_implausible += implausible
+        seen.units[reader.scene.id] = unit
+        units = [s1_to_tessera_units(s1_to_linear(band, unit)) for band in delivered]
         take = ((units[0] != 0) | (units[1] != 0)) & ~filled
         for b in range(len(S1_BANDS)):
             values[b][take] = units[b][take]
@@ -195,7 +218,7 @@ def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path:
             dst.set_band_description(i, name)
         dst.update_tags(date=obs.date, doy=obs.doy, orbit=obs.orbit or "", scenes=",".join(s.id for s in obs.scenes))
         for window in grid.blocks(block):
-            values, valid = mosaic(readers, window)
+            values, valid = mosaic(readers, window, values_seen)
             dst.write(values, window=window)
             dst.write_mask(valid.astype(np.uint8) * 255, window=window)
             values_seen.add(values[:, valid])
@@ -240,6 +263,7 @@ def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path,
         report.observations.append({
             "date": obs.date, "doy": obs.doy, "orbit": obs.orbit, "file": f"obs/{obs.key}.tif",
             "scenes": [s.id for s in obs.scenes], "valid_fraction": round(n_valid / counts.size, 4),
+            **({"units": sorted({seen.units.get(s.id, "linear") for s in obs.scenes})} if sensor == "s1" else {}),
         })
         if progress and (n % 10 == 0 or n == len(observations)):
             progress(f"{sensor}: {n}/{len(observations)} observations written")

@@ -26,6 +26,39 @@ def remove_offset(dn: np.ndarray, offset_dn: int) -> np.ndarray:
     return np.clip(dn.astype(np.int32) - offset_dn, 0, S2_MAX_DN).astype(np.uint16)
 
 
+# Plausible gamma0 backscatter by unit, the same span in both: -60 dB (no return) to +20 dB (corner
+# reflectors, bright urban: 0.2% of a real cube near Mol is above +10 dB). Values outside are another
+# product (GRD digital numbers, amplitude) or a wrong unit, and fail the `physical_range` check.
+S1_PLAUSIBLE = {"linear": (0.0, 100.0), "db": (-60.0, 20.0)}
+S1_MIN_VALUES_TO_TELL_UNIT = 100
+
+
+def s1_unit_of(values: np.ndarray) -> str | None:
+    """"db" when most valid values are negative (linear power never is), else "linear"; None when
+    there are too few valid values to tell."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v) & (v != 0)]
+    if v.size < S1_MIN_VALUES_TO_TELL_UNIT:
+        return None
+    return "db" if (v < 0).mean() > 0.5 else "linear"
+
+
+def s1_to_linear(values: np.ndarray, unit: str) -> np.ndarray:
+    """Backscatter as linear power (what `s1_to_tessera_units` takes), from either unit."""
+    if unit == "linear":
+        return values
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.power(10.0, np.asarray(values, np.float64) / 10.0)
+
+
+def s1_implausible(values: np.ndarray, unit: str) -> tuple[int, int]:
+    """(valid values, of which implausible for `unit`)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v) & (v != 0)]
+    low, high = S1_PLAUSIBLE[unit]
+    return v.size, int(((v < low) | (v > high)).sum())
+
+
 def s1_to_tessera_units(gamma0: np.ndarray) -> np.ndarray:
     """`clip((20*log10(x) + 50) * 200, 0, 32767)` truncated to int16; x <= 0 or non-finite -> 0 (no data)."""
     x = np.asarray(gamma0, dtype=np.float64)

@@ -222,3 +222,44 @@ def test_a_users_catalog_configured_as_demo_is_refused_and_left_whole(demo_env, 
     assert "holds files the demo generator did not write" in message and "not 'demo'" in message
     assert sorted(p.name for p in own.iterdir()) == ["catalog.json", "scene.tif"]
     assert (own / "scene.tif").read_bytes() == b"not the demo's"
+
+
+def test_s1_in_db_is_converted_and_uncalibrated_numbers_fail_the_range(demo_env, tmp_path):
+    """The same scenes delivered in dB give the same partition as in linear power (within one unit
+    of rounding); delivered as digital numbers they are implausible and the range check says so."""
+    from resources.raw_ingest import ingest
+    from resources.stac import Scene
+
+    region = demo_env.resources["regions"].get(TINY_REGION)
+    scenes = demo_env.resources["s1_catalog"].search("s1", region.bbox, TINY_YEAR).scenes[:4]
+
+    def rewritten(kind: str) -> list[Scene]:
+        out = []
+        for scene in scenes:
+            hrefs = {}
+            for band, href in scene.hrefs.items():
+                with rasterio.open(href) as src:
+                    profile, power = src.profile, src.read(1, masked=True).astype(np.float64)
+                values = 10 * np.log10(power) if kind == "db" else np.sqrt(power) * 10_000  # amplitude DN-like
+                target = tmp_path / kind / f"{scene.id}_{band}.tif"
+                target.parent.mkdir(exist_ok=True)
+                profile.update(dtype="float32", nodata=np.nan)
+                with rasterio.open(target, "w", **profile) as dst:
+                    dst.write(values.filled(np.nan).astype(np.float32), 1)
+                hrefs[band] = str(target)
+            out.append(Scene(scene.id, scene.collection, scene.datetime, hrefs, orbit_state=scene.orbit_state))
+        return out
+
+    reports, cubes = {}, {}
+    for kind, inputs in (("linear", scenes), ("db", rewritten("db")), ("numbers", rewritten("numbers"))):
+        folder = tmp_path / f"out-{kind}"
+        folder.mkdir()
+        reports[kind] = ingest("s1", inputs, region.grid, folder)
+        obs = sorted((folder / "obs").glob("*.tif"))
+        with rasterio.open(obs[0]) as src:
+            cubes[kind] = src.read().astype(np.int32)
+    assert set(reports["linear"].values.units.values()) == {"linear"}
+    assert set(reports["db"].values.units.values()) == {"db"}
+    assert np.abs(cubes["db"] - cubes["linear"]).max() <= 1
+    assert reports["db"].values.implausible_input_fraction == 0
+    assert reports["numbers"].values.implausible_input_fraction > 0.5, "digital numbers: not gamma0 in either unit"

@@ -63,3 +63,18 @@ def test_real_s1_cube_lands_in_plausible_tessera_units():
     assert -20 < vv_db < -3, vv_db
     assert vh_db < vv_db - 3, (vh_db, vv_db)
     assert (vv == 0).mean() == pytest.approx(((packed == 0) | (packed == 65535)).mean())
+
+
+def test_s1_unit_is_told_from_the_values_and_implausible_values_are_counted():
+    from resources.sentinel import s1_implausible, s1_to_linear, s1_unit_of
+
+    packed, _ = _netcdf("cdse_sentinel1_grd.nc", "S1-SIGMA0-VV")
+    valid = (packed > 0) & (packed < 65535)
+    db = np.where(valid, 20 * np.log10(np.maximum(packed, 1)) - 83, np.nan)  # the cube's packing, in dB
+    power = 10 ** (db / 10)
+    assert s1_unit_of(db) == "db" and s1_unit_of(power) == "linear"
+    assert s1_unit_of(db[0, :5, :5]) is None, "too few values to tell"
+    np.testing.assert_allclose(s1_to_linear(db, "db"), power, rtol=1e-6)
+    assert s1_implausible(db, "db")[1] == 0 and s1_implausible(power, "linear")[1] == 0
+    checked, implausible = s1_implausible(packed.astype(np.float64), "linear")  # digital numbers, not gamma0
+    assert implausible / checked > 0.99

@@ -34,6 +34,14 @@ PHYSICAL_RANGE = {"s2": (0, 20000), "s1": (0, 14000)}
 MAX_OUT_OF_RANGE_FRACTION = 0.001
 
 
+def units_metadata(units: dict[str, str]) -> dict[str, int]:
+    """S1: how many scenes came in linear power and how many in dB (converted)."""
+    if not units:
+        return {}
+    return {"s1_scenes_linear": sum(u == "linear" for u in units.values()),
+            "s1_scenes_db": sum(u == "db" for u in units.values())}
+
+
 def _checks(sensor: Sensor) -> list[AssetCheckSpec]:
     asset_key = f"{sensor}_raw"
     return [
@@ -41,7 +49,8 @@ def _checks(sensor: Sensor) -> list[AssetCheckSpec]:
                        description=f"at least {MIN_OBSERVATIONS[sensor]} valid observations over "
                                    f"{MIN_COVERED_FRACTION:.0%} of the region"),
         AssetCheckSpec("physical_range", asset=asset_key,
-                       description=f"valid values within {PHYSICAL_RANGE[sensor]}"),
+                       description=f"valid values within {PHYSICAL_RANGE[sensor]}"
+                       + (", and delivered backscatter plausible for its unit (linear or dB)" if sensor == "s1" else "")),
     ]
 
 
@@ -87,6 +96,7 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
         "grid": f"{grid.crs.to_string()} {grid.width} x {grid.height} px at 10 m",
         "ingest_seconds": round(report.seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
+        **units_metadata(report.values.units),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "path": MetadataValue.path(str(final_dir)),
         "preview": markdown_image(final_dir / "preview.png", f"{sensor} composite"),
@@ -100,10 +110,13 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
                 metadata={"covered_fraction": covered, "min_observations": need},
             ),
             AssetCheckResult(
-                check_name="physical_range", passed=report.values.outside_fraction <= MAX_OUT_OF_RANGE_FRACTION,
-                severity=AssetCheckSeverity.ERROR,
+                check_name="physical_range", severity=AssetCheckSeverity.ERROR,
+                passed=max(report.values.outside_fraction, report.values.implausible_input_fraction)
+                <= MAX_OUT_OF_RANGE_FRACTION,
                 metadata={"out_of_range_fraction": report.values.outside_fraction, "values_checked": report.values.count,
-                          "min_value": report.values.minimum, "max_value": report.values.maximum},
+                          "min_value": report.values.minimum, "max_value": report.values.maximum,
+                          "implausible_input_fraction": report.values.implausible_input_fraction,
+                          **units_metadata(report.values.units)},
             ),
         ],
     )
