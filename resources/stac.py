@@ -193,12 +193,22 @@ class StacCatalog(ConfigurableResource):
             raise CatalogError(f"provider {self.provider!r} offers no {sensor.upper()} collection")
         return chosen
 
-    def is_static(self) -> bool:
-        return self.url.endswith(".json") and "://" not in self.url
+    def static_root(self) -> str | None:
+        """The catalog.json of a static catalog, or None for a STAC API. A static catalog is a local
+        path or `file://` URL of catalog.json or of the folder holding it, or any URL ending in .json
+        (`https://.../catalog.json`); every other URL is an API root."""
+        url = self.url
+        if url.startswith("file://"):
+            url = url[len("file://"):]
+        elif "://" in url:
+            return url if url.endswith(".json") else None
+        path = Path(url)
+        return str(path / "catalog.json" if path.is_dir() or not url.endswith(".json") else path)
 
     def search(self, sensor: Sensor, bbox: tuple[float, float, float, float], year: int) -> SearchResult:
         collection = self.collection(sensor)
-        items = self._static_items(collection, bbox, year) if self.is_static() else self._api_items(
+        root = self.static_root()
+        items = self._static_items(root, collection, bbox, year) if root else self._api_items(
             sensor, collection, bbox, year
         )
         result = SearchResult()
@@ -246,11 +256,13 @@ class StacCatalog(ConfigurableResource):
         except Exception as exc:
             raise CatalogError(f"STAC search at {self.url} failed for {collection} {year}: {exc}") from exc
 
-    def _static_items(self, collection: str, bbox, year: int) -> Iterable[dict[str, Any]]:
-        path = Path(self.url)
-        if not path.exists():
-            raise CatalogError(f"static STAC catalog not found: {path}")
-        catalog = pystac.Catalog.from_file(str(path))
+    def _static_items(self, root: str, collection: str, bbox, year: int) -> Iterable[dict[str, Any]]:
+        if "://" not in root and not Path(root).exists():
+            raise CatalogError(f"static STAC catalog not found: {root}")
+        try:
+            catalog = pystac.Catalog.from_file(root)
+        except Exception as exc:  # pystac raises whatever its reader met: HTTP, JSON, STAC errors
+            raise CatalogError(f"cannot read the static STAC catalog {root}: {exc}") from exc
         # A catalog that groups items by collection lets us skip the other sensor's items unread.
         source = catalog.get_child(collection) or catalog
         for item in source.get_items(recursive=True):

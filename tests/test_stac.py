@@ -182,3 +182,25 @@ def test_earth_search_offers_no_s1_and_missing_static_catalog_is_named(tmp_path)
         StacCatalog(url="https://example.invalid/v1", provider="earth-search").collection("s1")
     with pytest.raises(CatalogError, match="not found"):
         StacCatalog(url=str(tmp_path / "catalog.json")).search("s2", (0, 0, 1, 1), 2022)
+
+
+def test_a_static_catalog_is_found_in_every_form_a_user_gives(demo_env):
+    """The demo catalog named as a path, a folder, `file://` URLs and `http://.../catalog.json`
+    (served from a local HTTP server) finds the same scenes; an API root is not taken for one."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    folder = demo_env.catalog_root
+    bbox = demo_env.resources["regions"].get("tiny").bbox
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        forms = [str(folder / "catalog.json"), str(folder), f"file://{folder}/catalog.json", f"file://{folder}",
+                 f"http://127.0.0.1:{server.server_address[1]}/catalog.json"]
+        found = {form: [s.id for s in StacCatalog(url=form).search("s2", bbox, 2022).scenes] for form in forms}
+    finally:
+        server.shutdown()
+    assert found[forms[0]] and all(ids == found[forms[0]] for ids in found.values()), found
+    assert StacCatalog(url="https://planetarycomputer.microsoft.com/api/stac/v1").static_root() is None
