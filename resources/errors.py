@@ -37,6 +37,10 @@ class NoScenesFoundError(TesseraError):
     """A catalog search that found nothing usable for a partition."""
 
 
+class ConfigurationError(TesseraError, ValueError):
+    """An environment setting that names no known deployment, provider or catalog."""
+
+
 class CatalogError(TesseraError):
     """A STAC catalog that cannot be opened or searched."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,10 +180,21 @@ class StacCatalog(ConfigurableResource):
     s1_collection: str | None = None
     page_size: int = 100
     sign_hrefs: bool | None = None  # None: the provider's default
+    # our band name (B04 ... B12, SCL, VV, VH) -> this catalog's asset key, over the provider's names:
+    # for a catalog whose layout no provider matches
+    asset_keys: dict[str, str] = {}
 
     @property
     def _provider(self) -> Provider:
-        return PROVIDERS[self.provider]
+        base = PROVIDERS[self.provider]
+        if not self.asset_keys:
+            return base
+        unknown = sorted(set(self.asset_keys) - {*S2_BANDS, "SCL", *S1_BANDS})
+        if unknown:
+            raise CatalogError(f"asset_keys names unknown bands {', '.join(unknown)}: use "
+                               f"{', '.join((*S2_BANDS, 'SCL', *S1_BANDS))}")
+        return replace(base, s2_assets={b: self.asset_keys.get(b, k) for b, k in base.s2_assets.items()},
+                       s1_assets={b: self.asset_keys.get(b, k) for b, k in base.s1_assets.items()})
 
     def collection(self, sensor: Sensor) -> str:
         chosen = (self.s2_collection or self._provider.s2_collection) if sensor == "s2" else (

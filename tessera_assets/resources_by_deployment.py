@@ -1,6 +1,18 @@
-"""Resources chosen by deployment, in one place: `local` (the embedded demo catalog, the default)
-or `cloud` (Planetary Computer for both sensors). Set TESSERA_DEPLOYMENT to choose; TESSERA_HOME
-moves the data root, TESSERA_REGIONS the regions file, TESSERA_LANCEDB_URI the embedding table.
+"""Resources chosen by deployment, in one place. TESSERA_DEPLOYMENT names where scenes come from:
+
+| deployment | Sentinel-2 | Sentinel-1 |
+|---|---|---|
+| `local` (default) | the embedded demo catalog | the demo catalog |
+| `planetary-computer` (alias `cloud`) | Planetary Computer `sentinel-2-l2a` | Planetary Computer `sentinel-1-rtc` |
+| `earth-search` | Earth Search v1 `sentinel-2-l2a` | Planetary Computer (Earth Search has no RTC) |
+| `cdse` | Copernicus Data Space `sentinel-2-l2a` | Planetary Computer (CDSE serves GRD, not RTC) |
+| `custom` | TESSERA_S2_CATALOG, TESSERA_S2_PROVIDER | TESSERA_S1_CATALOG, TESSERA_S1_PROVIDER |
+
+A catalog is a STAC API root or a static catalog (see `StacCatalog.static_root`); TESSERA_S2_COLLECTION
+and TESSERA_S1_COLLECTION override the provider's collection names, TESSERA_S2_ASSET_KEYS and
+TESSERA_S1_ASSET_KEYS (`B04=red,SCL=scl`) its asset keys. The same fields show in the
+Dagster launchpad under `s2_catalog` and `s1_catalog`. TESSERA_HOME moves the data root,
+TESSERA_REGIONS the regions file, TESSERA_LANCEDB_URI the embedding table.
 
 The other resources are imported where they are built: a one-off `tessera search` needs only the
 vector store, and importing the raster and model stack would triple its start-up."""
@@ -10,9 +22,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from resources.errors import ConfigurationError
 from resources.vector_store import VectorStore
 
 PLANETARY_COMPUTER_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
+EARTH_SEARCH_API = "https://earth-search.aws.element84.com/v1"
+CDSE_API = "https://stac.dataspace.copernicus.eu/v1"
+PLANETARY_COMPUTER = (PLANETARY_COMPUTER_API, "planetary-computer")
+# deployment -> (S2 source, S1 source), each (catalog, provider)
+DEPLOYMENTS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "planetary-computer": (PLANETARY_COMPUTER, PLANETARY_COMPUTER),
+    "earth-search": ((EARTH_SEARCH_API, "earth-search"), PLANETARY_COMPUTER),
+    "cdse": ((CDSE_API, "cdse"), PLANETARY_COMPUTER),
+}
+ALIASES = {"cloud": "planetary-computer"}
 
 
 def tessera_home() -> str:
@@ -26,19 +49,50 @@ def vector_store() -> VectorStore:
 def build_resources(deployment: str | None = None) -> dict[str, Any]:
     from resources.compute import ComputeDevice
     from resources.regions import RegionCatalog
-    from resources.stac import StacCatalog
     from resources.storage import TesseraStorage
 
-    deployment = deployment or os.environ.get("TESSERA_DEPLOYMENT", "local")
     home = tessera_home()
     storage = TesseraStorage(root=f"{home}/data")
     regions = RegionCatalog(path=os.environ.get("TESSERA_REGIONS", "regions.yaml"))
-    if deployment == "local":
-        demo = StacCatalog(url=f"{home}/data/demo_catalog/catalog.json", provider="demo")
-        catalogs = {"s2_catalog": demo, "s1_catalog": demo}
-    elif deployment == "cloud":
-        pc = StacCatalog(url=PLANETARY_COMPUTER_API, provider="planetary-computer")
-        catalogs = {"s2_catalog": pc, "s1_catalog": pc}
-    else:
-        raise ValueError(f"unknown TESSERA_DEPLOYMENT {deployment!r}: use 'local' or 'cloud'")
+    catalogs = {f"{sensor}_catalog": catalog for sensor, catalog in zip(("s2", "s1"), scene_catalogs(deployment))}
     return {"storage": storage, "regions": regions, "compute": ComputeDevice(), "vectors": vector_store(), **catalogs}
+
+
+def scene_catalogs(deployment: str | None = None):
+    """The S2 and S1 `StacCatalog`s of a deployment (module doc); a bad name or value is a
+    ConfigurationError naming the variable and what it may be."""
+    from pydantic import ValidationError
+
+    from resources.stac import PROVIDERS, StacCatalog
+
+    name = deployment or os.environ.get("TESSERA_DEPLOYMENT", "local")
+    name = ALIASES.get(name, name)
+    if name == "local":
+        sources = [(f"{tessera_home()}/data/demo_catalog/catalog.json", "demo")] * 2
+    elif name == "custom":
+        sources = []
+        for sensor in ("S2", "S1"):
+            url = os.environ.get(f"TESSERA_{sensor}_CATALOG")
+            if not url:
+                raise ConfigurationError(f"TESSERA_DEPLOYMENT=custom needs TESSERA_{sensor}_CATALOG: a STAC API root, or "
+                                         f"a static catalog (path, folder, file:// or https://.../catalog.json)")
+            sources.append((url, os.environ.get(f"TESSERA_{sensor}_PROVIDER", "planetary-computer")))
+    elif name in DEPLOYMENTS:
+        sources = list(DEPLOYMENTS[name])
+    else:
+        known = ", ".join(["local", *DEPLOYMENTS, "custom", *ALIASES])
+        raise ConfigurationError(f"unknown TESSERA_DEPLOYMENT {name!r}: use one of {known}")
+    catalogs = []
+    for sensor, (url, provider) in zip(("S2", "S1"), sources):
+        if provider not in PROVIDERS:
+            raise ConfigurationError(f"unknown TESSERA_{sensor}_PROVIDER {provider!r}: use one of {', '.join(PROVIDERS)}")
+        collection = os.environ.get(f"TESSERA_{sensor}_COLLECTION")
+        pairs = [p.split("=", 1) for p in os.environ.get(f"TESSERA_{sensor}_ASSET_KEYS", "").split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ConfigurationError(f"TESSERA_{sensor}_ASSET_KEYS must read BAND=key,BAND=key (e.g. B04=red,SCL=scl)")
+        try:
+            catalogs.append(StacCatalog(url=url, provider=provider, asset_keys={b.strip(): k.strip() for b, k in pairs},
+                                        **{f"{sensor.lower()}_collection": collection}))
+        except ValidationError as exc:
+            raise ConfigurationError(f"bad {sensor} catalog settings: {exc}") from exc
+    return catalogs
