@@ -41,6 +41,11 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="materialise the demo pipeline end to end")
     demo.add_argument("--years", type=int, nargs="+", default=None, help="years to run (default: the demo years)")
     demo.add_argument("--regions", nargs="+", default=None, help="demo regions to run (default: all)")
+    run = commands.add_parser("run", help="materialise the pipeline for any region, up to a stage")
+    run.add_argument("--region", required=True, help="a region of the regions file (tessera regions add)")
+    run.add_argument("--years", required=True, type=lambda v: [int(y) for y in v.split(",")],
+                     help="comma-separated, e.g. 2021,2022")
+    run.add_argument("--until", default="table", choices=["raw", "embeddings", "table", "maps"])
     export = commands.add_parser("export", help="write embeddings in the official geotessera tile layout")
     export.add_argument("--year", type=int, required=True)
     export.add_argument("--region", required=True)

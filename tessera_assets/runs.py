@@ -15,14 +15,14 @@ from pathlib import Path
 from dagster import DagsterInstance, materialize
 
 from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog, ground_truth_dir
-from resources.errors import TesseraError
+from resources.errors import PartitionNotMaterialisedError, TesseraError
 from resources.geotessera_export import export_partition
 from resources.similarity import SearchFilter, Similarity, format_results, write_results
 from resources.regions import Region, validate_year
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
 from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples, land_cover_map
 from tessera_assets.partitions import region_partitions, year_region_key
-from tessera_assets.raw.assets import s1_raw, s2_raw
+from tessera_assets.raw.assets import demo_catalog_folder, s1_raw, s2_raw
 from tessera_assets.vectors.assets import embedding_index, embedding_table, load_queries, similarity_map
 from tessera_assets.resources_by_deployment import build_resources, tessera_home
 
@@ -95,6 +95,59 @@ def _print_summary(results: dict[tuple[str, str], dict]) -> None:
               f"{emb.get('pixels_per_second', '-'):>8} {emb.get('no_data_fraction', '-'):>8}")
 
 
+def materialise_stages(stages: list[list], regions: list[Region], years: list[int], resources: dict,
+                       instance: DagsterInstance, run_configs: dict | None = None) -> dict | None:
+    """Each stage for every partition (or once, if unpartitioned) before the next, through the
+    instance, so the runs show in the UI; the metadata of every materialisation, or None after
+    printing what failed and why."""
+    results = {}
+    for stage in stages:
+        keys = [year_region_key(y, r.name) for r in regions for y in years] if stage[0].partitions_def else [None]
+        names = ", ".join(a.key.to_user_string() for a in stage)
+        for key in keys:
+            t0 = time.perf_counter()
+            result = materialize(stage, partition_key=key, instance=instance, resources=resources, raise_on_error=False,
+                                 run_config=(run_configs or {}).get(stage[0].key.to_user_string(), {}))
+            if not result.success:
+                failure = result.get_step_failure_events()[0].event_specific_data.error
+                message = (failure.cause or failure).message.strip().splitlines()[-1]
+                print(f"FAILED {names} {key or ''}: {message}", file=sys.stderr)
+                return None
+            for event in result.get_asset_materialization_events():
+                m = event.event_specific_data.materialization
+                results[(m.asset_key.to_user_string(), str(key or ""))] = {k: v.value for k, v in m.metadata.items()}
+            print(f"{names} {key or ''}: {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+STAGES_UNTIL = {"raw": 1, "embeddings": 3, "table": 5, "maps": 6}  # how many of PIPELINE_STAGES
+
+
+def run_region(region_name: str, years: list[int], until: str) -> int:
+    """The pipeline for any region of the regions file, up to `until`, from the deployment's catalogs.
+    An encoder is pretrained only when none is current; similarity maps only for saved queries."""
+    resources = build_resources()
+    region = resources["regions"].get(region_name)
+    instance = dagster_instance()
+    seed_region_partitions(instance, [region])
+    stages = PIPELINE_STAGES[:STAGES_UNTIL[until]]
+    try:
+        print(f"encoder: {resources['storage'].current_encoder_id()} (current)")
+        stages = [s for s in stages if s != [encoder_checkpoint]]
+    except PartitionNotMaterialisedError:
+        print("encoder: none yet, encoder_checkpoint pretrains one on the raw partitions")
+    if [similarity_map] in stages and not load_queries("queries.yaml"):
+        print("no saved queries in queries.yaml: no similarity maps")
+        stages = [s for s in stages if s != [similarity_map]]
+    started = time.perf_counter()
+    results = materialise_stages(stages, [region], years, resources, instance)
+    if results is None:
+        return 1
+    _print_summary(results)
+    print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
+    return 0
+
+
 def run_demo(years: list[int], region_names: list[str] | None) -> int:
     resources = build_resources("local")
     instance = dagster_instance()
@@ -104,25 +157,14 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
         raise TesseraError(f"no demo regions selected (demo regions: {', '.join(r.name for r in demo_regions)})")
     seed_region_partitions(instance, chosen)
     started = time.perf_counter()
-    ensure_demo_catalog(Path(resources["s2_catalog"].url).parent, demo_regions)
+    ensure_demo_catalog(demo_catalog_folder(resources["s2_catalog"]), demo_regions)
     print(f"demo catalog ready in {time.perf_counter() - started:.1f} s; Dagster instance at {os.environ['DAGSTER_HOME']}")
-    results = {}
-    labels = ground_truth_dir(Path(resources["s2_catalog"].url).parent, chosen[0].name) / "labels.geojson"
+    labels = ground_truth_dir(demo_catalog_folder(resources["s2_catalog"]), chosen[0].name) / "labels.geojson"
     run_configs = {"fewshot_samples": {"ops": {"fewshot_samples": {"config": {
         "labels_path": str(labels), "year": max(years)}}}}}
-    for stage in PIPELINE_STAGES:
-        keys = [year_region_key(y, r.name) for r in chosen for y in years] if stage[0].partitions_def else [None]
-        for key in keys:
-            t0 = time.perf_counter()
-            result = materialize(stage, partition_key=key, instance=instance, resources=resources,
-                                 run_config=run_configs.get(stage[0].key.to_user_string(), {}))
-            if not result.success:
-                print(f"FAILED {[a.key.to_user_string() for a in stage]} {key or ''}", file=sys.stderr)
-                return 1
-            for event in result.get_asset_materialization_events():
-                m = event.event_specific_data.materialization
-                results[(m.asset_key.to_user_string(), str(key or ""))] = {k: v.value for k, v in m.metadata.items()}
-            print(f"{', '.join(a.key.to_user_string() for a in stage)} {key or ''}: {time.perf_counter() - t0:.1f} s")
+    results = materialise_stages(PIPELINE_STAGES, chosen, years, resources, instance, run_configs)
+    if results is None:
+        return 1
     _print_summary(results)
     _example_search(resources, chosen, max(years))
     _fewshot_report(results, resources, chosen[0].name, max(years))
@@ -168,6 +210,8 @@ def run_command(args) -> int:
     """Every command but `search`, from parsed arguments."""
     if args.command == "demo":
         return run_demo([validate_year(y) for y in args.years or DEFAULT_YEARS], args.regions)
+    if args.command == "run":
+        return run_region(args.region, [validate_year(y) for y in args.years], args.until)
     resources = build_resources()
     catalog = resources["regions"]
     if args.command == "classify":

@@ -34,3 +34,30 @@ def test_classify_names_a_missing_partition(tmp_path, monkeypatch, capsys):
     (tmp_path / "labels.csv").write_text("lon,lat,label\n0.21,52.31,a\n")
     assert main(["classify", str(tmp_path / "labels.csv"), "--year", "2022", "--region", "fens"]) == 2
     assert "embeddings for year 2022, region 'fens' are not materialised" in capsys.readouterr().err
+
+
+def test_run_materialises_any_region_through_the_instance(tmp_path, monkeypatch, capsys):
+    from dagster import AssetKey, DagsterInstance
+
+    from conftest import TINY_BBOX, TINY_REGION, TINY_YEAR
+
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(yaml.safe_dump({"regions": {TINY_REGION: {"bbox": TINY_BBOX, "demo": True},
+                                                   "elsewhere": {"bbox": [10.0, 45.0, 10.005, 45.004]}}}))
+    monkeypatch.setenv("TESSERA_REGIONS", str(regions))
+    monkeypatch.setenv("TESSERA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    assert main(["run", "--region", TINY_REGION, "--years", str(TINY_YEAR), "--until", "raw"]) == 0
+    out = capsys.readouterr().out
+    assert f"s2_raw, s1_raw {TINY_REGION}|{TINY_YEAR}" in out
+    for sensor in ("s2", "s1"):
+        assert (tmp_path / "home" / "data" / "raw" / sensor / str(TINY_YEAR) / TINY_REGION / "index.json").exists()
+    instance = DagsterInstance.get()
+    assert instance.get_latest_materialization_event(AssetKey("s2_raw")) is not None, \
+        "the run is in the instance the UI reads"
+    assert main(["run", "--region", "elsewhere", "--years", str(TINY_YEAR), "--until", "raw"]) == 1
+    err = capsys.readouterr().err
+    assert "no usable sentinel-2-l2a scenes for region 'elsewhere'" in err
+    assert f"the demo catalog covers only the demo regions: {TINY_REGION} (" in err
+    assert main(["run", "--region", "atlantis", "--years", "2022"]) == 2
+    assert "atlantis" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from resources.demo_catalog import ensure_demo_catalog
-from resources.errors import NoScenesFoundError
+from resources.errors import CatalogError, NoScenesFoundError
 from resources.previews import markdown_image, s1_composite, s2_true_colour
 from resources.raw_ingest import ingest
 from resources.regions import RegionCatalog
@@ -32,6 +32,14 @@ MIN_COVERED_FRACTION = 0.9
 # clips to 0. Values beyond are errors in the source or in our scaling.
 PHYSICAL_RANGE = {"s2": (0, 20000), "s1": (0, 14000)}
 MAX_OUT_OF_RANGE_FRACTION = 0.001
+
+
+def demo_catalog_folder(catalog: StacCatalog) -> Path:
+    """Where the demo generator writes: the folder of the catalog's catalog.json, on local disk."""
+    root = catalog.static_root()
+    if root is None or "://" in root:
+        raise CatalogError(f"the demo provider reads a static catalog on local disk, not {catalog.url}")
+    return Path(root).parent
 
 
 def units_metadata(units: dict[str, str]) -> dict[str, int]:
@@ -59,8 +67,9 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
     year, region_name = year_and_region(context)
     region = regions.get(region_name)
     grid = region.grid
+    demo_regions = [r for r in regions.all() if r.demo]
     if catalog.provider == "demo":
-        ensure_demo_catalog(Path(catalog.url).parent, [r for r in regions.all() if r.demo])
+        ensure_demo_catalog(demo_catalog_folder(catalog), demo_regions)
     started = time.perf_counter()
     found = catalog.search(sensor, region.bbox, year)
     collection = catalog.collection(sensor)
@@ -71,6 +80,9 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
         raise NoScenesFoundError(
             f"no usable {collection} scenes for region {region_name!r} in {year} at {catalog.url}"
             + (f" ({len(found.rejected)} rejected: {reasons})" if found.rejected else "")
+            + ("; the demo catalog covers only the demo regions: "
+               + ", ".join(f"{r.name} ({', '.join(f'{v:.4f}' for v in r.bbox)})" for r in demo_regions)
+               if catalog.provider == "demo" else "")
         )
     final_dir = storage.raw_dir(sensor, year, region_name)
     with atomic_directory(final_dir) as tmp:
