@@ -7,6 +7,7 @@ so that a typo in a bbox fails in milliseconds rather than after an hour of down
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from ruamel.yaml.comments import CommentedMap
 from affine import Affine
 from dagster import ConfigurableResource
 from rasterio.crs import CRS
@@ -203,14 +205,51 @@ class RegionCatalog(ConfigurableResource):
         return make_region(name, spec["bbox"], self.max_area_km2, bool(spec.get("demo", False)))
 
     def add(self, name: str, bbox: list[float] | tuple[float, ...]) -> Region:
-        """Validate, then rewrite the file atomically so a crash never leaves it half-written."""
+        """Validate, then add the region to the file (see `_edit`)."""
         region = make_region(name, bbox, self.max_area_km2)
-        regions = self._read()
-        regions[name] = {"bbox": [round(v, 7) for v in region.bbox]}
+
+        def add_entry(regions) -> None:
+            if name in regions:
+                raise InvalidRegionNameError(f"region {name!r} already exists; remove it first to change its bbox")
+            entry = CommentedMap(bbox=[round(v, 7) for v in region.bbox])
+            entry["bbox"] = _flow(entry["bbox"])
+            regions[name] = entry
+
+        self._edit(add_entry)
+        return region
+
+    def remove(self, name: str) -> Region:
+        """Take the region out of the file (see `_edit`); its data is the caller's to keep or purge."""
+        region = self.get(name)
+        self._edit(lambda regions: regions.pop(name))
+        return region
+
+    def _edit(self, change) -> None:
+        """Read, change and rewrite the file under an exclusive lock, so concurrent edits (the CLI, a
+        second terminal) never lose one another; comments, order and layout are kept (round-trip
+        YAML), and the file is replaced atomically, so a crash never leaves it half-written."""
+        from ruamel.yaml import YAML
+
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump({"regions": regions}, handle, sort_keys=True)
-        os.replace(tmp, path)
-        return region
+        yaml_rt = YAML()
+        yaml_rt.preserve_quotes = True
+        with open(path.with_name(f".{path.name}-lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            document = (yaml_rt.load(path.read_text()) if path.exists() else None) or CommentedMap()
+            if document.get("regions") is None:
+                document["regions"] = CommentedMap()
+            change(document["regions"])
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w") as handle:
+                yaml_rt.dump(document, handle)
+            os.replace(tmp, path)
+
+
+def _flow(values: list[float]):
+    """A bbox written on one line, `[W, S, E, N]`, as the file's own entries are."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    seq = CommentedSeq(values)
+    seq.fa.set_flow_style()
+    return seq

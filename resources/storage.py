@@ -110,6 +110,12 @@ class TesseraStorage(ConfigurableResource):
             )
         return EmbeddingPartition(folder)
 
+    def region_folders(self, region: str) -> list[Path]:
+        """Every partition folder of a region, all years and products (`.../<year>/<region>`)."""
+        products = [self.path("raw", "s2"), self.path("raw", "s1"), self.path("embeddings"), self.path("similarity"),
+                    self.path("land_cover")]
+        return sorted(folder for product in products for folder in product.glob(f"*/{region}") if folder.is_dir())
+
     def raw_partitions(self) -> list[tuple[int, str]]:
         """(year, region) of every raw partition materialised for both sensors."""
         found = []

@@ -169,6 +169,17 @@ class VectorStore(ConfigurableResource):
         seconds = time.perf_counter() - started
         return WriteReport(table.count_rows(partition_predicate(year, region)), table.count_rows(), table.version, seconds)
 
+    def delete_region(self, region: str) -> int:
+        """Remove a region's rows of every year (one commit); returns how many there were."""
+        table = self.table()
+        if table is None:
+            return 0
+        where = "region = '" + region.replace("'", "''") + "'"
+        rows = table.count_rows(where)
+        if rows:
+            table.delete(where)
+        return rows
+
     def partition_counts(self) -> list[tuple[tuple[int, str], int]]:
         """Rows per (year, region), sorted: what the table holds, for the UI."""
         table = self.table()

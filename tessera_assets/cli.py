@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     add = region_commands.add_parser("add")
     add.add_argument("name")
     add.add_argument("--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"), required=True)
+    remove = region_commands.add_parser("remove", help="take a region out (its data stays unless --purge)")
+    remove.add_argument("name")
+    remove.add_argument("--purge", action="store_true", help="also delete its partitions' data and table rows")
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -221,6 +222,20 @@ def run_command(args) -> int:
         partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
         tiles = export_partition(partition, args.year, region.bbox, Path(args.out))
         print(f"wrote {len(tiles)} tiles under {args.out}: {', '.join(p.parent.name for p in tiles)}")
+    elif args.regions_command == "remove":
+        region = catalog.remove(args.name)
+        instance = dagster_instance()
+        if region.name in instance.get_dynamic_partitions(region_partitions.name):
+            instance.delete_dynamic_partition(region_partitions.name, region.name)
+        print(f"removed {region.name} from {catalog.path} and its partitions from the Dagster instance")
+        if args.purge:
+            folders = resources["storage"].region_folders(region.name)
+            for folder in folders:
+                shutil.rmtree(folder)
+            rows = resources["vectors"].delete_region(region.name)
+            print(f"purged {len(folders)} partition folders and {rows} rows of the embedding table")
+        else:
+            print("its data stays (tessera regions remove --purge deletes it)")
     elif args.regions_command == "add":
         region = catalog.add(args.name, args.bbox)
         seed_region_partitions(dagster_instance(), [region])

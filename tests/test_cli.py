@@ -61,3 +61,10 @@ def test_run_materialises_any_region_through_the_instance(tmp_path, monkeypatch,
     assert f"the demo catalog covers only the demo regions: {TINY_REGION} (" in err
     assert main(["run", "--region", "atlantis", "--years", "2022"]) == 2
     assert "atlantis" in capsys.readouterr().err
+    assert main(["regions", "remove", "elsewhere"]) == 0
+    assert "its data stays" in capsys.readouterr().out
+    assert main(["regions", "remove", TINY_REGION, "--purge"]) == 0
+    assert "purged 2 partition folders and 0 rows" in capsys.readouterr().out
+    assert not (tmp_path / "home" / "data" / "raw" / "s2" / str(TINY_YEAR) / TINY_REGION).exists()
+    assert not yaml.safe_load(regions.read_text())["regions"], "both regions are out of the file"
+    assert TINY_REGION not in instance.get_dynamic_partitions("region")

@@ -84,3 +84,34 @@ def test_catalog_add_list_and_unknown(tmp_path):
     with pytest.raises(InvalidBBoxError):
         catalog.add("broken", [1.0, 1.0, 0.0, 2.0])
     assert set(r.name for r in catalog.all()) == {"demo", "fens"}, "a rejected add changes nothing"
+
+
+def _add_in_process(path: str, name: str, west: float) -> None:
+    RegionCatalog(path=path).add(name, [west, 52.3, west + 0.01, 52.31])
+
+
+def test_region_edits_keep_comments_and_survive_concurrent_writers(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "regions.yaml"
+    path.write_text("# our study areas\nregions:\n  demo:  # the demo\n    bbox: [0.0, 50.0, 0.01, 50.01]\n"
+                    "    demo: true\n")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_add_in_process, args=(str(path), f"site-{i}", 0.1 + i * 0.02))
+               for i in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    catalog = RegionCatalog(path=str(path))
+    assert {r.name for r in catalog.all()} == {"demo"} | {f"site-{i}" for i in range(6)}, "no edit lost"
+    text = path.read_text()
+    assert text.startswith("# our study areas\nregions:\n  demo:  # the demo\n    bbox: [0.0, 50.0, 0.01, 50.01]\n")
+    assert "  site-0:\n    bbox: [0.1, 52.3, 0.11, 52.31]\n" in text
+    catalog.remove("site-3")
+    assert "site-3" not in path.read_text() and "# the demo" in path.read_text()
+    with pytest.raises(UnknownRegionError):
+        catalog.remove("site-3")
+    with pytest.raises(InvalidRegionNameError, match="already exists"):
+        catalog.add("site-1", [0.5, 52.3, 0.51, 52.31])
