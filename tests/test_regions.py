@@ -115,3 +115,20 @@ def test_region_edits_keep_comments_and_survive_concurrent_writers(tmp_path):
         catalog.remove("site-3")
     with pytest.raises(InvalidRegionNameError, match="already exists"):
         catalog.add("site-1", [0.5, 52.3, 0.51, 52.31])
+
+
+def test_the_sensor_adds_regions_says_so_and_names_orphan_partitions(tmp_path):
+    from dagster import DagsterInstance, build_sensor_context
+
+    from tessera_assets.sensors import region_partitions_sensor
+
+    path = tmp_path / "regions.yaml"
+    path.write_text(yaml.safe_dump({"regions": {"fens": {"bbox": [0.2, 52.3, 0.25, 52.33]}}}))
+    catalog = RegionCatalog(path=str(path))
+    with DagsterInstance.ephemeral() as instance:
+        tick = region_partitions_sensor(build_sensor_context(instance=instance, resources={"regions": catalog}))
+        assert tick.skip_message == "added region partitions: fens"
+        assert instance.get_dynamic_partitions("region") == ["fens"]
+        instance.add_dynamic_partitions("region", ["typo"])  # the UI's "Add a partition" dialog
+        with pytest.raises(UnknownRegionError, match="region partitions typo have no entry in .*tessera regions add"):
+            region_partitions_sensor(build_sensor_context(instance=instance, resources={"regions": catalog}))
