@@ -165,8 +165,11 @@ def _mosaic_s2(readers: list[_SceneReader], window: Window, seen: ValueStats) ->
     for reader in readers:
         if not reader.covers(window):
             continue
-        scl = reader.read("SCL", window)
-        take = ~np.ma.getmaskarray(scl) & scl_clear(scl.filled(0)) & ~filled
+        if "SCL" in reader.vrts:
+            scl = reader.read("SCL", window)
+            take = ~np.ma.getmaskarray(scl) & scl_clear(scl.filled(0)) & ~filled
+        else:  # the catalog's s2_mask "none": every valid pixel is an observation
+            take = ~filled
         if not take.any():
             continue
         bands = [reader.read(band, window) for band in S2_BANDS]

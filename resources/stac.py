@@ -183,10 +183,16 @@ class StacCatalog(ConfigurableResource):
     # our band name (B04 ... B12, SCL, VV, VH) -> this catalog's asset key, over the provider's names:
     # for a catalog whose layout no provider matches
     asset_keys: dict[str, str] = {}
+    # "scl": clear pixels by the scene classification (TESSERA's rule, items without SCL are refused);
+    # "none": every valid pixel counts as clear, for catalogs whose items carry no SCL (opt-in: clouds
+    # then reach the encoder as observations, and the partition metadata says so)
+    s2_mask: Literal["scl", "none"] = "scl"
 
     @property
     def _provider(self) -> Provider:
         base = PROVIDERS[self.provider]
+        if self.s2_mask == "none":
+            base = replace(base, s2_assets={b: k for b, k in base.s2_assets.items() if b != "SCL"})
         if not self.asset_keys:
             return base
         unknown = sorted(set(self.asset_keys) - {*S2_BANDS, "SCL", *S1_BANDS})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -263,3 +264,35 @@ def test_s1_in_db_is_converted_and_uncalibrated_numbers_fail_the_range(demo_env,
     assert np.abs(cubes["db"] - cubes["linear"]).max() <= 1
     assert reports["db"].values.implausible_input_fraction == 0
     assert reports["numbers"].values.implausible_input_fraction > 0.5, "digital numbers: not gamma0 in either unit"
+
+
+def test_items_without_scl_are_refused_unless_the_catalog_opts_out_of_the_mask(demo_env, tmp_path):
+    from resources.raw_ingest import ingest
+    from resources.stac import StacCatalog, scene_from_item
+
+    item = _load_fixture_item()
+    del item["assets"]["SCL"]
+    strict = StacCatalog(url="https://example.org/stac/v1", provider="planetary-computer")
+    assert scene_from_item(item, "s2", strict._provider).startswith("missing assets SCL")
+    lenient = strict.model_copy(update={"s2_mask": "none"})
+    assert "SCL" not in scene_from_item(item, "s2", lenient._provider).hrefs
+
+    region = demo_env.resources["regions"].get(TINY_REGION)
+    scenes = demo_env.resources["s2_catalog"].search("s2", region.bbox, TINY_YEAR).scenes[:6]
+    unmasked = [dataclasses.replace(s, hrefs={b: h for b, h in s.hrefs.items() if b != "SCL"}) for s in scenes]
+    counts = {}
+    for name, inputs in (("scl", scenes), ("none", unmasked)):
+        (tmp_path / name).mkdir()
+        ingest("s2", inputs, region.grid, tmp_path / name)
+        with rasterio.open(tmp_path / name / "valid_count.tif") as src:
+            counts[name] = src.read(1)
+    assert (counts["none"] >= counts["scl"]).all() and counts["none"].sum() > counts["scl"].sum(), \
+        "cloudy pixels the SCL masks are observations without it"
+
+
+def _load_fixture_item() -> dict:
+    from conftest import fixtures_dir
+
+    page = json.loads((fixtures_dir() / "stac" / "pystac-client" /
+                       "planetary-computer_search_sentinel-2-l2a_2019-01-01.json").read_text())
+    return next(f for f in page["features"] if f["properties"].get("eo:cloud_cover", 100) < 90)

@@ -109,6 +109,7 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
         "ingest_seconds": round(report.seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
         **units_metadata(report.values.units),
+        **({"s2_mask": catalog.s2_mask} if sensor == "s2" else {}),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "path": MetadataValue.path(str(final_dir)),
         "preview": markdown_image(final_dir / "preview.png", f"{sensor} composite"),
