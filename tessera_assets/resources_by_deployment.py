@@ -10,7 +10,8 @@
 
 A catalog is a STAC API root or a static catalog (see `StacCatalog.static_root`); TESSERA_S2_COLLECTION
 and TESSERA_S1_COLLECTION override the provider's collection names, TESSERA_S2_ASSET_KEYS and
-TESSERA_S1_ASSET_KEYS (`B04=red,SCL=scl`) its asset keys. The same fields show in the
+TESSERA_S1_ASSET_KEYS (`B04=red,SCL=scl`) its asset keys; TESSERA_S2_MASK=none ingests items that
+carry no SCL (every valid pixel an observation). The same fields show in the
 Dagster launchpad under `s2_catalog` and `s1_catalog`. TESSERA_HOME moves the data root,
 TESSERA_REGIONS the regions file, TESSERA_LANCEDB_URI the embedding table.
 
@@ -92,7 +93,9 @@ def scene_catalogs(deployment: str | None = None):
             raise ConfigurationError(f"TESSERA_{sensor}_ASSET_KEYS must read BAND=key,BAND=key (e.g. B04=red,SCL=scl)")
         try:
             catalogs.append(StacCatalog(url=url, provider=provider, asset_keys={b.strip(): k.strip() for b, k in pairs},
+                                        s2_mask=os.environ.get("TESSERA_S2_MASK", "scl"),
                                         **{f"{sensor.lower()}_collection": collection}))
         except ValidationError as exc:
-            raise ConfigurationError(f"bad {sensor} catalog settings: {exc}") from exc
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigurationError(f"bad {sensor} catalog settings: {problems}") from exc
     return catalogs

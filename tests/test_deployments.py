@@ -65,3 +65,11 @@ def test_asset_keys_name_only_known_bands():
     with pytest.raises(CatalogError, match="asset_keys names unknown bands B4"):
         catalog.search("s2", (0, 0, 1, 1), 2022)
     assert set(PROVIDERS) >= {"planetary-computer", "earth-search", "earth-search-v0", "cdse", "demo"}
+
+
+def test_the_scl_opt_out_is_a_setting_and_a_bad_one_is_named(monkeypatch):
+    monkeypatch.setenv("TESSERA_S2_MASK", "none")
+    assert scene_catalogs("earth-search")[0].s2_mask == "none"
+    monkeypatch.setenv("TESSERA_S2_MASK", "clouds")
+    with pytest.raises(ConfigurationError, match="bad S2 catalog settings: s2_mask: Input should be 'scl' or 'none'"):
+        scene_catalogs("earth-search")
