@@ -41,6 +41,10 @@ class ConfigurationError(TesseraError, ValueError):
     """An environment setting that names no known deployment, provider or catalog."""
 
 
+class SceneReadFailuresError(TesseraError):
+    """More scenes of a partition could not be read than the configured share."""
+
+
 class CatalogError(TesseraError):
     """A STAC catalog that cannot be opened or searched."""
 

@@ -4,8 +4,10 @@ Each observation (a date; for S1 a date and orbit direction) becomes one GeoTIFF
 the same-date granules mosaicked (first clear pixel wins), invalid pixels in the GDAL mask. Sources
 are windowed COG reads through a WarpedVRT, so only the pixels of a block are fetched and memory
 is bounded by the block size, not the region (the per-pixel count of valid observations, 2 bytes a
-pixel, is the only region-sized array). A scene that cannot be read is skipped and reported, and the
-observation is redone without it so nothing of it is left behind.
+pixel, and a valid mask a finished observation, are the only region-sized arrays). Observations are
+written by a pool of threads at once, which overlaps the latency of remote reads. A scene that
+cannot be read (after GDAL's own retries of transient HTTP errors) is lost: reported, and its
+observation redone without it so nothing of it is left behind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -104,7 +108,8 @@ class ValueStats:
 @dataclass
 class IngestReport:
     observations: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (scene, reason): lost, or nothing clear
+    lost: list[tuple[str, str]] = field(default_factory=list)  # (scene, reason): could not be read
     scenes_used: int = 0
     seconds: float = 0.0
     values: ValueStats = field(default_factory=ValueStats)
@@ -125,24 +130,25 @@ def group_observations(sensor: Sensor, scenes: list[Scene]) -> list[Observation]
 class _SceneReader:
     """The bands of one scene warped onto the grid, and the grid window the scene covers."""
 
-    def __init__(self, scene: Scene, grid: RegionGrid, stack: contextlib.ExitStack):
+    def __init__(self, scene: Scene, grid: RegionGrid, stack: contextlib.ExitStack,
+                 sign: Callable[[str], str] | None = None):
         self.scene = scene
         self.unit: str | None = None  # S1: "linear" or "db", told from the first block with enough values
         self.vrts: dict[str, WarpedVRT] = {}
         self.footprint: Window | None = None
-        try:
-            for band, href in scene.hrefs.items():
-                src = stack.enter_context(rasterio.open(href))
-                resampling = Resampling.bilinear if band in S2_20M_BANDS else Resampling.nearest
-                self.vrts[band] = stack.enter_context(WarpedVRT(
-                    src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                    resampling=resampling,
-                ))
-                if self.footprint is None:
-                    bounds = transform_bounds(src.crs, grid.crs, *src.bounds)
-                    self.footprint = from_bounds(*bounds, transform=grid.transform)
-        except RasterioError as exc:
-            raise SceneReadError(scene, f"unreadable asset: {exc}") from exc
+        for band, href in scene.hrefs.items():
+            try:
+                src = stack.enter_context(rasterio.open(sign(href) if sign else href))
+            except RasterioError as exc:
+                raise SceneReadError(scene, f"unreadable {band} at {href}: {exc}") from exc
+            resampling = Resampling.bilinear if band in S2_20M_BANDS else Resampling.nearest
+            self.vrts[band] = stack.enter_context(WarpedVRT(
+                src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                resampling=resampling,
+            ))
+            if self.footprint is None:
+                bounds = transform_bounds(src.crs, grid.crs, *src.bounds)
+                self.footprint = from_bounds(*bounds, transform=grid.transform)
 
     def covers(self, window: Window) -> bool:
         fp = self.footprint
@@ -208,13 +214,13 @@ def _mosaic_s1(readers: list[_SceneReader], window: Window, seen: ValueStats) ->
 
 
 def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path: Path, block: int,
-                       counts: np.ndarray, values_seen: ValueStats) -> int:
-    """Write one observation; returns its valid pixel count (0: nothing written)."""
+                       values_seen: ValueStats, sign: Callable[[str], str] | None) -> np.ndarray:
+    """Write one observation; returns its valid pixels (none valid: nothing written)."""
     mosaic = _mosaic_s2 if sensor == "s2" else _mosaic_s1
     profile = grid.geotiff_profile(count=len(BAND_NAMES[sensor]), dtype=DTYPES[sensor], predictor=2)
     obs_valid = np.zeros(grid.shape, bool)
     with contextlib.ExitStack() as stack:
-        readers = [_SceneReader(scene, grid, stack) for scene in obs.scenes]
+        readers = [_SceneReader(scene, grid, stack, sign) for scene in obs.scenes]
         stack.enter_context(rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True))
         dst = stack.enter_context(rasterio.open(path, "w", **profile))
         for i, name in enumerate(BAND_NAMES[sensor], start=1):
@@ -227,49 +233,85 @@ def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path:
             values_seen.add(values[:, valid])
             r, c = int(window.row_off), int(window.col_off)
             obs_valid[r:r + valid.shape[0], c:c + valid.shape[1]] = valid
-    n_valid = int(obs_valid.sum())
-    if n_valid:
-        counts += obs_valid
-    else:
+    if not obs_valid.any():
         path.unlink()
-    return n_valid
+    return obs_valid
+
+
+# GDAL's HTTP behaviour for cloud-hosted COGs: transient errors (429, 5xx) retried with back-off,
+# bounded waits, no directory listings, and a block cache so a COG's header is fetched once.
+GDAL_HTTP_ENV = {
+    "GDAL_HTTP_MAX_RETRY": 5, "GDAL_HTTP_RETRY_DELAY": 0.5, "GDAL_HTTP_TIMEOUT": 60, "GDAL_HTTP_CONNECTTIMEOUT": 10,
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2,.JP2",
+    "VSI_CACHE": True, "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "GDAL_HTTP_MULTIPLEX": "YES",
+}
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int):
+    """`pool.map` with at most `ahead` tasks in flight, so finished results waiting for a slow
+    earlier one never pile up (each holds a region-sized mask)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path, block: int = 512,
            progress: Callable[[str], None] | None = None,
-           valid_range: tuple[float, float] = (-np.inf, np.inf)) -> IngestReport:
+           valid_range: tuple[float, float] = (-np.inf, np.inf), workers: int = 1,
+           sign: Callable[[str], str] | None = None) -> IngestReport:
     """Write every observation of `scenes` into `out_dir` (a fresh folder) and its index; the report
-    counts the written values outside `valid_range`."""
+    counts the written values outside `valid_range`.
+
+    Observations are written by `workers` threads at once (GDAL reads release the GIL, so remote
+    reads overlap their latency; memory is `workers` blocks). `sign` turns an href into a readable
+    URL right before it is opened, so signed URLs never expire during a long ingest."""
     start = time.perf_counter()
     report = IngestReport(values=ValueStats(*valid_range))
     (out_dir / "obs").mkdir()
     counts = np.zeros(grid.shape, np.uint16)
     observations = group_observations(sensor, scenes)
-    for n, obs in enumerate(observations, start=1):
+    done = 0
+
+    def write(obs: Observation) -> tuple[Observation, np.ndarray | None, ValueStats, list[tuple[str, str]]]:
         path = out_dir / "obs" / f"{obs.key}.tif"
-        while obs.scenes:
-            seen = ValueStats(*valid_range)  # kept only if the observation is written whole
-            try:
-                n_valid = _write_observation(sensor, obs, grid, path, block, counts, seen)
-                break
-            except SceneReadError as exc:
-                report.skipped.append((exc.scene.id, exc.reason))
-                obs.scenes = [s for s in obs.scenes if s.id != exc.scene.id]
-                path.unlink(missing_ok=True)
-        else:
-            continue
-        if n_valid == 0:
-            report.skipped += [(s.id, "no clear pixels over the region") for s in obs.scenes]
-            continue
-        report.scenes_used += len(obs.scenes)
-        report.values.merge(seen)
-        report.observations.append({
-            "date": obs.date, "doy": obs.doy, "orbit": obs.orbit, "file": f"obs/{obs.key}.tif",
-            "scenes": [s.id for s in obs.scenes], "valid_fraction": round(n_valid / counts.size, 4),
-            **({"units": sorted({seen.units.get(s.id, "linear") for s in obs.scenes})} if sensor == "s1" else {}),
-        })
-        if progress and (n % 10 == 0 or n == len(observations)):
-            progress(f"{sensor}: {n}/{len(observations)} observations written")
+        lost = []
+        with rasterio.Env(**GDAL_HTTP_ENV):
+            while obs.scenes:
+                seen = ValueStats(*valid_range)  # kept only if the observation is written whole
+                try:
+                    valid = _write_observation(sensor, obs, grid, path, block, seen, sign)
+                    return obs, valid, seen, lost
+                except SceneReadError as exc:
+                    lost.append((exc.scene.id, exc.reason))
+                    obs.scenes = [s for s in obs.scenes if s.id != exc.scene.id]
+                    path.unlink(missing_ok=True)
+        return obs, None, ValueStats(*valid_range), lost
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for obs, valid, seen, lost in _in_order(pool, write, observations, ahead=2 * max(1, workers)):
+            done += 1
+            report.lost += lost
+            report.skipped += lost
+            if valid is None:
+                continue
+            n_valid = int(valid.sum())
+            if n_valid == 0:
+                report.skipped += [(s.id, "no clear pixels over the region") for s in obs.scenes]
+                continue
+            counts += valid
+            report.scenes_used += len(obs.scenes)
+            report.values.merge(seen)
+            report.observations.append({
+                "date": obs.date, "doy": obs.doy, "orbit": obs.orbit, "file": f"obs/{obs.key}.tif",
+                "scenes": [s.id for s in obs.scenes], "valid_fraction": round(n_valid / counts.size, 4),
+                **({"units": sorted({seen.units.get(s.id, "linear") for s in obs.scenes})} if sensor == "s1" else {}),
+            })
+            if progress and (done % 10 == 0 or done == len(observations)):
+                progress(f"{sensor}: {done}/{len(observations)} observations written")
     with rasterio.open(out_dir / "valid_count.tif", "w", **grid.geotiff_profile(count=1, dtype="uint16")) as dst:
         dst.write(counts, 1)
         dst.set_band_description(1, "valid observations")

@@ -187,6 +187,10 @@ class StacCatalog(ConfigurableResource):
     # "none": every valid pixel counts as clear, for catalogs whose items carry no SCL (opt-in: clouds
     # then reach the encoder as observations, and the partition metadata says so)
     s2_mask: Literal["scl", "none"] = "scl"
+    read_workers: int = 8  # observations read at once: overlaps the latency of remote COG reads
+    max_lost_fraction: float = 0.1  # a partition fails when more of its scenes than this cannot be read
+    step_retries: int = 2  # ... and is retried this many times, a fresh step each time, ...
+    step_retry_seconds: float = 60.0  # ... this long after the first failure, doubling each time
 
     @property
     def _provider(self) -> Provider:
@@ -241,7 +245,9 @@ class StacCatalog(ConfigurableResource):
         result.scenes.sort(key=lambda s: (s.datetime, s.id))
         return result
 
-    def _modifier(self) -> Callable[[Any], None] | None:
+    def signer(self) -> Callable[[str], str] | None:
+        """What makes an href readable right before it is opened (Planetary Computer: a SAS token),
+        so a token never expires during a long ingest; None when hrefs are read as they are."""
         sign = self._provider.sign_hrefs if self.sign_hrefs is None else self.sign_hrefs
         if not sign:
             return None
@@ -252,7 +258,7 @@ class StacCatalog(ConfigurableResource):
                 "Planetary Computer hrefs must be signed: pip install 'tessera[planetary-computer]' "
                 "or set sign_hrefs: false"
             ) from exc
-        return planetary_computer.sign_inplace
+        return planetary_computer.sign
 
     def _api_items(self, sensor: Sensor, collection: str, bbox, year: int) -> Iterable[dict[str, Any]]:
         query = {"eo:cloud_cover": {"lt": MAX_CLOUD_COVER}} if sensor == "s2" else None
@@ -265,7 +271,6 @@ class StacCatalog(ConfigurableResource):
             datetime=f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z",
             query=query,
             limit=self.page_size,
-            modifier=self._modifier(),
         )
         try:
             for page in search.pages_as_dicts():

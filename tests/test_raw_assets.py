@@ -296,3 +296,80 @@ def _load_fixture_item() -> dict:
     page = json.loads((fixtures_dir() / "stac" / "pystac-client" /
                        "planetary-computer_search_sentinel-2-l2a_2019-01-01.json").read_text())
     return next(f for f in page["features"] if f["properties"].get("eo:cloud_cover", 100) < 90)
+
+
+def _scenes_over_http(demo_env, server, sensor: str, count: int):
+    region = demo_env.resources["regions"].get(TINY_REGION)
+    scenes = demo_env.resources[f"{sensor}_catalog"].search(sensor, region.bbox, TINY_YEAR).scenes[:count]
+    remote = [dataclasses.replace(s, hrefs={b: server.href(h) for b, h in s.hrefs.items()}) for s in scenes]
+    return region, scenes, remote
+
+
+def _cube(folder):
+    with rasterio.open(folder / "valid_count.tif") as src:
+        counts = src.read(1)
+    files = sorted((folder / "obs").glob("*.tif"))
+    arrays = []
+    for path in files:
+        with rasterio.open(path) as src:
+            arrays.append((path.name, src.read(), src.read_masks(1)))
+    return counts, arrays
+
+
+def test_remote_reads_in_parallel_survive_transient_failures_with_the_same_bytes(demo_env, tmp_path):
+    """COGs over HTTP with 20 ms a request and 5% of requests failing with 503: read by 4 workers,
+    every scene arrives (GDAL retries), and the partition is the one a local read writes."""
+    from flaky_http import FlakyCogServer
+    from resources.raw_ingest import ingest
+
+    with FlakyCogServer(demo_env.catalog_root, latency_s=0.02, fail_share=0.05) as server:
+        region, local, remote = _scenes_over_http(demo_env, server, "s2", 6)
+        (tmp_path / "local").mkdir()
+        (tmp_path / "remote").mkdir()
+        ingest("s2", local, region.grid, tmp_path / "local")
+        report = ingest("s2", remote, region.grid, tmp_path / "remote", workers=4)
+    assert server.failed > 0, "the server did fail some requests"
+    assert report.lost == []
+    expected, got = _cube(tmp_path / "local"), _cube(tmp_path / "remote")
+    assert np.array_equal(expected[0], got[0])
+    for (name_a, data_a, mask_a), (name_b, data_b, mask_b) in zip(expected[1], got[1], strict=True):
+        assert name_a == name_b and np.array_equal(data_a, data_b) and np.array_equal(mask_a, mask_b)
+
+
+def test_scenes_that_cannot_be_read_are_named_and_too_many_fail_the_partition(demo_env, tmp_path, instance):
+    from flaky_http import FlakyCogServer
+    from resources.errors import SceneReadFailuresError
+    from resources.raw_ingest import ingest
+
+    with FlakyCogServer(demo_env.catalog_root) as server:
+        region, local, remote = _scenes_over_http(demo_env, server, "s2", 6)
+        broken = remote[2]
+        server.always_fail = {server.href(local[2].hrefs["B04"]).split("/", 3)[3]}
+        (tmp_path / "out").mkdir()
+        report = ingest("s2", remote, region.grid, tmp_path / "out", workers=3)
+    assert [scene for scene, _ in report.lost] == [broken.id]
+    assert "B04" in report.lost[0][1]
+    assert not any(broken.id in o["scenes"] for o in json.loads((tmp_path / "out" / "index.json").read_text())["observations"])
+
+    # through the asset: 1 of 6 scenes lost is above a 10% limit -> the step fails naming it, nothing is written
+    from resources.stac import StacCatalog
+
+    class OverHttp(StacCatalog):
+        def search(self, sensor, bbox, year):
+            found = super().search(sensor, bbox, year)
+            found.scenes = remote
+            return found
+
+    instance.add_dynamic_partitions("region", [TINY_REGION])
+    with FlakyCogServer(demo_env.catalog_root, always_fail=server.always_fail) as again:
+        remote = [dataclasses.replace(s, hrefs={b: h.replace(server.url, again.url) for b, h in s.hrefs.items()})
+                  for s in remote]
+        catalog = OverHttp(url=demo_env.resources["s2_catalog"].url, provider="demo", max_lost_fraction=0.1,
+                           step_retries=1, step_retry_seconds=0.1)
+        result = materialize([s2_raw], partition_key=year_region_key(TINY_YEAR, TINY_REGION), instance=instance,
+                             resources=dict(demo_env.resources, s2_catalog=catalog), raise_on_error=False)
+    assert not result.success
+    assert len(result.filter_events(lambda e: e.event_type_value == "STEP_RESTARTED")) == 1, "retried once, then final"
+    error = result.get_step_failure_events()[-1].event_specific_data.error
+    assert "1 of 6 sentinel-2-l2a scenes" in str(error) and broken.id in str(error)
+    assert SceneReadFailuresError.__name__ in str(error)

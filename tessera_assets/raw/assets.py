@@ -12,11 +12,12 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    RetryRequested,
     asset,
 )
 
 from resources.demo_catalog import ensure_demo_catalog
-from resources.errors import CatalogError, NoScenesFoundError
+from resources.errors import CatalogError, NoScenesFoundError, SceneReadFailuresError
 from resources.previews import markdown_image, s1_composite, s2_true_colour
 from resources.raw_ingest import ingest
 from resources.regions import RegionCatalog
@@ -64,6 +65,21 @@ def _checks(sensor: Sensor) -> list[AssetCheckSpec]:
 
 def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: TesseraStorage,
                     regions: RegionCatalog, catalog: StacCatalog) -> MaterializeResult:
+    """The partition, retried as a fresh step (`catalog.step_retries` times, minutes apart) when too
+    many scenes could not be read: those failures are transient far more often than not (5xx,
+    expired URLs); every other failure is final."""
+    try:
+        return _materialize_raw(sensor, context, storage, regions, catalog)
+    except SceneReadFailuresError as exc:
+        if context.retry_number >= catalog.step_retries:
+            raise
+        wait = catalog.step_retry_seconds * 2 ** context.retry_number
+        context.log.warning(f"{exc}; retrying in {wait:.0f} s")
+        raise RetryRequested(max_retries=catalog.step_retries, seconds_to_wait=wait) from exc
+
+
+def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: TesseraStorage,
+                     regions: RegionCatalog, catalog: StacCatalog) -> MaterializeResult:
     year, region_name = year_and_region(context)
     region = regions.get(region_name)
     grid = region.grid
@@ -86,7 +102,14 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
         )
     final_dir = storage.raw_dir(sensor, year, region_name)
     with atomic_directory(final_dir) as tmp:
-        report = ingest(sensor, found.scenes, grid, tmp, progress=context.log.info, valid_range=PHYSICAL_RANGE[sensor])
+        report = ingest(sensor, found.scenes, grid, tmp, progress=context.log.info, valid_range=PHYSICAL_RANGE[sensor],
+                        workers=catalog.read_workers, sign=catalog.signer())
+        if len(report.lost) > catalog.max_lost_fraction * len(found.scenes):
+            lost = "; ".join(f"{i}: {r}" for i, r in report.lost[:10])
+            raise SceneReadFailuresError(
+                f"{len(report.lost)} of {len(found.scenes)} {collection} scenes for {region_name} {year} could not be "
+                f"read (more than max_lost_fraction {catalog.max_lost_fraction:.0%}; the partition is left as it "
+                f"was): {lost}")
         partition = RawPartition(tmp)
         (s2_true_colour if sensor == "s2" else s1_composite)(partition, tmp / "preview.png")
         counts = partition.valid_count()
@@ -98,6 +121,7 @@ def materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Tes
         "scenes_found": len(found.scenes) + len(found.rejected),
         "scenes_used": report.scenes_used,
         "scenes_skipped": len(skipped),
+        "scenes_lost": len(report.lost),
         "skipped_reasons": MetadataValue.md("| scene | reason |\n|---|---|\n" + skipped_md) if skipped else "none",
         "observations": len(report.observations),
         "valid_obs_per_pixel_min": int(counts.min()),
