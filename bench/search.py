@@ -137,7 +137,6 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where the table goes (default: a temporary folder)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    regions = args.partitions // len(YEARS)
     per_partition = args.rows // args.partitions
     width = int(math.ceil(math.sqrt(per_partition)))
     data = clustered(per_partition * args.partitions, rng)
