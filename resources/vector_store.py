@@ -15,13 +15,15 @@ writers are retried by Lance (the key is an unenforced primary key, see PITFALLS
 `refresh_index` is the maintenance step (the `embedding_index` asset): scalar indexes on the filter
 columns (B-tree on the key and H3 cells, bitmap on year, region and encoder id), and the vector
 index once the table is large enough to need one: IVF with RaBitQ codes of 4 bits a dimension
-(cosine), one IVF list per `rows_per_partition` rows, queried with at least `nprobes` lists and an
-exact re-rank of `refine_factor * k` candidates on the stored vectors. Chosen by measurement on 1M
-clustered 128-d rows (`bench/search.py`; recall@10 against exact, build on 2 cores): IVF-PQ with 16,
-32 and 64 sub-vectors reached 0.84, 0.98 and 0.99 (refine 20) but took 2-9 min to build; IVF-SQ
-~0.96 at any refine; RaBitQ 1- and 2-bit 0.85 and 0.99 (refine 20); RaBitQ 4-bit 0.98 at refine 2
-and 0.997 at refine 5, built in under a minute. New rows are folded into the index by `optimize()`;
-it is retrained when the table has grown fourfold since training.
+(cosine), one IVF list per `rows_per_partition` rows up to `max_partitions` lists (k-means on 64
+rows a list, 20 iterations: building grows with rows x lists, and more lists did not raise recall),
+queried with `nprobes` lists and an exact re-rank of `refine_factor * k` candidates on the stored
+vectors. Chosen by measurement on 1M clustered 128-d rows (`bench/search.py`; recall@10 against
+exact, build on 2 cores): IVF-PQ with 16, 32 and 64 sub-vectors reached 0.84, 0.98 and 0.99
+(refine 20) but took 2-9 min to build; IVF-SQ ~0.96 at any refine; RaBitQ 1- and 2-bit 0.85 and
+0.99 (refine 20); RaBitQ 4-bit 0.98 at refine 2 and 0.997 at refine 5, built in under a minute.
+New rows are folded into the index by `optimize()`; it is retrained when the table has grown
+fourfold since training (the index name records the rows it was trained on).
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class VectorStore(ConfigurableResource):
     uri: str = ".tessera/data/lancedb"
     storage_options: dict[str, str] = {}
     ann_min_rows: int = 100_000  # below this an exact scan is fast, exact, and needs no training
-    rows_per_partition: int = 4_096  # IVF lists of about this many rows
+    rows_per_partition: int = 4_096  # IVF lists of about this many rows, ...
+    max_partitions: int = 1_024  # ... up to this many lists: training and assignment grow with rows x lists
     nprobes: int = 20  # at least this many IVF lists a query; more when a filter leaves fewer than k rows
     exact_scan_max_rows: int = 20_000  # filters keeping at most this many rows are scanned exactly
     refine_factor: int = 5  # candidates re-ranked by exact cosine on the stored vectors: refine_factor * k
@@ -206,13 +209,13 @@ class VectorStore(ConfigurableResource):
                 table.create_index(column, config=BTree() if kind == "btree" else Bitmap())
         rows = table.count_rows()
         current = self.vector_index(table)
-        trained_for = int(current.name.rsplit("_p", 1)[1]) if current and "_p" in current.name else 0
-        partitions = max(1, round(rows / self.rows_per_partition))
+        trained_rows, trained_for = _trained_size(current.name) if current else (0, 0)
         action = "none"
-        if rows >= self.ann_min_rows and (current is None or partitions >= REBUILD_GROWTH * trained_for):
-            name = f"vector_ivfrq_p{partitions}"  # the name records the size it was trained for
+        if rows >= self.ann_min_rows and (current is None or rows >= REBUILD_GROWTH * trained_rows):
+            partitions = max(1, min(self.max_partitions, round(rows / self.rows_per_partition)))
+            name = f"vector_ivfrq_p{partitions}_n{rows}"  # the name records the size it was trained for
             table.create_index("vector", config=IvfRq(distance_type="cosine", num_partitions=partitions,
-                                                      num_bits=RQ_BITS), name=name)
+                                                      num_bits=RQ_BITS, sample_rate=64, max_iterations=20), name=name)
             if current is not None and current.name != name:
                 table.drop_index(current.name)
             action = "retrained" if current is not None else "trained"
@@ -238,3 +241,8 @@ class VectorStore(ConfigurableResource):
             return {"index": "none (exact scan)"}
         return {"index": current.name, "nprobes": self.nprobes, "refine_factor": self.refine_factor}
 
+
+def _trained_size(index_name: str) -> tuple[int, int]:
+    """(rows, IVF lists) a vector index was trained for, from its name (`vector_ivfrq_p{lists}_n{rows}`)."""
+    fields = {part[0]: int(part[1:]) for part in index_name.split("_")[2:] if part[:1] in ("p", "n") and part[1:].isdigit()}
+    return fields.get("n", 0), fields.get("p", 0)
