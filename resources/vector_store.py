@@ -210,8 +210,12 @@ class VectorStore(ConfigurableResource):
         rows = table.count_rows()
         current = self.vector_index(table)
         trained_rows, trained_for = _trained_size(current.name) if current else (0, 0)
-        action = "none"
+        cleanup = timedelta(hours=self.keep_versions_hours)
+        # compacts small fragments, folds new rows into every index, drops versions no reader needs
+        table.optimize(cleanup_older_than=cleanup)
+        action = "folded in new rows" if current is not None else "none"
         if rows >= self.ann_min_rows and (current is None or rows >= REBUILD_GROWTH * trained_rows):
+            # trained after compaction, so no fragment it covers is rewritten (and the index remapped) later
             partitions = max(1, min(self.max_partitions, round(rows / self.rows_per_partition)))
             name = f"vector_ivfrq_p{partitions}_n{rows}"  # the name records the size it was trained for
             table.create_index("vector", config=IvfRq(distance_type="cosine", num_partitions=partitions,
@@ -220,10 +224,6 @@ class VectorStore(ConfigurableResource):
                 table.drop_index(current.name)
             action = "retrained" if current is not None else "trained"
             current, trained_for = self.vector_index(table), partitions
-        elif current is not None:
-            action = "folded in new rows"
-        # folds new rows into every index, compacts small fragments, drops versions no reader needs
-        table.optimize(cleanup_older_than=timedelta(hours=self.keep_versions_hours))
         if current is None:
             return IndexReport("none (exact search)", action, rows, 0, rows, time.perf_counter() - started,
                                {"reason": f"{rows} rows < ann_min_rows {self.ann_min_rows}"})
