@@ -104,8 +104,9 @@ def processing_baseline(properties: dict[str, Any]) -> float | None:
 
 
 def _raster_offset_scale(asset: dict[str, Any] | None) -> tuple[float, float] | None:
-    """`raster:offset`/`raster:scale` of a band asset: on the asset (STAC 1.1, CDSE), or in its first
-    `raster:bands` entry (the raster extension of STAC 1.0, Earth Search v1)."""
+    """`raster:offset`/`raster:scale` of a band asset: on the asset (STAC 1.1, CDSE), in its first
+    `raster:bands` entry (the raster extension of STAC 1.0, Earth Search v1), or in its first
+    `bands` entry (STAC 1.1 band objects)."""
     if not asset:
         return None
     candidates = [(asset.get("raster:offset"), asset.get("raster:scale"))]
@@ -172,7 +173,8 @@ def _intersects(item_bbox: list[float] | None, bbox: tuple[float, float, float, 
 
 
 class StacCatalog(ConfigurableResource):
-    """A STAC API root URL or a static catalog.json path, and the provider whose names it uses."""
+    """A STAC API root URL or a static catalog (`static_root`), the provider whose names it uses,
+    and how its scenes are read (workers, the share that may be lost, step retries)."""
 
     url: str
     provider: Literal["planetary-computer", "earth-search", "earth-search-v0", "cdse", "demo"] = "demo"

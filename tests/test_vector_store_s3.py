@@ -42,6 +42,9 @@ def test_embedding_table_on_s3(embedded_env, s3_store):
     table = s3_store.table()
     embedded = env.resources["storage"].open_embeddings(TINY_YEAR, TINY_REGION).read()[1]
     assert table.count_rows() == int(np.isfinite(embedded).sum()), "re-running on S3 never duplicates"
+    report = s3_store.refresh_index()  # scalar indexes and compaction on the object store
+    assert report.table_rows == table.count_rows() and report.type == "none (exact search)"
+    assert {ix.columns[0] for ix in table.list_indices()} >= {"key", "h3_r7", "year", "region", "encoder_id"}
     similarity = Similarity(s3_store)
     row = table.search().limit(1).to_arrow().to_pylist()[0]
     found = similarity.search(np.asarray(row["vector"], np.float32), k=3)
