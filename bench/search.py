@@ -37,7 +37,8 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resources.similarity import SearchFilter, Similarity, search_report  # noqa: E402
-from resources.vector_store import VectorStore, row_key, table_schema  # noqa: E402
+from resources.table_rows import table_batch  # noqa: E402
+from resources.vector_store import VectorStore  # noqa: E402
 
 YEARS = (2023, 2024)
 ORIGIN = (52.0, 0.0)  # lat, lon of region 0's north-west corner
@@ -52,23 +53,13 @@ def clustered(rows: int, rng: np.random.Generator, clusters: int = 1000, dim: in
 
 def partition_rows(vectors: np.ndarray, year: int, region: int, width: int, block: int = 200_000):
     """Record batches of one partition: pixel i of a `width`-wide grid whose corner is offset east by region."""
-    schema = table_schema(vectors.shape[1])
-    name = f"region-{region}"
     for start in range(0, len(vectors), block):
         ids = np.arange(start, min(start + block, len(vectors)))
-        lat = ORIGIN[0] - (ids // width) * CELL_LAT
-        lon = ORIGIN[1] + region * (width + 50) * CELL_LON + (ids % width) * CELL_LON
-        r13 = np.fromiter((h3.str_to_int(h3.latlng_to_cell(a, o, 13)) for a, o in zip(lat, lon)), np.int64, len(ids))
-        r9 = np.fromiter((h3.str_to_int(h3.cell_to_parent(h3.int_to_str(int(c)), 9)) for c in r13), np.int64, len(ids))
-        r7 = np.fromiter((h3.str_to_int(h3.cell_to_parent(h3.int_to_str(int(c)), 7)) for c in r9), np.int64, len(ids))
-        n = len(ids)
-        yield pa.RecordBatch.from_arrays([
-            pa.array([row_key(year, name, int(c)) for c in r13]), pa.array(np.full(n, year, np.int32)),
-            pa.array([name] * n), pa.array((ids // width).astype(np.int32)), pa.array((ids % width).astype(np.int32)),
-            pa.array(lon), pa.array(lat), pa.array(r13), pa.array(r9), pa.array(r7),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors[ids].astype(np.float16).ravel()), vectors.shape[1]),
-            pa.array(np.full(n, 30, np.int16)), pa.array(np.full(n, 20, np.int16)), pa.array(["bench-encoder"] * n),
-        ], schema=schema)
+        rows, cols = ids // width, ids % width
+        lat = ORIGIN[0] - rows * CELL_LAT
+        lon = ORIGIN[1] + region * (width + 50) * CELL_LON + cols * CELL_LON
+        yield table_batch(year, f"region-{region}", rows, cols, lon, lat, vectors[ids], np.full(len(ids), 30),
+                          np.full(len(ids), 20), "bench-encoder")
 
 
 def timed(run, queries: np.ndarray) -> tuple[dict, list]:

@@ -108,11 +108,16 @@ class ValueStats:
 @dataclass
 class IngestReport:
     observations: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (scene, reason): lost, or nothing clear
     lost: list[tuple[str, str]] = field(default_factory=list)  # (scene, reason): could not be read
+    unclear: list[tuple[str, str]] = field(default_factory=list)  # (scene, reason): read, nothing clear
     scenes_used: int = 0
     seconds: float = 0.0
     values: ValueStats = field(default_factory=ValueStats)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Every scene that contributed nothing, with the reason."""
+        return self.lost + self.unclear
 
 
 def group_observations(sensor: Sensor, scenes: list[Scene]) -> list[Observation]:
@@ -295,12 +300,11 @@ def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path,
         for obs, valid, seen, lost in _in_order(pool, write, observations, ahead=2 * max(1, workers)):
             done += 1
             report.lost += lost
-            report.skipped += lost
             if valid is None:
                 continue
             n_valid = int(valid.sum())
             if n_valid == 0:
-                report.skipped += [(s.id, "no clear pixels over the region") for s in obs.scenes]
+                report.unclear += [(s.id, "no clear pixels over the region") for s in obs.scenes]
                 continue
             counts += valid
             report.scenes_used += len(obs.scenes)

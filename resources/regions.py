@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from affine import Affine
 from dagster import ConfigurableResource
 from rasterio.crs import CRS
@@ -228,8 +229,6 @@ class RegionCatalog(ConfigurableResource):
         """Read, change and rewrite the file under an exclusive lock, so concurrent edits (the CLI, a
         second terminal) never lose one another; comments, order and layout are kept (round-trip
         YAML), and the file is replaced atomically, so a crash never leaves it half-written."""
-        from ruamel.yaml import YAML
-
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         yaml_rt = YAML()
@@ -248,8 +247,6 @@ class RegionCatalog(ConfigurableResource):
 
 def _flow(values: list[float]):
     """A bbox written on one line, `[W, S, E, N]`, as the file's own entries are."""
-    from ruamel.yaml.comments import CommentedSeq
-
     seq = CommentedSeq(values)
     seq.fa.set_flow_style()
     return seq

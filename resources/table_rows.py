@@ -26,6 +26,25 @@ def h3_cells(lat: np.ndarray, lon: np.ndarray) -> dict[int, np.ndarray]:
     return cells
 
 
+def table_batch(year: int, region: str, rows: np.ndarray, cols: np.ndarray, lon: np.ndarray, lat: np.ndarray,
+                vectors: np.ndarray, s2_obs: np.ndarray, s1_obs: np.ndarray, encoder_id: str) -> pa.RecordBatch:
+    """Rows of the table for pixels at (row, col) of a region's grid, centred at (lon, lat): the
+    key and H3 cells derived here, vectors stored as float16."""
+    cells = h3_cells(lat, lon)
+    n = len(rows)
+    vectors = np.asarray(vectors).astype(np.float16)
+    return pa.RecordBatch.from_arrays([
+        pa.array([row_key(year, region, int(c)) for c in cells[KEY_RESOLUTION]]),
+        pa.array(np.full(n, year, np.int32)), pa.array([region] * n),
+        pa.array(np.asarray(rows).astype(np.int32)), pa.array(np.asarray(cols).astype(np.int32)),
+        pa.array(np.asarray(lon, np.float64)), pa.array(np.asarray(lat, np.float64)),
+        pa.array(cells[KEY_RESOLUTION]), pa.array(cells[9]), pa.array(cells[7]),
+        pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+        pa.array(np.asarray(s2_obs).astype(np.int16)), pa.array(np.asarray(s1_obs).astype(np.int16)),
+        pa.array([encoder_id] * n),
+    ], schema=table_schema(vectors.shape[1]))
+
+
 def pixel_rows(partition: EmbeddingPartition, year: int, region: str, s2_counts: np.ndarray,
                s1_counts: np.ndarray, block: int = 512) -> Iterator[pa.RecordBatch]:
     """Rows of every pixel with an embedding, one record batch per block (memory bounded by it),
@@ -37,18 +56,10 @@ def pixel_rows(partition: EmbeddingPartition, year: int, region: str, s2_counts:
         rows, cols = np.nonzero(np.isfinite(scales))
         if len(rows) == 0:
             continue
-        vectors = dequantise(q[rows, cols], scales[rows, cols]).astype(np.float16)
+        vectors = dequantise(q[rows, cols], scales[rows, cols])
         rows, cols = rows + int(window.row_off), cols + int(window.col_off)
         xs = grid.transform.c + (cols + 0.5) * grid.transform.a
         ys = grid.transform.f + (rows + 0.5) * grid.transform.e
         lon, lat = (np.asarray(v) for v in warp_transform(grid.crs, "EPSG:4326", xs, ys))
-        cells = h3_cells(lat, lon)
-        yield pa.RecordBatch.from_arrays([
-            pa.array([row_key(year, region, int(c)) for c in cells[KEY_RESOLUTION]]),
-            pa.array(np.full(len(rows), year, np.int32)), pa.array([region] * len(rows)),
-            pa.array(rows.astype(np.int32)), pa.array(cols.astype(np.int32)), pa.array(lon), pa.array(lat),
-            pa.array(cells[KEY_RESOLUTION]), pa.array(cells[9]), pa.array(cells[7]),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
-            pa.array(s2_counts[rows, cols].astype(np.int16)), pa.array(s1_counts[rows, cols].astype(np.int16)),
-            pa.array([encoder_id] * len(rows)),
-        ], schema=table_schema(vectors.shape[1]))
+        yield table_batch(year, region, rows, cols, lon, lat, vectors, s2_counts[rows, cols], s1_counts[rows, cols],
+                          encoder_id)

@@ -96,6 +96,21 @@ def _print_summary(results: dict[tuple[str, str], dict]) -> None:
               f"{emb.get('pixels_per_second', '-'):>8} {emb.get('no_data_fraction', '-'):>8}")
 
 
+def failure_message(result) -> str:
+    """The last line of the first failed step's error: the message our errors carry."""
+    failure = result.get_step_failure_events()[0].event_specific_data.error
+    return (failure.cause or failure).message.strip().splitlines()[-1]
+
+
+def materialised(result, key: str) -> dict[tuple[str, str], dict]:
+    """The metadata of every materialisation of a run, by (asset, partition key)."""
+    found = {}
+    for event in result.get_asset_materialization_events():
+        m = event.event_specific_data.materialization
+        found[(m.asset_key.to_user_string(), key)] = {k: v.value for k, v in m.metadata.items()}
+    return found
+
+
 def materialise_stages(stages: list[list], regions: list[Region], years: list[int], resources: dict,
                        instance: DagsterInstance, run_configs: dict | None = None) -> dict | None:
     """Each stage for every partition (or once, if unpartitioned) before the next, through the
@@ -110,13 +125,9 @@ def materialise_stages(stages: list[list], regions: list[Region], years: list[in
             result = materialize(stage, partition_key=key, instance=instance, resources=resources, raise_on_error=False,
                                  run_config=(run_configs or {}).get(stage[0].key.to_user_string(), {}))
             if not result.success:
-                failure = result.get_step_failure_events()[0].event_specific_data.error
-                message = (failure.cause or failure).message.strip().splitlines()[-1]
-                print(f"FAILED {names} {key or ''}: {message}", file=sys.stderr)
+                print(f"FAILED {names} {key or ''}: {failure_message(result)}", file=sys.stderr)
                 return None
-            for event in result.get_asset_materialization_events():
-                m = event.event_specific_data.materialization
-                results[(m.asset_key.to_user_string(), str(key or ""))] = {k: v.value for k, v in m.metadata.items()}
+            results |= materialised(result, str(key or ""))
             print(f"{names} {key or ''}: {time.perf_counter() - t0:.1f} s")
     return results
 
@@ -158,9 +169,10 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
         raise TesseraError(f"no demo regions selected (demo regions: {', '.join(r.name for r in demo_regions)})")
     seed_region_partitions(instance, chosen)
     started = time.perf_counter()
-    ensure_demo_catalog(demo_catalog_folder(resources["s2_catalog"]), demo_regions)
+    catalog_folder = demo_catalog_folder(resources["s2_catalog"])
+    ensure_demo_catalog(catalog_folder, demo_regions)
     print(f"demo catalog ready in {time.perf_counter() - started:.1f} s; Dagster instance at {os.environ['DAGSTER_HOME']}")
-    labels = ground_truth_dir(demo_catalog_folder(resources["s2_catalog"]), chosen[0].name) / "labels.geojson"
+    labels = ground_truth_dir(catalog_folder, chosen[0].name) / "labels.geojson"
     run_configs = {"fewshot_samples": {"ops": {"fewshot_samples": {"config": {
         "labels_path": str(labels), "year": max(years)}}}}}
     results = materialise_stages(PIPELINE_STAGES, chosen, years, resources, instance, run_configs)
@@ -184,16 +196,11 @@ def run_classify(resources: dict, args) -> int:
     trained = materialize([fewshot_samples, fewshot_classifier], instance=instance, resources=resources,
                           run_config=config, raise_on_error=False)
     if not trained.success:
-        failure = trained.get_step_failure_events()[0].event_specific_data.error
-        message = (failure.cause or failure).message.strip().splitlines()[-1]
+        message = failure_message(trained)
         raise TesseraError(message.split(": ", 1)[-1] if message.split(":")[0].count(".") else message)
     mapped = materialize([land_cover_map], partition_key=year_region_key(year, region.name), instance=instance,
                          resources=resources)
-    report = {}
-    for result in (trained, mapped):
-        for event in result.get_asset_materialization_events():
-            m = event.event_specific_data.materialization
-            report[(m.asset_key.to_user_string(), "")] = {k: v.value for k, v in m.metadata.items()}
+    report = materialised(trained, "") | materialised(mapped, "")
     _fewshot_report(report, resources, region.name, year)
     areas = report[("land_cover_map", "")]["class_area_ha"]
     print("class areas (ha): " + ", ".join(f"{k} {v}" for k, v in areas.items()))
