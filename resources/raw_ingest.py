@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
+from rasterio.session import Session
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -169,7 +171,10 @@ class _SceneReader:
             raise SceneReadError(self.scene, f"corrupt or truncated {band}: {exc}") from exc
 
 
-def _mosaic_s2(readers: list[_SceneReader], window: Window, seen: ValueStats) -> tuple[np.ndarray, np.ndarray]:
+def _mosaic_s2(readers: list[_SceneReader], window: Window, seen: ValueStats,
+               cloud_clear_below: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+    """Clear pixels by SCL, or by the cloud asset of the catalog's `s2_mask: cloud` (clear below
+    `cloud_clear_below`), or every valid pixel (`s2_mask: none`)."""
     h, w = int(window.height), int(window.width)
     values = np.zeros((len(S2_BANDS), h, w), np.uint16)
     filled = np.zeros((h, w), bool)
@@ -179,7 +184,10 @@ def _mosaic_s2(readers: list[_SceneReader], window: Window, seen: ValueStats) ->
         if "SCL" in reader.vrts:
             scl = reader.read("SCL", window)
             take = ~np.ma.getmaskarray(scl) & scl_clear(scl.filled(0)) & ~filled
-        else:  # the catalog's s2_mask "none": every valid pixel is an observation
+        elif "CLOUD" in reader.vrts:
+            cloud = reader.read("CLOUD", window)
+            take = ~np.ma.getmaskarray(cloud) & (cloud.filled(255) < cloud_clear_below) & ~filled
+        else:
             take = ~filled
         if not take.any():
             continue
@@ -219,9 +227,10 @@ def _mosaic_s1(readers: list[_SceneReader], window: Window, seen: ValueStats) ->
 
 
 def _write_observation(sensor: Sensor, obs: Observation, grid: RegionGrid, path: Path, block: int,
-                       values_seen: ValueStats, sign: Callable[[str], str] | None) -> np.ndarray:
+                       values_seen: ValueStats, sign: Callable[[str], str] | None,
+                       cloud_clear_below: float) -> np.ndarray:
     """Write one observation; returns its valid pixels (none valid: nothing written)."""
-    mosaic = _mosaic_s2 if sensor == "s2" else _mosaic_s1
+    mosaic = partial(_mosaic_s2, cloud_clear_below=cloud_clear_below) if sensor == "s2" else _mosaic_s1
     profile = grid.geotiff_profile(count=len(BAND_NAMES[sensor]), dtype=DTYPES[sensor], predictor=2)
     obs_valid = np.zeros(grid.shape, bool)
     with contextlib.ExitStack() as stack:
@@ -250,6 +259,34 @@ GDAL_HTTP_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2,.JP2",
     "VSI_CACHE": True, "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "GDAL_HTTP_MULTIPLEX": "YES",
 }
+_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+class _GivenKeys(Session):
+    """Object-store keys handed to GDAL as they are. Rasterio refuses AWS keys as plain GDAL options
+    and its own AWSSession needs boto3; a session that returns the keys it was given needs neither."""
+
+    def __init__(self, keys: dict[str, str]):
+        self._keys = keys
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return self._keys
+
+    def get_credential_options(self) -> dict[str, str]:
+        return dict(self._keys)
+
+    @classmethod
+    def hascreds(cls, config: dict[str, Any]) -> bool:
+        return True
+
+
+def read_environment(gdal_options: dict[str, str] | None = None) -> rasterio.Env:
+    """GDAL's HTTP settings with the catalog's own options (`StacCatalog.gdal_options`: an S3
+    endpoint and its keys) over them. One per reading thread: rasterio's environment is per thread."""
+    options = dict(gdal_options or {})
+    keys = {k: options.pop(k) for k in _KEYS if k in options}
+    return rasterio.Env(session=_GivenKeys(keys) if keys else None, **(GDAL_HTTP_ENV | options))
 
 
 def _in_order(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int):
@@ -267,13 +304,15 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int):
 def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path, block: int = 512,
            progress: Callable[[str], None] | None = None,
            valid_range: tuple[float, float] = (-np.inf, np.inf), workers: int = 1,
-           sign: Callable[[str], str] | None = None) -> IngestReport:
+           sign: Callable[[str], str] | None = None, gdal_options: dict[str, str] | None = None,
+           cloud_clear_below: float = 40.0) -> IngestReport:
     """Write every observation of `scenes` into `out_dir` (a fresh folder) and its index; the report
     counts the written values outside `valid_range`.
 
     Observations are written by `workers` threads at once (GDAL reads release the GIL, so remote
     reads overlap their latency; memory is `workers` blocks). `sign` turns an href into a readable
-    URL right before it is opened, so signed URLs never expire during a long ingest."""
+    URL right before it is opened, so signed URLs never expire during a long ingest; `gdal_options`
+    and `cloud_clear_below` come from the catalog (`StacCatalog`)."""
     start = time.perf_counter()
     report = IngestReport(values=ValueStats(*valid_range))
     (out_dir / "obs").mkdir()
@@ -284,11 +323,11 @@ def ingest(sensor: Sensor, scenes: list[Scene], grid: RegionGrid, out_dir: Path,
     def write(obs: Observation) -> tuple[Observation, np.ndarray | None, ValueStats, list[tuple[str, str]]]:
         path = out_dir / "obs" / f"{obs.key}.tif"
         lost = []
-        with rasterio.Env(**GDAL_HTTP_ENV):
+        with read_environment(gdal_options):
             while obs.scenes:
                 seen = ValueStats(*valid_range)  # kept only if the observation is written whole
                 try:
-                    valid = _write_observation(sensor, obs, grid, path, block, seen, sign)
+                    valid = _write_observation(sensor, obs, grid, path, block, seen, sign, cloud_clear_below)
                     return obs, valid, seen, lost
                 except SceneReadError as exc:
                     lost.append((exc.scene.id, exc.reason))

@@ -37,9 +37,15 @@ class Provider:
 
     s2_collection: str
     s1_collection: str | None
-    s2_assets: dict[str, str]  # our band name -> asset key
+    s2_assets: dict[str, str]  # our band name -> asset key (the bands and SCL)
     s1_assets: dict[str, str]
     sign_hrefs: bool = False
+
+    def collection(self, sensor: Sensor) -> str | None:
+        return self.s2_collection if sensor == "s2" else self.s1_collection
+
+    def assets(self, sensor: Sensor) -> dict[str, str]:
+        return self.s2_assets if sensor == "s2" else self.s1_assets
 
 
 _PC_S2 = {b: b for b in S2_BANDS} | {"SCL": "SCL"}
@@ -54,10 +60,32 @@ PROVIDERS: dict[str, Provider] = {
     "earth-search": Provider("sentinel-2-l2a", None, _ES_S2, {}),
     # Earth Search v0 (`sentinel-s2-l2a-cogs`) keeps the band names as asset keys
     "earth-search-v0": Provider("sentinel-s2-l2a-cogs", None, _PC_S2, {}),
-    # Copernicus Data Space: resolution-suffixed keys, JP2 on its S3 (GDAL needs AWS_S3_ENDPOINT and keys)
+    # Copernicus Data Space: resolution-suffixed keys, JP2 on its S3 (`StacCatalog.s3_endpoint` and keys)
     "cdse": Provider("sentinel-2-l2a", None, _CDSE_S2, {}),
     "demo": Provider("sentinel-2-l2a", "sentinel-1-rtc", _PC_S2, {"VV": "vv", "VH": "vh"}),
 }
+# `provider: auto` knows these APIs by their URL, and any other source by its items' asset keys
+KNOWN_APIS: tuple[tuple[str, str], ...] = (
+    ("planetarycomputer.microsoft.com", "planetary-computer"),
+    ("earth-search.aws.element84.com/v1", "earth-search"),
+    ("earth-search.aws.element84.com/v0", "earth-search-v0"),
+    ("dataspace.copernicus.eu", "cdse"),
+)
+MASKS = ("SCL", "CLOUD")
+
+
+def provider_of_url(url: str) -> str | None:
+    return next((name for host, name in KNOWN_APIS if host in url), None)
+
+
+def detect_provider(item: dict[str, Any], sensor: Sensor) -> str | None:
+    """The provider whose band asset keys the item carries, its collection breaking a tie (Planetary
+    Computer and Earth Search v0 share keys); None when no provider's layout fits."""
+    assets = set(item.get("assets", {}))
+    fits = [name for name, p in PROVIDERS.items() if name != "demo"
+            and {k for b, k in p.assets(sensor).items() if b not in MASKS} <= assets and p.assets(sensor)]
+    same_collection = [name for name in fits if PROVIDERS[name].collection(sensor) == item.get("collection")]
+    return (same_collection or fits or [None])[0]
 
 
 @dataclass(frozen=True)
@@ -140,13 +168,14 @@ def scene_from_item(item: pystac.Item | dict[str, Any], sensor: Sensor, provider
     data = item.to_dict() if isinstance(item, pystac.Item) else item
     props = data.get("properties", {})
     assets = data.get("assets", {})
-    mapping = provider.s2_assets if sensor == "s2" else provider.s1_assets
+    mapping = provider.assets(sensor)
     missing = [band for band, key in mapping.items() if key not in assets]
     if not mapping:
         return f"this provider has no {sensor.upper()} asset mapping"
     if missing:
         keys = ", ".join(mapping[b] for b in missing)
-        return f"missing assets {keys} ({sensor.upper()} needs {', '.join(mapping.values())})"
+        hint = "; for items without SCL set s2_mask to cloud or none" if "SCL" in missing else ""
+        return f"missing assets {keys} ({sensor.upper()} needs {', '.join(mapping.values())}{hint})"
     when = props.get("datetime") or props.get("start_datetime")
     if when is None:
         return "no datetime"
@@ -174,47 +203,91 @@ def _intersects(item_bbox: list[float] | None, bbox: tuple[float, float, float, 
 
 class StacCatalog(ConfigurableResource):
     """A STAC API root URL or a static catalog (`static_root`), the provider whose names it uses,
-    and how its scenes are read (workers, the share that may be lost, step retries)."""
+    and how its scenes are read (workers, the share that may be lost, step retries, credentials)."""
 
     url: str
-    provider: Literal["planetary-computer", "earth-search", "earth-search-v0", "cdse", "demo"] = "demo"
+    # "auto": a known API by its URL (KNOWN_APIS), any other source item by item from its asset keys
+    provider: Literal["auto", "planetary-computer", "earth-search", "earth-search-v0", "cdse", "demo"] = "demo"
     s2_collection: str | None = None
     s1_collection: str | None = None
     page_size: int = 100
     sign_hrefs: bool | None = None  # None: the provider's default
-    # our band name (B04 ... B12, SCL, VV, VH) -> this catalog's asset key, over the provider's names:
-    # for a catalog whose layout no provider matches
+    # our band name (B04 ... B12, SCL, CLOUD, VV, VH) -> this catalog's asset key, over the provider's
+    # names: for a catalog whose layout no provider matches
     asset_keys: dict[str, str] = {}
-    # "scl": clear pixels by the scene classification (TESSERA's rule, items without SCL are refused);
-    # "none": every valid pixel counts as clear, for catalogs whose items carry no SCL (opt-in: clouds
-    # then reach the encoder as observations, and the partition metadata says so)
-    s2_mask: Literal["scl", "none"] = "scl"
+    # "scl": clear pixels by the scene classification (TESSERA's rule; items without SCL are refused);
+    # "cloud": clear where the item's cloud mask or probability asset (asset_keys CLOUD=<key>: an
+    # s2cloudless or Sen2Cor MSK_CLDPRB layer) is below `cloud_clear_below`; "none": every valid pixel
+    # counts as clear. The last two are opt-ins for
+    # catalogs without SCL (clouds the mask misses reach the encoder), named in the partition metadata.
+    s2_mask: Literal["scl", "cloud", "none"] = "scl"
+    cloud_clear_below: float = 40.0  # a cloud probability in percent; 1 for a 0 (clear) / 1 (cloud) mask
     read_workers: int = 8  # observations read at once: overlaps the latency of remote COG reads
     max_lost_fraction: float = 0.1  # a partition fails when more of its scenes than this cannot be read
     step_retries: int = 2  # ... and is retried this many times, a fresh step each time, ...
     step_retry_seconds: float = 60.0  # ... this long after the first failure, doubling each time
+    # s3:// hrefs (CDSE's eodata, a MinIO): the S3-compatible endpoint (`host`, `https://host` or
+    # `http://host:port`) and keys; give the keys as Dagster EnvVars so they never show in run config
+    s3_endpoint: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
 
-    @property
-    def _provider(self) -> Provider:
-        base = PROVIDERS[self.provider]
-        if self.s2_mask == "none":
-            base = replace(base, s2_assets={b: k for b, k in base.s2_assets.items() if b != "SCL"})
-        if not self.asset_keys:
-            return base
-        unknown = sorted(set(self.asset_keys) - {*S2_BANDS, "SCL", *S1_BANDS})
+    def _named_provider(self) -> str | None:
+        return provider_of_url(self.url) if self.provider == "auto" else self.provider
+
+    def provider_for(self, item: dict[str, Any], sensor: Sensor) -> Provider | str:
+        """The asset names to read an item by (the provider's, with the mask chosen and the user's
+        `asset_keys` over them), or the reason none fits."""
+        name = self._named_provider() or detect_provider(item, sensor)
+        if name is None:
+            if not self.asset_keys:
+                return "its asset keys fit no known provider: name the provider, or map the keys with asset_keys"
+            name = "planetary-computer"  # its keys are our band names, the user's map goes over them
+        return self._mapped(name, sensor)
+
+    def _check_asset_keys(self) -> None:
+        unknown = sorted(set(self.asset_keys) - {*S2_BANDS, *MASKS, *S1_BANDS})
         if unknown:
             raise CatalogError(f"asset_keys names unknown bands {', '.join(unknown)}: use "
-                               f"{', '.join((*S2_BANDS, 'SCL', *S1_BANDS))}")
-        return replace(base, s2_assets={b: self.asset_keys.get(b, k) for b, k in base.s2_assets.items()},
-                       s1_assets={b: self.asset_keys.get(b, k) for b, k in base.s1_assets.items()})
+                               f"{', '.join((*S2_BANDS, *MASKS, *S1_BANDS))}")
+
+    def _mapped(self, name: str, sensor: Sensor) -> Provider:
+        self._check_asset_keys()
+        base = PROVIDERS[name]
+        if sensor == "s1":
+            return replace(base, s1_assets={b: self.asset_keys.get(b, k) for b, k in base.s1_assets.items()})
+        s2 = {b: k for b, k in base.s2_assets.items() if b not in MASKS}
+        if self.s2_mask == "scl":
+            s2["SCL"] = base.s2_assets["SCL"]
+        elif self.s2_mask == "cloud":
+            if "CLOUD" not in self.asset_keys:
+                raise CatalogError("s2_mask 'cloud' needs the asset key of the items' cloud mask: "
+                                   "asset_keys CLOUD=<key> (TESSERA_S2_ASSET_KEYS=CLOUD=<key>)")
+            s2["CLOUD"] = self.asset_keys["CLOUD"]
+        return replace(base, s2_assets={b: self.asset_keys.get(b, k) for b, k in s2.items()})
 
     def collection(self, sensor: Sensor) -> str:
-        chosen = (self.s2_collection or self._provider.s2_collection) if sensor == "s2" else (
-            self.s1_collection or self._provider.s1_collection
-        )
+        chosen = self.s2_collection if sensor == "s2" else self.s1_collection
+        chosen = chosen or PROVIDERS[self._named_provider() or "planetary-computer"].collection(sensor)
         if chosen is None:
             raise CatalogError(f"provider {self.provider!r} offers no {sensor.upper()} collection")
         return chosen
+
+    def gdal_options(self) -> dict[str, str]:
+        """The GDAL settings this catalog's hrefs need to be read: an S3-compatible endpoint and its
+        keys (without keys, requests go unsigned)."""
+        if not (self.s3_endpoint or self.s3_access_key_id):
+            return {}
+        options = {"AWS_NO_SIGN_REQUEST": "YES"}
+        if self.s3_access_key_id:
+            if not self.s3_secret_access_key:
+                raise CatalogError("s3_access_key_id is set without s3_secret_access_key")
+            options = {"AWS_ACCESS_KEY_ID": self.s3_access_key_id, "AWS_SECRET_ACCESS_KEY": self.s3_secret_access_key}
+        if self.s3_endpoint:
+            scheme, _, host = self.s3_endpoint.rpartition("://")
+            options |= {"AWS_S3_ENDPOINT": host.rstrip("/"), "AWS_HTTPS": "NO" if scheme == "http" else "YES",
+                        "AWS_VIRTUAL_HOSTING": "FALSE"}
+        return options
 
     def static_root(self) -> str | None:
         """The catalog.json of a static catalog, or None for a STAC API. A static catalog is a local
@@ -229,6 +302,7 @@ class StacCatalog(ConfigurableResource):
         return str(path / "catalog.json" if path.is_dir() or not url.endswith(".json") else path)
 
     def search(self, sensor: Sensor, bbox: tuple[float, float, float, float], year: int) -> SearchResult:
+        self._check_asset_keys()  # before any request: a typo costs no search
         collection = self.collection(sensor)
         root = self.static_root()
         items = self._static_items(root, collection, bbox, year) if root else self._api_items(
@@ -239,7 +313,8 @@ class StacCatalog(ConfigurableResource):
             if item.get("collection") != collection:
                 result.rejected.append((item["id"], f"collection {item.get('collection')}, not the requested {collection}"))
                 continue
-            scene = scene_from_item(item, sensor, self._provider)
+            provider = self.provider_for(item, sensor)
+            scene = provider if isinstance(provider, str) else scene_from_item(item, sensor, provider)
             if isinstance(scene, str):
                 result.rejected.append((item["id"], scene))
             else:
@@ -250,7 +325,8 @@ class StacCatalog(ConfigurableResource):
     def signer(self) -> Callable[[str], str] | None:
         """What makes an href readable right before it is opened (Planetary Computer: a SAS token),
         so a token never expires during a long ingest; None when hrefs are read as they are."""
-        sign = self._provider.sign_hrefs if self.sign_hrefs is None else self.sign_hrefs
+        name = self._named_provider()
+        sign = (name is not None and PROVIDERS[name].sign_hrefs) if self.sign_hrefs is None else self.sign_hrefs
         if not sign:
             return None
         try:

@@ -8,11 +8,14 @@
 | `cdse` | Copernicus Data Space `sentinel-2-l2a` | Planetary Computer (CDSE serves GRD, not RTC) |
 | `custom` | TESSERA_S2_CATALOG, TESSERA_S2_PROVIDER | TESSERA_S1_CATALOG, TESSERA_S1_PROVIDER |
 
-A catalog is a STAC API root or a static catalog (see `StacCatalog.static_root`); TESSERA_S2_COLLECTION
-and TESSERA_S1_COLLECTION override the provider's collection names, TESSERA_S2_ASSET_KEYS and
-TESSERA_S1_ASSET_KEYS (`B04=red,SCL=scl`) its asset keys; TESSERA_S2_MASK=none ingests items that
-carry no SCL (every valid pixel an observation). The same fields show in the
-Dagster launchpad under `s2_catalog` and `s1_catalog`. TESSERA_HOME moves the data root,
+A catalog is a STAC API root or a static catalog (see `StacCatalog.static_root`); a custom one's
+provider defaults to `auto` (told from the URL or the items' asset keys). TESSERA_S2_COLLECTION and
+TESSERA_S1_COLLECTION override the provider's collection names, TESSERA_S2_ASSET_KEYS and
+TESSERA_S1_ASSET_KEYS (`B04=red,SCL=scl`) its asset keys; TESSERA_S2_MASK=cloud or none ingests items
+that carry no SCL. s3:// hrefs are read through TESSERA_S2_S3_ENDPOINT / TESSERA_S1_S3_ENDPOINT (CDSE's
+is preset) with the keys in TESSERA_S3_ACCESS_KEY_ID and TESSERA_S3_SECRET_ACCESS_KEY, passed as
+Dagster EnvVars: resolved when a run starts, never written into run config. The same fields show in
+the Dagster launchpad under `s2_catalog` and `s1_catalog`. TESSERA_HOME moves the data root,
 TESSERA_REGIONS the regions file, TESSERA_LANCEDB_URI the embedding table.
 
 The other resources are imported where they are built: a one-off `tessera search` needs only the
@@ -29,12 +32,13 @@ from resources.vector_store import VectorStore
 PLANETARY_COMPUTER_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
 EARTH_SEARCH_API = "https://earth-search.aws.element84.com/v1"
 CDSE_API = "https://stac.dataspace.copernicus.eu/v1"
-PLANETARY_COMPUTER = (PLANETARY_COMPUTER_API, "planetary-computer")
-# deployment -> (S2 source, S1 source), each (catalog, provider)
-DEPLOYMENTS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+CDSE_S3 = "https://eodata.dataspace.copernicus.eu"  # where CDSE's s3://eodata/... hrefs are read
+PLANETARY_COMPUTER = (PLANETARY_COMPUTER_API, "planetary-computer", None)
+# deployment -> (S2 source, S1 source), each (catalog, provider, S3 endpoint of its hrefs)
+DEPLOYMENTS: dict[str, tuple[tuple[str, str, str | None], tuple[str, str, str | None]]] = {
     "planetary-computer": (PLANETARY_COMPUTER, PLANETARY_COMPUTER),
-    "earth-search": ((EARTH_SEARCH_API, "earth-search"), PLANETARY_COMPUTER),
-    "cdse": ((CDSE_API, "cdse"), PLANETARY_COMPUTER),
+    "earth-search": ((EARTH_SEARCH_API, "earth-search", None), PLANETARY_COMPUTER),
+    "cdse": ((CDSE_API, "cdse", CDSE_S3), PLANETARY_COMPUTER),
 }
 ALIASES = {"cloud": "planetary-computer"}
 
@@ -62,6 +66,7 @@ def build_resources(deployment: str | None = None) -> dict[str, Any]:
 def scene_catalogs(deployment: str | None = None):
     """The S2 and S1 `StacCatalog`s of a deployment (module doc); a bad name or value is a
     ConfigurationError naming the variable and what it may be."""
+    from dagster import EnvVar
     from pydantic import ValidationError
 
     from resources.stac import PROVIDERS, StacCatalog
@@ -69,7 +74,7 @@ def scene_catalogs(deployment: str | None = None):
     name = deployment or os.environ.get("TESSERA_DEPLOYMENT", "local")
     name = ALIASES.get(name, name)
     if name == "local":
-        sources = [(f"{tessera_home()}/data/demo_catalog/catalog.json", "demo")] * 2
+        sources = [(f"{tessera_home()}/data/demo_catalog/catalog.json", "demo", None)] * 2
     elif name == "custom":
         sources = []
         for sensor in ("S2", "S1"):
@@ -77,23 +82,27 @@ def scene_catalogs(deployment: str | None = None):
             if not url:
                 raise ConfigurationError(f"TESSERA_DEPLOYMENT=custom needs TESSERA_{sensor}_CATALOG: a STAC API root, or "
                                          f"a static catalog (path, folder, file:// or https://.../catalog.json)")
-            sources.append((url, os.environ.get(f"TESSERA_{sensor}_PROVIDER", "planetary-computer")))
+            sources.append((url, os.environ.get(f"TESSERA_{sensor}_PROVIDER", "auto"),
+                            os.environ.get(f"TESSERA_{sensor}_S3_ENDPOINT")))
     elif name in DEPLOYMENTS:
         sources = list(DEPLOYMENTS[name])
     else:
         known = ", ".join(["local", *DEPLOYMENTS, "custom", *ALIASES])
         raise ConfigurationError(f"unknown TESSERA_DEPLOYMENT {name!r}: use one of {known}")
     catalogs = []
-    for sensor, (url, provider) in zip(("S2", "S1"), sources):
-        if provider not in PROVIDERS:
-            raise ConfigurationError(f"unknown TESSERA_{sensor}_PROVIDER {provider!r}: use one of {', '.join(PROVIDERS)}")
+    for sensor, (url, provider, s3_endpoint) in zip(("S2", "S1"), sources):
+        if provider not in ("auto", *PROVIDERS):
+            raise ConfigurationError(f"unknown TESSERA_{sensor}_PROVIDER {provider!r}: use one of auto, "
+                                     f"{', '.join(PROVIDERS)}")
+        s3 = {"s3_endpoint": s3_endpoint, "s3_access_key_id": EnvVar("TESSERA_S3_ACCESS_KEY_ID"),
+              "s3_secret_access_key": EnvVar("TESSERA_S3_SECRET_ACCESS_KEY")} if s3_endpoint else {}
         collection = os.environ.get(f"TESSERA_{sensor}_COLLECTION")
         pairs = [p.split("=", 1) for p in os.environ.get(f"TESSERA_{sensor}_ASSET_KEYS", "").split(",") if p.strip()]
         if any(len(p) != 2 for p in pairs):
             raise ConfigurationError(f"TESSERA_{sensor}_ASSET_KEYS must read BAND=key,BAND=key (e.g. B04=red,SCL=scl)")
         try:
             catalogs.append(StacCatalog(url=url, provider=provider, asset_keys={b.strip(): k.strip() for b, k in pairs},
-                                        s2_mask=os.environ.get("TESSERA_S2_MASK", "scl"),
+                                        s2_mask=os.environ.get("TESSERA_S2_MASK", "scl"), **s3,
                                         **{f"{sensor.lower()}_collection": collection}))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

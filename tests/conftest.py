@@ -94,3 +94,32 @@ def embedded_env(demo_env):
         results = {key: materialize([embeddings], partition_key=key, instance=instance, resources=demo_env.resources)
                    for key in keys}
         yield demo_env, instance, trained, results[keys[-1]]
+
+
+@dataclass
+class S3Endpoint:
+    """A local S3 API (moto's server) with one bucket, `tessera`, and the keys it was made with."""
+
+    url: str
+    client: object
+    key_id: str = "test"
+    secret: str = "test"
+
+
+@pytest.fixture()
+def s3_endpoint():
+    boto3 = pytest.importorskip("boto3")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")
+    client.create_bucket(Bucket="tessera")
+    yield S3Endpoint(url, client)
+    server.stop()

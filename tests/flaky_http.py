@@ -1,6 +1,9 @@
 """A local HTTP server for COGs that behaves like a busy object store: HTTP range requests (what
 GDAL's /vsicurl/ sends), a fixed latency per request, a share of requests failed with 503 at random
-(transient: GDAL retries them), and files refused with 403 (an expired signed URL: final). Used by the ingest tests and by `bench/ingest.py`."""
+(transient: GDAL retries them), files refused with 403 (an expired signed URL: final), and, with
+`token_ttl_s`, every request refused with 403 unless its URL carries a `token` issued by `sign` less
+than that long ago (Planetary Computer's SAS tokens, in miniature). Used by the ingest tests and by
+`bench/ingest.py`."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
@@ -19,9 +23,10 @@ class FlakyCogServer:
     """Serves `root` at `url` while used as a context manager; counts requests and bytes."""
 
     def __init__(self, root: Path, latency_s: float = 0.0, fail_share: float = 0.0, always_fail: set[str] = frozenset(),
-                 seed: int = 0):
+                 seed: int = 0, token_ttl_s: float | None = None):
         self.root, self.latency_s, self.fail_share, self.always_fail = Path(root), latency_s, fail_share, set(always_fail)
-        self.requests = self.failed = self.bytes = 0
+        self.token_ttl_s = token_ttl_s
+        self.requests = self.failed = self.bytes = self.signed = 0
         self._lock = threading.Lock()
         self._random = random.Random(seed)
         server = self
@@ -41,7 +46,7 @@ class FlakyCogServer:
             def _serve(self, body: bool) -> None:
                 time.sleep(server.latency_s)
                 path = server.root / self.path.split("?")[0].lstrip("/")
-                refused = self.path.lstrip("/") in server.always_fail
+                refused = self.path.lstrip("/") in server.always_fail or server.expired(self.path)
                 with server._lock:
                     server.requests += 1
                     fail = refused or server._random.random() < server.fail_share
@@ -78,6 +83,18 @@ class FlakyCogServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def sign(self, href: str) -> str:
+        """`href` with a token valid for `token_ttl_s` from now."""
+        with self._lock:
+            self.signed += 1
+        return f"{href}?token={time.time()}"
+
+    def expired(self, path: str) -> bool:
+        if self.token_ttl_s is None:
+            return False
+        token = parse_qs(urlsplit(path).query).get("token", ["0"])[0]
+        return time.time() - float(token) > self.token_ttl_s
 
     def href(self, local: str) -> str:
         """The URL this server gives a file under its root."""

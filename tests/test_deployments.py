@@ -33,10 +33,27 @@ def test_a_custom_deployment_reads_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TESSERA_S1_ASSET_KEYS", "VV=gamma0_vv, VH=gamma0_vh")
     s2, s1 = scene_catalogs()
     assert s2.static_root() == f"{tmp_path}/catalog.json" and s2.collection("s2") == "my-l2a"
-    assert s1.static_root() is None and s1.provider == "planetary-computer"
+    assert s1.static_root() is None and s1.provider == "auto", "a custom catalog's provider is told from its items"
     item = {"id": "x", "collection": "sentinel-1-rtc", "properties": {"datetime": "2022-05-01T06:00:00Z"},
             "assets": {"gamma0_vv": {"href": "vv.tif"}, "gamma0_vh": {"href": "vh.tif"}}}
-    assert scene_from_item(item, "s1", s1._provider).hrefs == {"VV": "vv.tif", "VH": "vh.tif"}
+    assert scene_from_item(item, "s1", s1.provider_for(item, "s1")).hrefs == {"VV": "vv.tif", "VH": "vh.tif"}
+    assert s2.gdal_options() == {} and s2.s3_access_key_id is None
+
+
+def test_object_store_keys_are_env_vars_resolved_when_a_run_starts(monkeypatch):
+    """CDSE's s3:// hrefs need its endpoint and keys: the keys are Dagster EnvVars (the launchpad
+    shows the variable's name, never its value), and a run without them fails naming the variable."""
+    from dagster import EnvVar
+
+    s2, _ = scene_catalogs("cdse")
+    assert s2.s3_endpoint == "https://eodata.dataspace.copernicus.eu"
+    assert isinstance(s2.s3_access_key_id, EnvVar) and s2.s3_access_key_id.env_var_name == "TESSERA_S3_ACCESS_KEY_ID"
+    monkeypatch.setenv("TESSERA_DEPLOYMENT", "custom")
+    monkeypatch.setenv("TESSERA_S2_CATALOG", "https://stac.example.org/v1")
+    monkeypatch.setenv("TESSERA_S1_CATALOG", "https://stac.example.org/v1")
+    monkeypatch.setenv("TESSERA_S2_S3_ENDPOINT", "http://127.0.0.1:9000")
+    s2, s1 = scene_catalogs()
+    assert isinstance(s2.s3_secret_access_key, EnvVar) and s1.s3_endpoint is None
 
 
 @pytest.mark.parametrize("env, message", [
@@ -71,5 +88,5 @@ def test_the_scl_opt_out_is_a_setting_and_a_bad_one_is_named(monkeypatch):
     monkeypatch.setenv("TESSERA_S2_MASK", "none")
     assert scene_catalogs("earth-search")[0].s2_mask == "none"
     monkeypatch.setenv("TESSERA_S2_MASK", "clouds")
-    with pytest.raises(ConfigurationError, match="bad S2 catalog settings: s2_mask: Input should be 'scl' or 'none'"):
+    with pytest.raises(ConfigurationError, match="bad S2 catalog settings: s2_mask: Input should be 'scl', 'cloud' or 'none'"):
         scene_catalogs("earth-search")

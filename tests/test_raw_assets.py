@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,9 +274,9 @@ def test_items_without_scl_are_refused_unless_the_catalog_opts_out_of_the_mask(d
     item = _load_fixture_item()
     del item["assets"]["SCL"]
     strict = StacCatalog(url="https://example.org/stac/v1", provider="planetary-computer")
-    assert scene_from_item(item, "s2", strict._provider).startswith("missing assets SCL")
+    assert scene_from_item(item, "s2", strict.provider_for(item, "s2")).startswith("missing assets SCL")
     lenient = strict.model_copy(update={"s2_mask": "none"})
-    assert "SCL" not in scene_from_item(item, "s2", lenient._provider).hrefs
+    assert "SCL" not in scene_from_item(item, "s2", lenient.provider_for(item, "s2")).hrefs
 
     region = demo_env.resources["regions"].get(TINY_REGION)
     scenes = demo_env.resources["s2_catalog"].search("s2", region.bbox, TINY_YEAR).scenes[:6]
@@ -330,10 +331,87 @@ def test_remote_reads_in_parallel_survive_transient_failures_with_the_same_bytes
         report = ingest("s2", remote, region.grid, tmp_path / "remote", workers=4)
     assert server.failed > 0, "the server did fail some requests"
     assert report.lost == []
-    expected, got = _cube(tmp_path / "local"), _cube(tmp_path / "remote")
+    _same_cube(tmp_path / "local", tmp_path / "remote")
+
+
+def _same_cube(expected_dir, got_dir) -> None:
+    expected, got = _cube(expected_dir), _cube(got_dir)
     assert np.array_equal(expected[0], got[0])
     for (name_a, data_a, mask_a), (name_b, data_b, mask_b) in zip(expected[1], got[1], strict=True):
         assert name_a == name_b and np.array_equal(data_a, data_b) and np.array_equal(mask_a, mask_b)
+
+
+def test_hrefs_are_signed_as_they_are_opened_so_tokens_never_expire_mid_ingest(demo_env, tmp_path):
+    """A server whose tokens live 1.5 s: hrefs signed when the scenes were found are refused after
+    that long; signed by the ingest as each file is opened, every scene is read."""
+    import time
+
+    from flaky_http import FlakyCogServer
+    from resources.raw_ingest import ingest
+
+    with FlakyCogServer(demo_env.catalog_root, latency_s=0.01, token_ttl_s=1.5) as server:
+        region, _, remote = _scenes_over_http(demo_env, server, "s2", 4)
+        signed_early = [dataclasses.replace(s, hrefs={b: server.sign(h) for b, h in s.hrefs.items()}) for s in remote]
+        time.sleep(1.6)
+        for name in ("early", "at_read"):
+            (tmp_path / name).mkdir()
+        early = ingest("s2", signed_early, region.grid, tmp_path / "early", workers=2)
+        at_read = ingest("s2", remote, region.grid, tmp_path / "at_read", workers=2, sign=server.sign)
+    assert len(early.lost) == 4 and all("403" in reason for _, reason in early.lost), early.lost
+    assert at_read.lost == [] and at_read.scenes_used == 4
+    assert server.signed == 2 * sum(len(s.hrefs) for s in remote), "each href signed once more, as it was opened"
+
+
+def test_s3_hrefs_are_read_with_the_catalogs_endpoint_and_keys(demo_env, tmp_path, s3_endpoint):
+    """The demo COGs copied to a local S3 API and named by s3:// hrefs (CDSE's eodata layout): read
+    with the endpoint and keys of the catalog, the partition is the one a local read writes."""
+    from resources.raw_ingest import ingest
+    from resources.stac import StacCatalog
+
+    region = demo_env.resources["regions"].get(TINY_REGION)
+    local = demo_env.resources["s2_catalog"].search("s2", region.bbox, TINY_YEAR).scenes[:3]
+    remote = []
+    for scene in local:
+        hrefs = {}
+        for band, href in scene.hrefs.items():
+            key = f"eodata/{Path(href).relative_to(demo_env.catalog_root)}"
+            s3_endpoint.client.upload_file(href, "tessera", key)
+            hrefs[band] = f"s3://tessera/{key}"
+        remote.append(dataclasses.replace(scene, hrefs=hrefs))
+    catalog = StacCatalog(url="https://stac.example.org/v1", provider="cdse", s3_endpoint=s3_endpoint.url,
+                          s3_access_key_id=s3_endpoint.key_id, s3_secret_access_key=s3_endpoint.secret)
+    for name in ("local", "s3"):
+        (tmp_path / name).mkdir()
+    ingest("s2", local, region.grid, tmp_path / "local")
+    report = ingest("s2", remote, region.grid, tmp_path / "s3", workers=2, gdal_options=catalog.gdal_options())
+    assert report.lost == [] and report.scenes_used == 3
+    _same_cube(tmp_path / "local", tmp_path / "s3")
+
+
+def test_a_cloud_probability_asset_can_stand_in_for_scl(demo_env, tmp_path):
+    """`s2_mask: cloud` with a cloud layer made from each scene's SCL (100 where SCL says unusable,
+    0 elsewhere) writes exactly what the SCL itself writes."""
+    from resources.raw_ingest import ingest
+    from resources.sentinel import scl_clear
+
+    region = demo_env.resources["regions"].get(TINY_REGION)
+    scenes = demo_env.resources["s2_catalog"].search("s2", region.bbox, TINY_YEAR).scenes[:5]
+    clouded = []
+    for scene in scenes:
+        with rasterio.open(scene.hrefs["SCL"]) as src:
+            scl = src.read(1, masked=True)
+            profile = dict(src.profile, driver="GTiff", dtype="uint8", nodata=255)
+        cloud = np.where(scl.mask, 255, np.where(scl_clear(scl.filled(0)), 0, 100)).astype(np.uint8)
+        path = tmp_path / f"{scene.id}_cloud.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(cloud, 1)
+        hrefs = {b: h for b, h in scene.hrefs.items() if b != "SCL"} | {"CLOUD": str(path)}
+        clouded.append(dataclasses.replace(scene, hrefs=hrefs))
+    for name in ("scl", "cloud"):
+        (tmp_path / name).mkdir()
+    ingest("s2", scenes, region.grid, tmp_path / "scl")
+    ingest("s2", clouded, region.grid, tmp_path / "cloud", cloud_clear_below=40)
+    _same_cube(tmp_path / "scl", tmp_path / "cloud")
 
 
 def test_scenes_that_cannot_be_read_are_named_and_too_many_fail_the_partition(demo_env, tmp_path, instance):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import fixtures_dir
 from resources.errors import CatalogError
-from resources.stac import PROVIDERS, StacCatalog, s2_offset_dn, scene_from_item
+from resources.stac import PROVIDERS, StacCatalog, detect_provider, s2_offset_dn, scene_from_item
 
 EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
 
@@ -167,14 +167,67 @@ def test_cdse_items_map_their_suffixed_assets_and_take_the_offset_from_the_item(
 
 
 def test_earth_search_v0_items_take_the_baseline_from_the_product_id():
-    item = {"type": "Feature", "id": "S2B_31UFS_20220315_0_L2A", "collection": "sentinel-s2-l2a-cogs",
-            "bbox": [5.0, 51.2, 5.1, 51.3],
-            "properties": {"datetime": "2022-03-15T10:46:29Z", "eo:cloud_cover": 3.2,
-                           "sentinel:product_id": "S2B_MSIL2A_20220315T103629_N0400_R008_T31UFS_20220315T134546"},
-            "assets": {k: {"href": f"https://sentinel-cogs.s3.us-west-2.amazonaws.com/31/U/FS/{k}.tif"}
-                       for k in PROVIDERS["earth-search-v0"].s2_assets.values()}}
+    item = _earth_search_v0_item()
+    item["properties"] |= {"eo:cloud_cover": 3.2,
+                           "sentinel:product_id": "S2B_MSIL2A_20220315T103629_N0400_R008_T31UFS_20220315T134546"}
     scene = scene_from_item(item, "s2", PROVIDERS["earth-search-v0"])
     assert scene.offset_dn == 1000 and scene.hrefs["B8A"].endswith("B8A.tif")
+
+
+def _earth_search_v0_item() -> dict:
+    return {"type": "Feature", "id": "S2B_31UFS_20220315_0_L2A", "collection": "sentinel-s2-l2a-cogs",
+            "properties": {"datetime": "2022-03-15T10:46:29Z"},
+            "assets": {k: {"href": f"{k}.tif"} for k in PROVIDERS["earth-search-v0"].s2_assets.values()}}
+
+
+def test_auto_tells_the_provider_from_the_api_url_or_the_items_asset_keys():
+    """Recorded items of Planetary Computer, Earth Search v1 and CDSE, and an Earth Search v0 item:
+    each read by its own provider's names with `provider: auto`; keys no provider uses are named."""
+    pc = _load("stac-geoparquet", "sentinel-2-l2a-pc.json")[0]
+    rtc = _load("stac-geoparquet", "sentinel-1-rtc-pc.json")[0]
+    es = next(f for f in _load("pystac-client", "earth-search-v1_search_cloud-lte-40_page1.json")["features"]
+              if f["collection"] == "sentinel-2-l2a")
+    cdse = _cdse_item("05.11", with_raster_metadata=True)
+    expected = [(pc, "s2", "planetary-computer"), (rtc, "s1", "planetary-computer"), (es, "s2", "earth-search"),
+                (cdse, "s2", "cdse"), (_earth_search_v0_item(), "s2", "earth-search-v0")]
+    assert [detect_provider(item, sensor) for item, sensor, _ in expected] == [name for _, _, name in expected]
+    static = StacCatalog(url="/data/mixed/catalog.json", provider="auto")
+    for item, sensor, name in expected:
+        assert static.provider_for(item, sensor).assets(sensor) == PROVIDERS[name].assets(sensor)
+    assert static.collection("s2") == "sentinel-2-l2a" and static.collection("s1") == "sentinel-1-rtc"
+    by_url = StacCatalog(url="https://earth-search.aws.element84.com/v0", provider="auto")
+    assert by_url.collection("s2") == "sentinel-s2-l2a-cogs"
+    assert StacCatalog(url=EARTH_SEARCH, provider="auto").provider_for(pc, "s2").s2_assets["B04"] == "red", \
+        "a known API's URL decides over the keys"
+    odd = dict(pc, assets={f"band_{k}": v for k, v in pc["assets"].items()})
+    assert "fit no known provider" in static.provider_for(odd, "s2")
+    mapped = StacCatalog(url="/x", provider="auto", asset_keys={b: f"band_{b}" for b in (*PROVIDERS["demo"].s2_assets,)})
+    assert scene_from_item(odd, "s2", mapped.provider_for(odd, "s2")).hrefs["B04"] == pc["assets"]["B04"]["href"]
+
+
+def test_the_s2_mask_names_its_asset_and_a_missing_one_is_explained():
+    item = _cdse_item("05.11", with_raster_metadata=True)
+    item["assets"]["MSK_CLDPRB_20m"] = {"href": "s3://eodata/Sentinel-2/MSI/L2A/2023/06/01/MSK_CLDPRB_20m.jp2"}
+    cloud = StacCatalog(url="/x", provider="cdse", s2_mask="cloud", asset_keys={"CLOUD": "MSK_CLDPRB_20m"})
+    scene = scene_from_item(item, "s2", cloud.provider_for(item, "s2"))
+    assert scene.hrefs["CLOUD"].endswith("MSK_CLDPRB_20m.jp2") and "SCL" not in scene.hrefs
+    with pytest.raises(CatalogError, match="s2_mask 'cloud' needs the asset key of the items' cloud mask"):
+        StacCatalog(url="/x", provider="cdse", s2_mask="cloud").provider_for(item, "s2")
+    no_scl = dict(item, assets={k: v for k, v in item["assets"].items() if k != "SCL_20m"})
+    reason = scene_from_item(no_scl, "s2", StacCatalog(url="/x", provider="cdse").provider_for(no_scl, "s2"))
+    assert reason.startswith("missing assets SCL_20m") and "set s2_mask to cloud or none" in reason
+
+
+def test_s3_hrefs_get_the_endpoint_and_keys():
+    assert StacCatalog(url="/x").gdal_options() == {}
+    cdse = StacCatalog(url="/x", s3_endpoint="https://eodata.dataspace.copernicus.eu",
+                       s3_access_key_id="AK", s3_secret_access_key="SK").gdal_options()
+    assert cdse == {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK", "AWS_HTTPS": "YES",
+                    "AWS_S3_ENDPOINT": "eodata.dataspace.copernicus.eu", "AWS_VIRTUAL_HOSTING": "FALSE"}
+    public = StacCatalog(url="/x", s3_endpoint="http://127.0.0.1:9000").gdal_options()
+    assert public["AWS_NO_SIGN_REQUEST"] == "YES" and public["AWS_HTTPS"] == "NO"
+    with pytest.raises(CatalogError, match="without s3_secret_access_key"):
+        StacCatalog(url="/x", s3_access_key_id="AK").gdal_options()
 
 
 def test_earth_search_offers_no_s1_and_missing_static_catalog_is_named(tmp_path):

@@ -3,8 +3,6 @@ against a local S3 endpoint (moto's server, started by the test)."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 from dagster import materialize
@@ -17,20 +15,10 @@ from tessera_assets.vectors.assets import embedding_table
 
 
 @pytest.fixture()
-def s3_store():
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials).create_bucket(Bucket="tessera")
-    yield VectorStore(uri="s3://tessera/lancedb", storage_options={
-        "aws_endpoint": endpoint, "aws_region": "us-east-1", "allow_http": "true", **credentials})
-    server.stop()
+def s3_store(s3_endpoint):
+    return VectorStore(uri="s3://tessera/lancedb", storage_options={
+        "aws_endpoint": s3_endpoint.url, "aws_region": "us-east-1", "allow_http": "true",
+        "aws_access_key_id": s3_endpoint.key_id, "aws_secret_access_key": s3_endpoint.secret})
 
 
 def test_embedding_table_on_s3(embedded_env, s3_store):

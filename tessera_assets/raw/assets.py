@@ -103,7 +103,8 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
     final_dir = storage.raw_dir(sensor, year, region_name)
     with atomic_directory(final_dir) as tmp:
         report = ingest(sensor, found.scenes, grid, tmp, progress=context.log.info, valid_range=PHYSICAL_RANGE[sensor],
-                        workers=catalog.read_workers, sign=catalog.signer())
+                        workers=catalog.read_workers, sign=catalog.signer(), gdal_options=catalog.gdal_options(),
+                        cloud_clear_below=catalog.cloud_clear_below)
         if len(report.lost) > catalog.max_lost_fraction * len(found.scenes):
             lost = "; ".join(f"{i}: {r}" for i, r in report.lost[:10])
             raise SceneReadFailuresError(
@@ -133,7 +134,8 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
         "ingest_seconds": round(report.seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
         **units_metadata(report.values.units),
-        **({"s2_mask": catalog.s2_mask} if sensor == "s2" else {}),
+        **({"s2_mask": catalog.s2_mask + (f" (clear below {catalog.cloud_clear_below:g})"
+                                          if catalog.s2_mask == "cloud" else "")} if sensor == "s2" else {}),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "path": MetadataValue.path(str(final_dir)),
         "preview": markdown_image(final_dir / "preview.png", f"{sensor} composite"),
