@@ -70,3 +70,8 @@ def single_encoder(ids: set[str] | list[str], requested: str | None, what: str) 
             f"{what} mixes vectors of several encoders ({ids[0]} and {ids[1]}{' ...' if len(ids) > 2 else ''}), "
             "which are different embedding spaces: name one encoder_id to use")
     return ids[0]
+
+
+class TileSourceError(TesseraError):
+    """Official embedding tiles that cannot be read as they are: a root or store of the wrong layout,
+    a tile whose files disagree, a dataset other than the one asked for, no tile over the region."""

@@ -125,6 +125,14 @@ class TesseraStorage(ConfigurableResource):
                 found.append((year, region))
         return found
 
+    def observation_counts(self, sensor: str, year: int, region: str, shape: tuple[int, int]) -> np.ndarray:
+        """Valid observations per pixel of the raw partition; zeros (not known) where there is none,
+        as for embeddings read from official tiles."""
+        try:
+            return self.open_raw(sensor, year, region).valid_count()
+        except PartitionNotMaterialisedError:
+            return np.zeros(shape, np.uint16)
+
     def open_raw(self, sensor: str, year: int, region: str) -> "RawPartition":
         folder = self.raw_dir(sensor, year, region)
         if not (folder / INDEX_FILE).exists():

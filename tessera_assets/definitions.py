@@ -6,20 +6,26 @@ from dagster import Definitions, define_asset_job, load_assets_from_modules, mul
 
 from tessera_assets.partitions import year_region_partitions
 from tessera_assets.embeddings import assets as embedding_assets
+from tessera_assets.embeddings import imported
 from tessera_assets.fewshot import assets as fewshot_assets
 from tessera_assets.raw import assets as raw_assets
 from tessera_assets.vectors import assets as vector_assets
-from tessera_assets.resources_by_deployment import build_resources
+from tessera_assets.resources_by_deployment import build_resources, official_tiles
 from tessera_assets.sensors import region_partitions_sensor
 
-all_assets = load_assets_from_modules([raw_assets, embedding_assets, vector_assets, fewshot_assets])
-
-raw_job = define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"], partitions_def=year_region_partitions)
+downstream = load_assets_from_modules([vector_assets, fewshot_assets])
 embeddings_job = define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)
+if official_tiles() is None:  # embeddings computed from raw partitions by our encoder
+    all_assets = load_assets_from_modules([raw_assets, embedding_assets]) + downstream
+    jobs = [define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"], partitions_def=year_region_partitions),
+            embeddings_job]
+else:  # embeddings read from official tiles: no raw data, no encoder
+    all_assets = [imported.geotessera_tiles, imported.imported_embeddings] + downstream
+    jobs = [embeddings_job]
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[raw_job, embeddings_job],
+    jobs=jobs,
     sensors=[region_partitions_sensor, vector_assets.index_after_writes],
     resources=build_resources(),
     executor=multiprocess_executor.configured({"max_concurrent": 2}),

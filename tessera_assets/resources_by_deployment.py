@@ -51,6 +51,18 @@ def vector_store() -> VectorStore:
     return VectorStore(uri=os.environ.get("TESSERA_LANCEDB_URI", f"{tessera_home()}/data/lancedb"))
 
 
+def official_tiles():
+    """The `OfficialTiles` resource when TESSERA_EMBEDDINGS_TILES is set, else None (embeddings are
+    computed by our encoder)."""
+    root = os.environ.get("TESSERA_EMBEDDINGS_TILES")
+    if not root:
+        return None
+    from resources.geotessera_tiles import OfficialTiles
+
+    return OfficialTiles(root=root, dataset_version=os.environ.get("TESSERA_TILES_VERSION"),
+                         dataset_variant=os.environ.get("TESSERA_TILES_VARIANT"))
+
+
 def build_resources(deployment: str | None = None) -> dict[str, Any]:
     from resources.compute import ComputeDevice
     from resources.regions import RegionCatalog
@@ -60,7 +72,9 @@ def build_resources(deployment: str | None = None) -> dict[str, Any]:
     storage = TesseraStorage(root=f"{home}/data")
     regions = RegionCatalog(path=os.environ.get("TESSERA_REGIONS", "regions.yaml"))
     catalogs = {f"{sensor}_catalog": catalog for sensor, catalog in zip(("s2", "s1"), scene_catalogs(deployment))}
-    return {"storage": storage, "regions": regions, "compute": ComputeDevice(), "vectors": vector_store(), **catalogs}
+    tiles = official_tiles()
+    return {"storage": storage, "regions": regions, "compute": ComputeDevice(), "vectors": vector_store(), **catalogs,
+            **({"tiles": tiles} if tiles else {})}
 
 
 def scene_catalogs(deployment: str | None = None):

@@ -17,19 +17,34 @@ from dagster import DagsterInstance, materialize
 
 from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog, ground_truth_dir
 from resources.errors import PartitionNotMaterialisedError, TesseraError
-from resources.geotessera_export import export_partition
+from resources.geotessera_tiles import export_partition
 from resources.similarity import SearchFilter, Similarity, format_results, write_results
 from resources.regions import Region, validate_year
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
+from tessera_assets.embeddings.imported import imported_embeddings
 from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples, land_cover_map
 from tessera_assets.partitions import region_partitions, year_region_key
 from tessera_assets.raw.assets import demo_catalog_folder, s1_raw, s2_raw
 from tessera_assets.vectors.assets import embedding_index, embedding_table, load_queries, similarity_map
 from tessera_assets.resources_by_deployment import build_resources, tessera_home
 
-# Each stage is materialised for every demo partition (or once, if unpartitioned) before the next.
-PIPELINE_STAGES = [[s2_raw, s1_raw], [encoder_checkpoint], [embeddings], [embedding_table], [embedding_index], [similarity_map],
-                   [fewshot_samples, fewshot_classifier], [land_cover_map]]
+# Each stage is materialised for every partition (or once, if unpartitioned) before the next.
+COMPUTED = [("raw", [s2_raw, s1_raw]), ("encoder", [encoder_checkpoint]), ("embeddings", [embeddings])]
+IMPORTED = [("embeddings", [imported_embeddings])]  # from official tiles (TESSERA_EMBEDDINGS_TILES)
+DOWNSTREAM = [("table", [embedding_table]), ("index", [embedding_index]), ("maps", [similarity_map]),
+              ("fewshot", [fewshot_samples, fewshot_classifier]), ("land_cover", [land_cover_map])]
+UNTIL = {"raw": "raw", "embeddings": "embeddings", "table": "index", "maps": "maps"}  # --until: the last stage
+
+
+def pipeline_stages(imported: bool, until: str | None = None) -> list[list]:
+    """The stages of the pipeline, from raw data or from official tiles, up to `until` (`UNTIL`)."""
+    stages = (IMPORTED if imported else COMPUTED) + DOWNSTREAM
+    names = [name for name, _ in stages]
+    if until is not None:
+        if UNTIL[until] not in names:
+            raise TesseraError(f"--until {until}: embeddings come from official tiles here, there is no {until} stage")
+        stages = stages[:names.index(UNTIL[until]) + 1]
+    return [assets for _, assets in stages]
 INSTANCE_CONFIG = """\
 # Written by `tessera`: runs queue, and GPU steps (pool "gpu") run one at a time.
 concurrency:
@@ -92,7 +107,7 @@ def _print_summary(results: dict[tuple[str, str], dict]) -> None:
         s1 = results.get(("s1_raw", key), {})
         emb = results.get(("embeddings", key), {})
         print(f"{key:<18} {s2.get('observations', '-'):>6} {s2.get('coverage_at_least_5', '-'):>8} "
-              f"{s1.get('observations', '-'):>6} {emb.get('pixels_embedded', '-'):>9} "
+              f"{s1.get('observations', '-'):>6} {emb.get('pixels_embedded', emb.get('pixels_with_data', '-')):>9} "
               f"{emb.get('pixels_per_second', '-'):>8} {emb.get('no_data_fraction', '-'):>8}")
 
 
@@ -132,9 +147,6 @@ def materialise_stages(stages: list[list], regions: list[Region], years: list[in
     return results
 
 
-STAGES_UNTIL = {"raw": 1, "embeddings": 3, "table": 5, "maps": 6}  # how many of PIPELINE_STAGES
-
-
 def run_region(region_name: str, years: list[int], until: str) -> int:
     """The pipeline for any region of the regions file, up to `until`, from the deployment's catalogs.
     An encoder is pretrained only when none is current; similarity maps only for saved queries."""
@@ -142,12 +154,15 @@ def run_region(region_name: str, years: list[int], until: str) -> int:
     region = resources["regions"].get(region_name)
     instance = dagster_instance()
     seed_region_partitions(instance, [region])
-    stages = PIPELINE_STAGES[:STAGES_UNTIL[until]]
-    try:
-        print(f"encoder: {resources['storage'].current_encoder_id()} (current)")
-        stages = [s for s in stages if s != [encoder_checkpoint]]
-    except PartitionNotMaterialisedError:
-        print("encoder: none yet, encoder_checkpoint pretrains one on the raw partitions")
+    stages = pipeline_stages("tiles" in resources, until)
+    if "tiles" in resources:
+        print(f"embeddings: read from the official tiles at {resources['tiles'].root}")
+    elif [encoder_checkpoint] in stages:
+        try:
+            print(f"encoder: {resources['storage'].current_encoder_id()} (current)")
+            stages = [s for s in stages if s != [encoder_checkpoint]]
+        except PartitionNotMaterialisedError:
+            print("encoder: none yet, encoder_checkpoint pretrains one on the raw partitions")
     if [similarity_map] in stages and not load_queries("queries.yaml"):
         print("no saved queries in queries.yaml: no similarity maps")
         stages = [s for s in stages if s != [similarity_map]]
@@ -175,7 +190,7 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
     labels = ground_truth_dir(catalog_folder, chosen[0].name) / "labels.geojson"
     run_configs = {"fewshot_samples": {"ops": {"fewshot_samples": {"config": {
         "labels_path": str(labels), "year": max(years)}}}}}
-    results = materialise_stages(PIPELINE_STAGES, chosen, years, resources, instance, run_configs)
+    results = materialise_stages(pipeline_stages(imported=False), chosen, years, resources, instance, run_configs)
     if results is None:
         return 1
     _print_summary(results)

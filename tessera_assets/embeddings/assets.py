@@ -119,9 +119,11 @@ class EmbeddingsConfig(Config):
     encoder_id: str | None = Field(None, description="embed with this kept encoder instead of the current one")
 
 
-EMBEDDING_CHECKS = [
+READBACK_CHECKS = [
     AssetCheckSpec("finite_where_valid", asset="embeddings", description="no NaN/inf in embedded pixels"),
     AssetCheckSpec("positive_scales", asset="embeddings", description="scale > 0 wherever there is data"),
+]
+EMBEDDING_CHECKS = READBACK_CHECKS + [
     AssetCheckSpec("reproducible", asset="embeddings",
                    description="re-embedding a block gives the stored bytes (any selection but random)"),
 ]
@@ -171,10 +173,9 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     )
 
 
-def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsConfig, block: int, batch: int,
-            precision, dims: int) -> list[AssetCheckResult]:
-    """Read back block by block (memory stays bounded), and re-embed the first block with the same
-    block and batch sizes (GPU kernels may pick other algorithms for other shapes)."""
+def readback_checks(partition: EmbeddingPartition) -> list[AssetCheckResult]:
+    """Finite vectors and positive scales wherever there is data, read back block by block (memory
+    stays bounded): what every embeddings partition must satisfy, however it was made."""
     valid_pixels, finite, positive = 0, True, True
     for window in partition.grid.blocks(256):
         q, scales = partition.read(window)
@@ -182,15 +183,21 @@ def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsCo
         valid_pixels += int(valid.sum())
         finite &= bool(np.isfinite(dequantise(q[valid], scales[valid])).all())
         positive &= bool((scales[valid] > 0).all())
+    return [AssetCheckResult(check_name="finite_where_valid", passed=finite, metadata={"valid_pixels": valid_pixels}),
+            AssetCheckResult(check_name="positive_scales", passed=positive)]
+
+
+def _checks(partition: EmbeddingPartition, encoder, s2, s1, config: EmbeddingsConfig, block: int, batch: int,
+            precision, dims: int) -> list[AssetCheckResult]:
+    """The read-back checks, and the first block re-embedded with the same block and batch sizes
+    (GPU kernels may pick other algorithms for other shapes)."""
     window = partition.grid.blocks(block)[0]
     q_again, scales_again = quantise(
         embed_block(encoder, s2, s1, window, 0, config.sampling, config.seed, batch, precision)[..., :dims]
     )
     q_stored, scales_stored = partition.read(window)
     same = bool(np.array_equal(q_again, q_stored) and np.array_equal(scales_again, scales_stored, equal_nan=True))
-    return [
-        AssetCheckResult(check_name="finite_where_valid", passed=finite, metadata={"valid_pixels": valid_pixels}),
-        AssetCheckResult(check_name="positive_scales", passed=positive),
+    return readback_checks(partition) + [
         AssetCheckResult(check_name="reproducible", passed=same, severity=AssetCheckSeverity.WARN,
                          metadata={"sampling": config.sampling, "block": str(window)}),
     ]

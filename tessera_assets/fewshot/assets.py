@@ -12,7 +12,7 @@ from pydantic import Field
 
 from model.fewshot import Classifier, baseline_features, kshot_curve
 from model.quantise import dequantise
-from resources.errors import EncoderMismatchError, single_encoder
+from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError, single_encoder
 from resources.labels import LabelsError, pixels_of, read_labels
 from resources.pixel_series import read_window
 from resources.previews import class_map_png, learning_curve_png, markdown_image
@@ -68,7 +68,10 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
         if not pixels:
             continue
         embeddings = storage.open_embeddings(year, region)
-        s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
+        try:
+            raw = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
+        except PartitionNotMaterialisedError:  # embeddings from official tiles: no raw-input baseline
+            raw = None
         rows = np.array([p[0] for p in pixels])
         cols = np.array([p[1] for p in pixels])
         for window in embeddings.grid.blocks(512):  # one read per block that holds labels
@@ -81,8 +84,7 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
             ok = np.isfinite(scales[rr, cc])
             inside, rr, cc = inside[ok], rr[ok], cc[ok]
             vectors = dequantise(q[rr, cc], scales[rr, cc])
-            series = read_window(s2, s1, window).subset(rr * int(window.width) + cc)
-            base = baseline_features(series)
+            base = baseline_features(read_window(*raw, window).subset(rr * int(window.width) + cc)) if raw else None
             for i, j in enumerate(inside):
                 columns["label"].append(pixels[j][3])
                 columns["group"].append(f"{year}:{pixels[j][2]}")
@@ -91,13 +93,13 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
                 columns["row"].append(int(rows[j]))
                 columns["col"].append(int(cols[j]))
                 columns["embedding"].append(vectors[i])
-                columns["baseline"].append(base[i])
+                columns["baseline"].append(None if base is None else base[i])
     labels, counts = np.unique(columns["label"], return_counts=True)
     scarce = [f"{label} ({n})" for label, n in zip(labels, counts) if n < 2]
     if scarce:
         raise LabelsError(f"classes with fewer than 2 labelled pixels: {', '.join(scarce)}")
-    table = pa.table({k: (pa.array([v.tolist() for v in vals], pa.list_(pa.float32())) if k in ("embedding", "baseline")
-                          else pa.array(vals)) for k, vals in columns.items()})
+    table = pa.table({k: (pa.array([None if v is None else v.tolist() for v in vals], pa.list_(pa.float32()))
+                          if k in ("embedding", "baseline") else pa.array(vals)) for k, vals in columns.items()})
     table = table.replace_schema_metadata({b"encoder_id": encoder_id.encode()})
     path = storage.path("fewshot", "samples.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,12 +129,11 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
     y = np.array(table["label"].to_pylist())
     groups = np.array(table["group"].to_pylist())
     x_embedding = np.array(table["embedding"].to_pylist(), np.float32)
-    x_baseline = np.array(table["baseline"].to_pylist(), np.float32)
     ks = [k if k == "all" else int(k) for k in config.ks]
-    curves = {
-        "embeddings": kshot_curve(x_embedding, y, groups, ks, config.draws, config.head, config.seed),
-        "baseline": kshot_curve(x_baseline, y, groups, ks, config.draws, config.head, config.seed),
-    }
+    curves = {"embeddings": kshot_curve(x_embedding, y, groups, ks, config.draws, config.head, config.seed)}
+    if table["baseline"].null_count == 0:  # every sample has raw inputs (not so for imported embeddings)
+        x_baseline = np.array(table["baseline"].to_pylist(), np.float32)
+        curves["baseline"] = kshot_curve(x_baseline, y, groups, ks, config.draws, config.head, config.seed)
     for name, curve in curves.items():
         for point in curve:
             context.log.info(f"{name} k={point['k']}: macro-F1 {point['macro_f1']:.3f} ± {point['macro_f1_std']:.3f}")
@@ -141,9 +142,11 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
     encoder_id = table.schema.metadata.get(b"encoder_id", b"unknown").decode()
     torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id}, folder / "classifier.pt")
     png = learning_curve_png(curves, folder / "learning_curve.png", config.head)
+    baseline = curves.get("baseline") or [None] * len(curves["embeddings"])
     table_md = "| k | embeddings macro-F1 | baseline macro-F1 | embeddings accuracy |\n|---|---|---|---|\n" + "\n".join(
-        f"| {e['k']} | {e['macro_f1']:.3f} ± {e['macro_f1_std']:.3f} | {b['macro_f1']:.3f} ± {b['macro_f1_std']:.3f} "
-        f"| {e['accuracy']:.3f} |" for e, b in zip(curves["embeddings"], curves["baseline"]))
+        f"| {e['k']} | {e['macro_f1']:.3f} ± {e['macro_f1_std']:.3f} | "
+        + (f"{b['macro_f1']:.3f} ± {b['macro_f1_std']:.3f}" if b else "no raw inputs")
+        + f" | {e['accuracy']:.3f} |" for e, b in zip(curves["embeddings"], baseline))
     return MaterializeResult(metadata={
         "head": config.head, "samples": len(y), "classes": len(np.unique(y)), "draws": config.draws,
         "encoder_id": encoder_id,

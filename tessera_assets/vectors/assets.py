@@ -25,8 +25,7 @@ def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vec
     `embedding_index` asset folds them into the vector index."""
     year, region = year_and_region(context)
     partition = storage.open_embeddings(year, region)
-    s2_counts = storage.open_raw("s2", year, region).valid_count()
-    s1_counts = storage.open_raw("s1", year, region).valid_count()
+    s2_counts, s1_counts = (storage.observation_counts(sensor, year, region, partition.grid.shape) for sensor in ("s2", "s1"))
     report = vectors.write_partition(year, region, pixel_rows(partition, year, region, s2_counts, s1_counts),
                                      partition.dim)
     context.log.info(f"{report.rows} rows for {region} {year} in {report.seconds:.1f} s; table has {report.table_rows}")

@@ -1,0 +1,61 @@
+"""embeddings[year, region] read from official TESSERA tiles instead of computed.
+
+The asset keeps the key `embeddings`, so the table, search, few-shot and maps downstream are the same
+whichever source made a partition; only its lineage differs (the `geotessera_tiles` source instead of
+the raw partitions and the encoder). Which one a code location holds is the deployment's choice
+(`TESSERA_EMBEDDINGS_TILES`)."""
+
+import json
+import time
+
+from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset
+
+from resources.geotessera_tiles import OfficialTiles, import_tiles
+from resources.previews import embedding_preview, markdown_image
+from resources.regions import RegionCatalog
+from resources.storage import ENCODER_FILE, EmbeddingPartition, TesseraStorage, atomic_directory
+from tessera_assets.embeddings.assets import READBACK_CHECKS, readback_checks
+from tessera_assets.partitions import year_and_region, year_region_partitions
+
+geotessera_tiles = AssetSpec(
+    "geotessera_tiles", group_name="embeddings", kinds={"numpy"},
+    description="Official TESSERA embedding tiles on local disk (geotessera's embeddings_dir): int8 vectors, "
+                "float32 scales and a landmask GeoTIFF per 0.1 degree tile. Downloaded outside the platform.")
+
+
+@asset(name="embeddings", partitions_def=year_region_partitions, deps=[geotessera_tiles], group_name="embeddings",
+       check_specs=READBACK_CHECKS, kinds={"numpy", "geotiff"})
+def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage, regions: RegionCatalog,
+                        tiles: OfficialTiles) -> MaterializeResult:
+    """The official vectors of every pixel of the region, on its grid, from the tiles that cover it
+    (nearest pixel centre, as geotessera samples); water and tiles not on disk stay no data."""
+    year, region_name = year_and_region(context)
+    region = regions.get(region_name)
+    source, dataset = tiles.open()
+    started = time.perf_counter()
+    final = storage.embeddings_dir(year, region_name)
+    with atomic_directory(final) as tmp:
+        report = import_tiles(source, year, region.grid, region.bbox, tmp, progress=context.log.info)
+        (tmp / ENCODER_FILE).write_text(json.dumps(dataset.identity() | {
+            "dimensions": report.dim, "source": f"geotessera tiles at {source.root}"}, indent=1))
+        seconds = time.perf_counter() - started
+        embedding_preview(tmp, tmp / "preview.png")
+        checks = readback_checks(EmbeddingPartition(tmp))
+    used = "\n".join(f"| {t.files[0].parent.name} | {t.sha256[t.files[0].name][:16]} | "
+                     f"{t.sha256[t.files[1].name][:16]} |" for t in report.tiles)
+    context.log.info(f"{report.filled} of {report.pixels} pixels from {len(report.tiles)} tiles in {seconds:.1f} s")
+    return MaterializeResult(
+        metadata={
+            "source": MetadataValue.path(str(source.root)), "dataset_version": dataset.version,
+            "dataset_variant": dataset.variant, "encoder_id": dataset.encoder_id, "dimensions": report.dim,
+            "tiles_used": MetadataValue.md("| tile | sha256 (vectors) | sha256 (scales) |\n|---|---|---|\n" + used),
+            "tile_digests": MetadataValue.json({t.files[0].parent.name: t.sha256 for t in report.tiles}),
+            "tiles_missing": ", ".join(report.missing) or "none",
+            "pixels": report.pixels, "pixels_with_data": report.filled,
+            "no_data_fraction": round(1 - report.filled / max(report.pixels, 1), 4),
+            "seconds": round(seconds, 2), "pixels_per_second": round(report.pixels / max(seconds, 1e-9)),
+            "path": MetadataValue.path(str(final)),
+            "pca_preview": markdown_image(final / "preview.png", "PCA of embeddings"),
+        },
+        check_results=checks,
+    )

@@ -1,0 +1,266 @@
+"""The official tile layout in both directions: tiles written by our export, official tiles imported
+onto a region grid (across tiles and UTM zones), and bad tile roots named."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.warp import transform as warp_transform
+
+from model.quantise import quantise
+from resources.geotessera_tiles import export_partition, tile_centres, tile_grid
+from resources.regions import make_region
+from resources.storage import EmbeddingPartition, EmbeddingWriter
+
+
+def test_tile_grid_matches_geotessera():
+    grid = tile_grid(0.15, 52.05)
+    assert grid.crs.to_epsg() == 32631
+    assert (grid.height, grid.width) == (1139, 729)
+    assert grid.transform.c == pytest.approx(300933.936, abs=1e-3)
+    assert grid.transform.f == pytest.approx(5776128.478, abs=1e-3)
+
+
+def test_tile_centres_cover_the_bbox():
+    assert tile_centres((0.08, 52.19, 0.1175, 52.213)) == [(0.05, 52.15), (0.15, 52.15), (0.05, 52.25), (0.15, 52.25)]
+
+
+def _partition(tmp_path, region):
+    grid = region.grid
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(0, 1, (grid.height, grid.width, 128)).astype(np.float32)
+    vectors[:3] = np.nan  # a strip without data
+    q, scales = quantise(vectors)
+    writer = EmbeddingWriter(tmp_path, grid, 128)
+    writer.write(rasterio.windows.Window(0, 0, grid.width, grid.height), q, scales)
+    writer.close()
+    return EmbeddingPartition(tmp_path), q, scales
+
+
+def test_export_writes_official_layout_with_the_same_vectors(tmp_path):
+    region = make_region("fens", [0.12, 52.21, 0.16, 52.23], 1000)
+    (tmp_path / "emb").mkdir()
+    partition, q, scales = _partition(tmp_path / "emb", region)
+    root = tmp_path / "tiles"
+    written = export_partition(partition, 2022, region.bbox, root)
+    names = sorted(p.parent.name for p in written)
+    assert names == ["grid_0.15_52.25"]
+    vectors = np.load(written[0])
+    tile_scales = np.load(written[0].with_name("grid_0.15_52.25_scales.npy"))
+    tile = tile_grid(0.15, 52.25)
+    assert vectors.shape == (tile.height, tile.width, 128) and vectors.dtype == np.int8
+    with rasterio.open(root / "global_0.1_degree_tiff_all" / "grid_0.15_52.25.tiff") as src:
+        assert src.crs == tile.crs and src.transform == tile.transform and src.shape == tile_scales.shape
+    # a point inside the region: the tile pixel holds the region pixel's vector and scale
+    lon, lat = 0.14, 52.222
+    (x,), (y,) = warp_transform("EPSG:4326", tile.crs, [lon], [lat])
+    tr, tc = rasterio.transform.rowcol(tile.transform, x, y)
+    cx, cy = rasterio.transform.xy(tile.transform, tr, tc)  # the tile pixel's centre decides
+    rr, rc = rasterio.transform.rowcol(region.grid.transform, cx, cy)  # same UTM zone here
+    assert np.array_equal(vectors[tr, tc], q[rr, rc]) and tile_scales[tr, tc] == scales[rr, rc]
+    assert np.isfinite(tile_scales).sum() == pytest.approx(np.isfinite(scales).sum(), rel=0.05)
+    # outside the region: no data
+    assert np.isnan(tile_scales[0, 0])
+    # exporting again changes nothing that is already there
+    before = vectors.copy()
+    export_partition(partition, 2022, region.bbox, root)
+    assert np.array_equal(np.load(written[0]), before)
+
+
+# --- official tiles in ------------------------------------------------------------------------------
+
+BOUNDARY_BBOX = (5.994, 51.196, 6.006, 51.204)  # across the UTM 31/32 boundary at 6 E, and two tile rows
+
+
+def write_official_tiles(root, year: int, centres, dim: int = 128, seed: int = 0, metadata: dict | None = None):
+    """Tiles in the official layout (../shared/GEOTESSERA.md) whose vectors say where they are: dims
+    0-2 hold the tile pixel's row and col (mod 127) and the tile's number; a strip of water (NaN)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    for number, (lon, lat) in enumerate(centres):
+        grid = tile_grid(lon, lat)
+        name = f"grid_{lon:.2f}_{lat:.2f}"
+        rows, cols = np.mgrid[0:grid.height, 0:grid.width]
+        q = rng.integers(-127, 128, (grid.height, grid.width, dim), dtype=np.int8)
+        q[..., 0], q[..., 1], q[..., 2] = rows % 127, cols % 127, number
+        scales = rng.uniform(0.005, 0.02, (grid.height, grid.width)).astype(np.float32)
+        scales[:, :5] = np.nan  # water along the west edge
+        folder = root / "global_0.1_degree_representation" / str(year) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{name}.npy", q)
+        np.save(folder / f"{name}_scales.npy", scales)
+        (root / "global_0.1_degree_tiff_all").mkdir(parents=True, exist_ok=True)
+        with rasterio.open(root / "global_0.1_degree_tiff_all" / f"{name}.tiff", "w",
+                           **grid.geotiff_profile(count=1, dtype="uint8")) as dst:
+            dst.write(np.isfinite(scales)[None].astype(np.uint8))
+    if metadata is not None:
+        (root / "tessera_metadata.json").write_text(json.dumps(metadata))
+    return root
+
+
+@pytest.fixture(scope="module")
+def official_root(tmp_path_factory):
+    from resources.geotessera_tiles import tile_centres
+
+    root = tmp_path_factory.mktemp("official")
+    return write_official_tiles(root, 2024, tile_centres(BOUNDARY_BBOX),
+                                metadata={"dataset_version": "1.1", "dataset_variant": "cambridge"})
+
+
+def _expected_at(root, year, lon, lat):
+    """The tile pixel under a point, found the way geotessera's recipe describes it (read from the
+    files directly)."""
+    ix, iy = math.floor(lon * 10), math.floor(lat * 10)
+    name = f"grid_{ix / 10 + 0.05:.2f}_{iy / 10 + 0.05:.2f}"
+    with rasterio.open(root / "global_0.1_degree_tiff_all" / f"{name}.tiff") as src:
+        (x,), (y,) = warp_transform("EPSG:4326", src.crs, [lon], [lat])
+        r, c = src.index(x, y)
+    folder = root / "global_0.1_degree_representation" / str(year) / name
+    return np.load(folder / f"{name}.npy", mmap_mode="r")[r, c], np.load(folder / f"{name}_scales.npy")[r, c]
+
+
+def test_import_takes_the_tile_pixel_under_each_pixel_centre_across_tiles_and_utm_zones(official_root, tmp_path):
+    from resources.geotessera_tiles import TileRoot, import_tiles
+
+    region = make_region("border", list(BOUNDARY_BBOX), 1000)
+    report = import_tiles(TileRoot(official_root), 2024, region.grid, region.bbox, tmp_path, block=64)
+    assert len(report.tiles) == 4 and report.missing == [] and report.dim == 128
+    q, scales = EmbeddingPartition(tmp_path).read()
+    assert set(np.unique(q[..., 2][np.isfinite(scales)])) == {0, 1, 2, 3}, "every tile contributes"
+    grid = region.grid
+    rng = np.random.default_rng(1)
+    for r, c in zip(rng.integers(0, grid.height, 300), rng.integers(0, grid.width, 300)):
+        x, y = rasterio.transform.xy(grid.transform, r, c)
+        (lon,), (lat,) = warp_transform(grid.crs, "EPSG:4326", [x], [y])
+        vector, scale = _expected_at(official_root, 2024, lon, lat)
+        assert np.array_equal(q[r, c], vector) and np.array_equal(scales[r, c], scale, equal_nan=True)
+
+
+def test_missing_tiles_and_water_stay_no_data(official_root, tmp_path):
+    import shutil
+
+    from resources.geotessera_tiles import TileRoot, import_tiles
+
+    partial_root = tmp_path / "partial"
+    shutil.copytree(official_root, partial_root)
+    shutil.rmtree(partial_root / "global_0.1_degree_representation" / "2024" / "grid_6.05_51.25")
+    region = make_region("border", list(BOUNDARY_BBOX), 1000)
+    (tmp_path / "out").mkdir()
+    report = import_tiles(TileRoot(partial_root), 2024, region.grid, region.bbox, tmp_path / "out")
+    assert report.missing == ["grid_6.05_51.25"]
+    q, scales = EmbeddingPartition(tmp_path / "out").read()
+    assert 0 < report.filled < report.pixels and not (q[..., 2][np.isfinite(scales)] == 3).any()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_folders", "is not a geotessera tile root"),
+    ("shape", "but its landmask grid_6.05_51.15.tiff is"),
+    ("negative", "holds negative scales"),
+    ("version", "says these tiles are dataset version 1.1, not the 2.0 asked for"),
+    ("no_metadata", "has no tessera_metadata.json: name the dataset version"),
+    ("elsewhere", "no tile of 2024 under"),
+])
+def test_bad_tiles_are_named_and_nothing_is_written(official_root, tmp_path, damage, message):
+    import shutil
+
+    from resources.errors import TileSourceError
+    from resources.geotessera_tiles import OfficialTiles, TileRoot, import_tiles
+
+    root = tmp_path / "root"
+    shutil.copytree(official_root, root)
+    tile = root / "global_0.1_degree_representation" / "2024" / "grid_6.05_51.15"
+    bbox, version = BOUNDARY_BBOX, None
+    if damage == "no_folders":
+        shutil.rmtree(root / "global_0.1_degree_tiff_all")
+    elif damage == "shape":
+        np.save(tile / "grid_6.05_51.15.npy", np.zeros((10, 10, 128), np.int8))
+        np.save(tile / "grid_6.05_51.15_scales.npy", np.ones((10, 10), np.float32))
+    elif damage == "negative":
+        scales = np.load(tile / "grid_6.05_51.15_scales.npy")
+        scales[7, 7] = -0.01
+        np.save(tile / "grid_6.05_51.15_scales.npy", scales)
+    elif damage == "version":
+        version = "v2"
+    elif damage == "no_metadata":
+        (root / "tessera_metadata.json").unlink()
+    elif damage == "elsewhere":
+        bbox = (10.0, 45.0, 10.01, 45.01)
+    with pytest.raises(TileSourceError, match=message):
+        OfficialTiles(root=str(root), dataset_version=version).open()
+        region = make_region("somewhere", list(bbox), 1000)
+        (tmp_path / "out").mkdir()
+        import_tiles(TileRoot(root), 2024, region.grid, region.bbox, tmp_path / "out")
+
+
+def test_official_tiles_feed_the_table_search_and_few_shot_without_raw_data(official_root, tmp_path, monkeypatch):
+    """A deployment with TESSERA_EMBEDDINGS_TILES: `embeddings` reads the tiles (lineage from
+    `geotessera_tiles`, no raw assets), rows carry the official dataset's identity, a pixel's own
+    vector finds that pixel, and few-shot runs with no raw-input baseline."""
+    import importlib
+    import json
+
+    import yaml
+    from dagster import AssetKey, instance_for_test, materialize
+
+    from resources.regions import RegionCatalog
+    from resources.similarity import Similarity
+    from tessera_assets.partitions import year_region_key
+
+    (tmp_path / "regions.yaml").write_text(yaml.safe_dump({"regions": {"border": {"bbox": list(BOUNDARY_BBOX)}}}))
+    monkeypatch.setenv("TESSERA_EMBEDDINGS_TILES", str(official_root))
+    monkeypatch.setenv("TESSERA_REGIONS", str(tmp_path / "regions.yaml"))
+    monkeypatch.setenv("TESSERA_HOME", str(tmp_path / "home"))
+    import tessera_assets.definitions as definitions
+
+    try:
+        defs = importlib.reload(definitions).defs
+        graph = defs.resolve_asset_graph()
+        assert graph.get(AssetKey("embeddings")).parent_keys == {AssetKey("geotessera_tiles")}
+        assert not graph.has(AssetKey("s2_raw")) and not graph.has(AssetKey("encoder_checkpoint"))
+        resources = dict(defs.resources)
+    finally:
+        monkeypatch.delenv("TESSERA_EMBEDDINGS_TILES")
+        importlib.reload(definitions)
+    from tessera_assets.embeddings.imported import imported_embeddings
+    from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples
+    from tessera_assets.vectors.assets import embedding_table
+
+    assert isinstance(resources["regions"], RegionCatalog)
+    key = year_region_key(2024, "border")
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("region", ["border"])
+        result = materialize([imported_embeddings, embedding_table], partition_key=key, instance=instance,
+                             resources=resources)
+        assert result.success
+        meta = {m.event_specific_data.materialization.asset_key.to_user_string():
+                {k: v.value for k, v in m.event_specific_data.materialization.metadata.items()}
+                for m in result.get_asset_materialization_events()}
+        assert meta["embeddings"]["encoder_id"] == "official.tessera-v1.1.cambridge"
+        assert meta["embeddings"]["dataset_version"] == "1.1" and len(meta["embeddings"]["tile_digests"]) == 4
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+        store = resources["vectors"]
+        rows = store.table().search().where("row = 17 AND col = 23").limit(1).to_arrow().to_pylist()[0]
+        assert rows["encoder_id"] == "official.tessera-v1.1.cambridge" and rows["s2_obs"] == 0
+        found = Similarity(store).search(np.asarray(rows["vector"], np.float32), k=1)
+        assert (found["row"][0].as_py(), found["col"][0].as_py()) == (17, 23)
+
+        grid = resources["regions"].get("border").grid
+        features = []
+        for r in range(10, grid.height - 10, 12):
+            for c in (10, 20, 30, grid.width - 30, grid.width - 20, grid.width - 10):
+                x, y = rasterio.transform.xy(grid.transform, r, c)
+                (lon,), (lat,) = warp_transform(grid.crs, "EPSG:4326", [x], [y])
+                features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                                 "properties": {"label": "west" if lon < 6.0 else "east"}})
+        labels = tmp_path / "labels.geojson"
+        labels.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        trained = materialize([fewshot_samples, fewshot_classifier], instance=instance, resources=resources,
+                              run_config={"ops": {"fewshot_samples": {"config": {"labels_path": str(labels), "year": 2024}},
+                                                  "fewshot_classifier": {"config": {"ks": ["2", "all"], "draws": 3}}}})
+        assert trained.success
+        curves = trained.get_asset_materialization_events()[-1].event_specific_data.materialization.metadata["curves"].value
+        assert set(curves) == {"embeddings"}, "no raw partitions: no raw-input baseline"
