@@ -121,10 +121,11 @@ class Dataset:
 
     @classmethod
     def of_encoder(cls, identity: dict[str, Any]) -> "Dataset":
-        """What an export of our own vectors declares: the version of the encoder's family, the
-        encoder's id as the variant, and the identity itself."""
-        family = str(identity.get("family", "v1.0")).lstrip("v")
-        return cls.parse(family, identity["id"], identity)
+        """What an export declares: official vectors pass through as their own dataset; our own are
+        the version of the encoder's family, with the encoder's id as the variant and its identity."""
+        if "dataset_version" in identity:
+            return cls.parse(identity["dataset_version"], identity.get("dataset_variant"))
+        return cls.parse(str(identity.get("family", "v1.0")).lstrip("v"), identity["id"], identity)
 
 
 @dataclass
@@ -306,6 +307,20 @@ def import_tiles(source: TileRoot, year: int, grid: RegionGrid, bbox: tuple[floa
 
 
 # --- export ---------------------------------------------------------------------------------------
+
+def export_region(partition: EmbeddingPartition, year: int, bbox: tuple[float, float, float, float], root: Path,
+                  registry_dir: Path) -> tuple[list[Path], dict[str, int]]:
+    """A region's vectors into a tile root, and the registries over everything the root holds. A
+    root that already holds another dataset is refused: one root, one embedding space."""
+    dataset = Dataset.of_encoder(partition.encoder)
+    if (root / METADATA_FILE).exists():
+        held = TileRoot(root).dataset()
+        if (held.version, held.variant) != (dataset.version, dataset.variant):
+            raise TileSourceError(f"{root} holds dataset {held.version} {held.variant!r}; these vectors are "
+                                  f"{dataset.version} {dataset.variant!r}: export them to another root")
+    written = export_partition(partition, year, bbox, root)
+    return written, write_registries(root, registry_dir, dataset)
+
 
 def _region_indices(tile: RegionGrid, region: RegionGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each tile pixel, the region row and col of its centre, and whether it falls inside."""

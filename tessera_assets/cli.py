@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--year", type=int, required=True)
     export.add_argument("--region", required=True)
     export.add_argument("--out", required=True, help="tile root, as geotessera's embeddings_dir")
+    export.add_argument("--registry", help="where the registry files go (default OUT/registry), geotessera's registry_dir")
     classify = commands.add_parser("classify", help="train a few-shot classifier from labels and map a partition")
     classify.add_argument("labels", help="GeoJSON, GeoParquet or CSV (lon, lat, label[, year]) file or folder")
     classify.add_argument("--year", type=int, required=True)

@@ -17,7 +17,7 @@ from dagster import DagsterInstance, materialize
 
 from resources.demo_catalog import DEFAULT_YEARS, ensure_demo_catalog, ground_truth_dir
 from resources.errors import PartitionNotMaterialisedError, TesseraError
-from resources.geotessera_tiles import export_partition
+from resources.geotessera_tiles import export_region
 from resources.similarity import SearchFilter, Similarity, format_results, write_results
 from resources.regions import Region, validate_year
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
@@ -242,8 +242,12 @@ def run_command(args) -> int:
     if args.command == "export":
         region = catalog.get(args.region)
         partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
-        tiles = export_partition(partition, args.year, region.bbox, Path(args.out))
-        print(f"wrote {len(tiles)} tiles under {args.out}: {', '.join(p.parent.name for p in tiles)}")
+        root = Path(args.out)
+        registry = Path(args.registry) if args.registry else root / "registry"
+        tiles, listed = export_region(partition, args.year, region.bbox, root, registry)
+        print(f"wrote {len(tiles)} tiles under {root}: {', '.join(p.parent.name for p in tiles)}; registries in "
+              f"{registry} list {listed['tiles']} tiles (read with GeoTessera(embeddings_dir={str(root)!r}, "
+              f"registry_dir={str(registry)!r}))")
     elif args.regions_command == "remove":
         region = catalog.remove(args.name)
         instance = dagster_instance()
