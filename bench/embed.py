@@ -13,6 +13,8 @@ end-to-end step is replaced by the host's selection rate (pixels/s that the CPU 
 GPU), since a GPU machine may lack the geospatial stack. `--busy` measures each preset again beside
 one competing CPU-bound process and reports the share of the solo rate it keeps, with the default
 single-threaded workers side by side and with every operation split across threads (PyTorch's way).
+Beside the encoders, on CPU: official tiles imported onto a 100 km2 region grid (four tiles), from
+the tile layout and from the Zarr store, in pixels/s (importing is I/O-bound, not compute).
 """
 
 from __future__ import annotations
@@ -206,6 +208,45 @@ def host_selection(name: str, threads: int, pixels: int = 16384, times: int = 12
         return 2 * threads * pixels / (time.perf_counter() - start)
 
 
+def tile_import(year: int = 2024) -> dict:
+    """Seconds and pixels/s to fill a 10 x 10 km region grid from the four official tiles under it
+    (the sha256 of every tile file, for provenance, included), and from the Zarr store (tiles freshly
+    written: a warm page cache)."""
+    root_dir = Path(__file__).resolve().parents[1]
+    import sys
+
+    sys.path.insert(0, str(root_dir / "tests"))
+    from official_tiles import write_official_tiles
+    from resources.geotessera_tiles import TileRoot, import_tiles, tile_centres
+    from resources.geotessera_zarr import ZarrStore, export_zarr
+    from resources.regions import make_region
+    from resources.storage import EmbeddingPartition
+
+    bbox = (0.127, 52.155, 0.273, 52.245)  # 10 x 10 km around the corner of four tiles
+    region = make_region("bench", list(bbox), 1000)
+    pixels = region.grid.width * region.grid.height
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_official_tiles(tmp / "tiles", year, tile_centres(bbox),
+                             metadata={"dataset_version": "1.1", "dataset_variant": "bench"})
+        (tmp / "from_tiles").mkdir()
+        start = time.perf_counter()
+        report = import_tiles(TileRoot(tmp / "tiles"), year, region.grid, region.bbox, tmp / "from_tiles")
+        tiles_s = time.perf_counter() - start
+        (tmp / "from_tiles" / "encoder.json").write_text(json.dumps({"id": "bench", "family": "v1.1"}))
+        start = time.perf_counter()
+        export_zarr(EmbeddingPartition(tmp / "from_tiles"), year, tmp / "store.zarr")
+        zarr_export_s = time.perf_counter() - start
+        (tmp / "from_zarr").mkdir()
+        start = time.perf_counter()
+        ZarrStore(tmp / "store.zarr").import_into(year, region.grid, region.bbox, tmp / "from_zarr")
+        zarr_s = time.perf_counter() - start
+    return {"region_km2": round(region.area_km2(), 1), "pixels": pixels, "tiles": len(report.tiles),
+            "tiles_import_s": round(tiles_s, 2), "tiles_px_per_s": round(pixels / tiles_s),
+            "zarr_export_s": round(zarr_export_s, 2),
+            "zarr_import_s": round(zarr_s, 2), "zarr_px_per_s": round(pixels / zarr_s)}
+
+
 def _spin(stop) -> None:
     """One CPU-bound competitor, as another tenant's process would be."""
     x = 0
@@ -294,6 +335,8 @@ def main() -> None:
             for name in names]
     else:
         report["end_to_end"] = f"skipped: materialise s2_raw/s1_raw {args.e2e_region}|{args.e2e_year} first (make demo)"
+    if not cuda:
+        report["official_tile_import"] = tile_import()
     print(json.dumps(report, indent=2))
 
 

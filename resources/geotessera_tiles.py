@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +41,9 @@ from rasterio.windows import Window
 from resources.errors import TileSourceError
 from resources.regions import PIXEL_SIZE_M, RegionGrid
 from resources.storage import EmbeddingPartition, EmbeddingWriter
+
+if TYPE_CHECKING:
+    from resources.geotessera_zarr import ZarrStore
 
 TILE_DEGREES = 0.1
 REPRESENTATION_DIR = "global_0.1_degree_representation"
@@ -161,6 +164,10 @@ class TileRoot:
                                   f"(the .npy tiles) and {LANDMASK_DIR}/ (their landmask GeoTIFFs)")
         self._tiles: dict[tuple[int, int, int], Tile | None] = {}
 
+    def import_into(self, year: int, grid: RegionGrid, bbox: tuple[float, float, float, float], folder: Path,
+                    progress=None) -> "ImportReport":
+        return import_tiles(self, year, grid, bbox, folder, progress=progress)
+
     def dataset(self, version: str | None = None, variant: str | None = None) -> Dataset:
         """The root's dataset from its `tessera_metadata.json`, which must agree with a version
         (and variant) asked for; without that file, the version must be given."""
@@ -226,18 +233,22 @@ class OfficialTiles(ConfigurableResource):
     dataset_version: str | None = None  # e.g. 1.1; needed when the root has no tessera_metadata.json
     dataset_variant: str | None = None  # checked against tessera_metadata.json when given
 
-    def open(self) -> tuple[TileRoot, Dataset]:
-        source = TileRoot(self.root)
+    def open(self) -> tuple["TileRoot | ZarrStore", Dataset]:
+        """The tile root, or the Zarr store (a `.zarr` path, or a folder holding `zarr.json`)."""
+        from resources.geotessera_zarr import ZarrStore, is_zarr_store
+
+        source = ZarrStore(self.root) if is_zarr_store(self.root) else TileRoot(self.root)
         return source, source.dataset(self.dataset_version, self.dataset_variant)
 
 
 @dataclass
 class ImportReport:
     tiles: list[Tile] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # tiles over the region the root does not hold
+    missing: list[str] = field(default_factory=list)  # tiles (or zones) over the region the source does not hold
     pixels: int = 0
     filled: int = 0
     dim: int = 0
+    used: dict[str, dict[str, str]] = field(default_factory=dict)  # tile or zone -> what identifies its bytes
 
 
 def _pixel_lonlat(grid: RegionGrid, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -303,6 +314,7 @@ def import_tiles(source: TileRoot, year: int, grid: RegionGrid, bbox: tuple[floa
                 progress(f"imported {n}/{len(blocks)} blocks")
     finally:
         writer.close()
+    report.used = {t.files[0].parent.name: t.sha256 for t in report.tiles}
     return report
 
 

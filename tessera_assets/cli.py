@@ -46,11 +46,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--years", required=True, type=lambda v: [int(y) for y in v.split(",")],
                      help="comma-separated, e.g. 2021,2022")
     run.add_argument("--until", default="table", choices=["raw", "embeddings", "table", "maps"])
-    export = commands.add_parser("export", help="write embeddings in the official geotessera tile layout")
+    export = commands.add_parser("export", help="write embeddings in the official geotessera layouts")
+    export.add_argument("--format", choices=["tiles", "zarr"], default="tiles",
+                        help="tiles: .npy tiles, landmasks and registries (geotessera 0.7.5 and 0.11); zarr: the "
+                             "0.11 Zarr store, one group per UTM zone")
     export.add_argument("--year", type=int, required=True)
     export.add_argument("--region", required=True)
-    export.add_argument("--out", required=True, help="tile root, as geotessera's embeddings_dir")
-    export.add_argument("--registry", help="where the registry files go (default OUT/registry), geotessera's registry_dir")
+    export.add_argument("--out", required=True, help="tile root (geotessera's embeddings_dir) or Zarr store path")
+    export.add_argument("--registry", help="tiles: where the registry files go (default OUT/registry), "
+                                           "geotessera's registry_dir")
     classify = commands.add_parser("classify", help="train a few-shot classifier from labels and map a partition")
     classify.add_argument("labels", help="GeoJSON, GeoParquet or CSV (lon, lat, label[, year]) file or folder")
     classify.add_argument("--year", type=int, required=True)

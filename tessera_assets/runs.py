@@ -243,6 +243,11 @@ def run_command(args) -> int:
         region = catalog.get(args.region)
         partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
         root = Path(args.out)
+        if args.format == "zarr":
+            from resources.geotessera_zarr import export_zarr
+
+            print(f"wrote {export_zarr(partition, args.year, root):,} pixels into the Zarr store {root}")
+            return 0
         registry = Path(args.registry) if args.registry else root / "registry"
         tiles, listed = export_region(partition, args.year, region.bbox, root, registry)
         print(f"wrote {len(tiles)} tiles under {root}: {', '.join(p.parent.name for p in tiles)}; registries in "

@@ -33,6 +33,22 @@ print(json.dumps(tiles))
 """
 
 
+_READ_ZARR = """
+import json, sys
+import numpy as np
+import xarray as xr
+
+args = json.loads(sys.argv[1])
+ds = xr.open_zarr(args["store"], group=args["group"], zarr_format=3, consolidated=True)
+sub = ds.sel(time=args["year"]).sel(x=xr.DataArray(args["x"], dims="p"), y=xr.DataArray(args["y"], dims="p"),
+                                    method="nearest")
+scales = sub["scales"].values
+values = sub["embeddings"].values.T.astype(np.float32) * np.where(np.isfinite(scales), scales, np.nan)[:, None]
+np.save(args["out"], values)
+print(json.dumps({"dims": list(ds["embeddings"].dims), "attrs": dict(ds.attrs)}))
+"""
+
+
 def client_python() -> Path:
     """The interpreter of an environment holding geotessera VERSION, built on first use."""
     venv = Path(os.environ.get("TESSERA_GEOTESSERA_VENV", Path(__file__).resolve().parents[1] / ".tessera" / "venvs"
@@ -46,6 +62,24 @@ def client_python() -> Path:
     return python
 
 
+def _run(script: str, args: dict) -> str:
+    done = subprocess.run([str(client_python()), "-c", script, json.dumps(args)], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+    if done.returncode != 0:
+        raise AssertionError(f"the geotessera {VERSION} environment failed:\n{done.stderr[-4000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def read_zarr_with_xarray(store: Path, group: str, year: int, x: list[float], y: list[float], out: Path):
+    """A zone group opened as the store's reader opens it (xarray, Zarr v3, consolidated) and
+    sampled at the nearest pixel centres; returns its description and the dequantised vectors."""
+    import numpy as np
+
+    described = json.loads(_run(_READ_ZARR, {"store": str(store), "group": group, "year": year, "x": x, "y": y,
+                                             "out": str(out)}))
+    return described, np.load(out)
+
+
 def read_with_geotessera(root: Path, registry: Path, year: int, tiles: list[tuple[float, float]],
                          points: list[tuple[float, float]], out: Path) -> tuple[dict, dict[str, "object"], "object"]:
     """geotessera's own reading of a tile root: each tile's dequantised array and georeference
@@ -55,10 +89,6 @@ def read_with_geotessera(root: Path, registry: Path, year: int, tiles: list[tupl
     out.mkdir(parents=True, exist_ok=True)
     args = {"root": str(root), "registry": str(registry), "cache": str(out / "cache"), "year": year,
             "tiles": tiles, "points": points, "out": str(out)}
-    done = subprocess.run([str(client_python()), "-c", _READ, json.dumps(args)], capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
-    if done.returncode != 0:
-        raise AssertionError(f"geotessera {VERSION} failed:\n{done.stderr[-4000:]}")
-    georef = json.loads(done.stdout.strip().splitlines()[-1])
+    georef = json.loads(_run(_READ, args))
     arrays = {name: np.load(out / f"tile_{name}.npy") for name in georef}
     return georef, arrays, np.load(out / "points.npy")

@@ -1,3 +1,4 @@
+import pytest
 import yaml
 
 from tessera_assets.cli import main
@@ -68,3 +69,43 @@ def test_run_materialises_any_region_through_the_instance(tmp_path, monkeypatch,
     assert not (tmp_path / "home" / "data" / "raw" / "s2" / str(TINY_YEAR) / TINY_REGION).exists()
     assert not yaml.safe_load(regions.read_text())["regions"], "both regions are out of the file"
     assert TINY_REGION not in instance.get_dynamic_partitions("region")
+
+
+def test_downloaded_official_tiles_give_search_and_a_class_map_without_raw_data(tmp_path, monkeypatch, capsys):
+    """The README's path for a user holding official tiles: point TESSERA_EMBEDDINGS_TILES at them,
+    `tessera run` imports and indexes a region, `tessera search` and `tessera classify` work, and the
+    vectors export again as tiles and as a Zarr store."""
+    import json
+
+    from official_tiles import BOUNDARY_BBOX, write_official_tiles
+    from resources.geotessera_tiles import tile_centres
+
+    tiles = write_official_tiles(tmp_path / "tiles", 2024, tile_centres(BOUNDARY_BBOX),
+                                 metadata={"dataset_version": "1.1", "dataset_variant": "cambridge"})
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(yaml.safe_dump({"regions": {"border": {"bbox": list(BOUNDARY_BBOX)}}}))
+    for name, value in {"TESSERA_REGIONS": regions, "TESSERA_HOME": tmp_path / "home",
+                        "DAGSTER_HOME": tmp_path / "dagster", "TESSERA_EMBEDDINGS_TILES": tiles}.items():
+        monkeypatch.setenv(name, str(value))
+    (tmp_path / "dagster").mkdir()
+    assert main(["run", "--region", "border", "--years", "2024", "--until", "raw"]) == 2
+    assert "embeddings come from official tiles here, there is no raw stage" in capsys.readouterr().err
+    assert main(["run", "--region", "border", "--years", "2024"]) == 0
+    out = capsys.readouterr().out
+    assert "embeddings: read from the official tiles" in out and "embedding_table" in out
+    assert main(["search", "--lon", "6.002", "--lat", "51.2023", "--year", "2024", "-k", "3"]) == 0
+    first = capsys.readouterr().out.splitlines()[1].split()
+    assert float(first[1]) == pytest.approx(1.0) and abs(float(first[2]) - 6.002) < 1e-4, "the pixel finds itself first"
+    labels = tmp_path / "labels.csv"
+    points = [(5.995 + 0.0015 * i, 51.1965 + 0.001 * j) for i in range(7) for j in range(8)]
+    labels.write_text("lon,lat,label\n" + "".join(f"{lon},{lat},{'south' if lat < 51.2 else 'north'}\n"
+                                                    for lon, lat in points))
+    assert main(["classify", str(labels), "--year", "2024", "--region", "border", "--head", "logistic"]) == 0
+    report = json.loads((tmp_path / "home" / "data" / "land_cover" / "2024" / "border" / "report.json").read_text())
+    assert set(report["curves"]) == {"embeddings"} and report["curves"]["embeddings"][-1]["macro_f1"] > 0.9
+    assert main(["export", "--format", "zarr", "--year", "2024", "--region", "border", "--out",
+                 str(tmp_path / "again.zarr")]) == 0
+    assert main(["export", "--year", "2024", "--region", "border", "--out", str(tmp_path / "again")]) == 0
+    assert "registries in" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again" / "tessera_metadata.json").read_text())
+    assert (again["dataset_version"], again["dataset_variant"]) == ("1.1", "cambridge"), "official vectors pass through"

@@ -14,6 +14,7 @@ from model.quantise import quantise
 from resources.geotessera_tiles import export_partition, tile_centres, tile_grid
 from resources.regions import make_region
 from resources.storage import EmbeddingPartition, EmbeddingWriter
+from official_tiles import BOUNDARY_BBOX, write_official_tiles
 
 
 def test_tile_grid_matches_geotessera():
@@ -71,36 +72,6 @@ def test_export_writes_official_layout_with_the_same_vectors(tmp_path):
 
 
 # --- official tiles in ------------------------------------------------------------------------------
-
-BOUNDARY_BBOX = (5.994, 51.196, 6.006, 51.204)  # across the UTM 31/32 boundary at 6 E, and two tile rows
-
-
-def write_official_tiles(root, year: int, centres, dim: int = 128, seed: int = 0, metadata: dict | None = None):
-    """Tiles in the official layout (../shared/GEOTESSERA.md) whose vectors say where they are: dims
-    0-2 hold the tile pixel's row and col (mod 127) and the tile's number; a strip of water (NaN)."""
-    import json
-
-    rng = np.random.default_rng(seed)
-    for number, (lon, lat) in enumerate(centres):
-        grid = tile_grid(lon, lat)
-        name = f"grid_{lon:.2f}_{lat:.2f}"
-        rows, cols = np.mgrid[0:grid.height, 0:grid.width]
-        q = rng.integers(-127, 128, (grid.height, grid.width, dim), dtype=np.int8)
-        q[..., 0], q[..., 1], q[..., 2] = rows % 127, cols % 127, number
-        scales = rng.uniform(0.005, 0.02, (grid.height, grid.width)).astype(np.float32)
-        scales[:, :5] = np.nan  # water along the west edge
-        folder = root / "global_0.1_degree_representation" / str(year) / name
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"{name}.npy", q)
-        np.save(folder / f"{name}_scales.npy", scales)
-        (root / "global_0.1_degree_tiff_all").mkdir(parents=True, exist_ok=True)
-        with rasterio.open(root / "global_0.1_degree_tiff_all" / f"{name}.tiff", "w",
-                           **grid.geotiff_profile(count=1, dtype="uint8")) as dst:
-            dst.write(np.isfinite(scales)[None].astype(np.uint8))
-    if metadata is not None:
-        (root / "tessera_metadata.json").write_text(json.dumps(metadata))
-    return root
-
 
 @pytest.fixture(scope="module")
 def official_root(tmp_path_factory):
@@ -334,3 +305,71 @@ def test_our_import_of_official_tiles_is_what_geotessera_samples(official_root, 
     _, _, sampled = read_with_geotessera(root, tmp_path / "registry", 2024, [], points, tmp_path / "client")
     ours = np.stack([q[r, c].astype(np.float32) * scales[r, c] for r, c in pixels])
     assert np.isnan(ours).any() and np.array_equal(sampled, ours, equal_nan=True)
+
+
+# --- the Zarr store (geotessera 0.11's layout) -----------------------------------------------------
+
+def _encoded_partition(folder, region, identity: dict):
+    import json
+
+    folder.mkdir()
+    partition, q, scales = _partition(folder, region)
+    (folder / "encoder.json").write_text(json.dumps(identity))
+    return partition, q, scales
+
+
+def test_zarr_export_reads_back_exactly_and_opens_as_the_stores_reader_opens_it(tmp_path):
+    from geotessera_client import read_zarr_with_xarray
+    from resources.geotessera_zarr import ZarrStore, export_zarr
+
+    region = make_region("fens", [0.12, 52.21, 0.16, 52.23], 1000)
+    partition, q, scales = _encoded_partition(tmp_path / "emb", region, {"id": "v1.1.mpc.abc", "family": "v1.1"})
+    store_path = tmp_path / "tessera.zarr"
+    assert export_zarr(partition, 2024, store_path) == int(np.isfinite(scales).sum())
+    from resources.geotessera_tiles import OfficialTiles
+
+    store, dataset = OfficialTiles(root=str(store_path)).open()
+    assert isinstance(store, ZarrStore) and dataset.encoder_id == "v1.1.mpc.abc", \
+        "a store is told from a tile root; our own vectors keep their encoder's identity"
+    (tmp_path / "back").mkdir()
+    report = store.import_into(2024, region.grid, region.bbox, tmp_path / "back")
+    back_q, back_scales = EmbeddingPartition(tmp_path / "back").read()
+    valid = np.isfinite(scales)
+    assert report.used == {"utm31": {"build": "v1.1.mpc.abc", "year": "2024"}}
+    assert np.array_equal(back_scales, scales, equal_nan=True) and np.array_equal(back_q[valid], q[valid])
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, region.grid.height, 100), rng.integers(0, region.grid.width, 100)
+    xs, ys = rasterio.transform.xy(region.grid.transform, rows, cols)
+    described, sampled = read_zarr_with_xarray(store_path, "utm31", 2024, list(xs), list(ys), tmp_path / "x.npy")
+    assert described["dims"] == ["time", "band", "y", "x"] and described["attrs"]["proj:code"] == "EPSG:32631"
+    assert np.array_equal(sampled, q[rows, cols].astype(np.float32) * scales[rows, cols, None], equal_nan=True)
+
+
+def test_zarr_neighbours_fill_in_and_bad_stores_are_named(tmp_path):
+    import zarr
+
+    from resources.errors import TileSourceError
+    from resources.geotessera_zarr import ZarrStore, export_zarr
+
+    identity = {"id": "v1.1.mpc.abc", "family": "v1.1"}
+    west = make_region("west", [0.10, 52.21, 0.13, 52.23], 1000)
+    east = make_region("east", [0.12, 52.21, 0.15, 52.23], 1000)  # overlaps west by 0.01 degree
+    west_partition, _, _ = _encoded_partition(tmp_path / "w", west, identity)
+    east_partition, _, east_scales = _encoded_partition(tmp_path / "e", east, identity)
+    store_path = tmp_path / "tessera.zarr"
+    export_zarr(west_partition, 2024, store_path)
+    assert export_zarr(east_partition, 2024, store_path) < int(np.isfinite(east_scales).sum()), \
+        "the overlap keeps what the first export wrote"
+    other = {"id": "v2.small.xyz", "family": "v2"}
+    other_partition, _, _ = _encoded_partition(tmp_path / "o", east, other)
+    with pytest.raises(TileSourceError, match="holds dataset 1.1 'v1.1.mpc.abc'"):
+        export_zarr(other_partition, 2024, store_path)
+    with pytest.raises(TileSourceError, match="holds dataset version 1.1, not the 2.0 asked for"):
+        ZarrStore(store_path).dataset("v2")
+    bare = zarr.open_group(str(tmp_path / "bare.zarr"), mode="w", zarr_format=3)
+    bare.create_group("utm31")
+    with pytest.raises(TileSourceError, match="has no consolidated metadata"):
+        ZarrStore(tmp_path / "bare.zarr")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(TileSourceError, match="holds no zone with 2023 over the region"):
+        ZarrStore(store_path).import_into(2023, east.grid, east.bbox, tmp_path / "out")

@@ -10,7 +10,7 @@ import time
 
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset
 
-from resources.geotessera_tiles import OfficialTiles, import_tiles
+from resources.geotessera_tiles import OfficialTiles
 from resources.previews import embedding_preview, markdown_image
 from resources.regions import RegionCatalog
 from resources.storage import ENCODER_FILE, EmbeddingPartition, TesseraStorage, atomic_directory
@@ -35,21 +35,22 @@ def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage,
     started = time.perf_counter()
     final = storage.embeddings_dir(year, region_name)
     with atomic_directory(final) as tmp:
-        report = import_tiles(source, year, region.grid, region.bbox, tmp, progress=context.log.info)
+        report = source.import_into(year, region.grid, region.bbox, tmp, progress=context.log.info)
         (tmp / ENCODER_FILE).write_text(json.dumps(dataset.identity() | {
             "dimensions": report.dim, "source": f"geotessera tiles at {source.root}"}, indent=1))
         seconds = time.perf_counter() - started
         embedding_preview(tmp, tmp / "preview.png")
         checks = readback_checks(EmbeddingPartition(tmp))
-    used = "\n".join(f"| {t.files[0].parent.name} | {t.sha256[t.files[0].name][:16]} | "
-                     f"{t.sha256[t.files[1].name][:16]} |" for t in report.tiles)
-    context.log.info(f"{report.filled} of {report.pixels} pixels from {len(report.tiles)} tiles in {seconds:.1f} s")
+    used = "\n".join(f"| {name} | {', '.join(f'{k}: {v[:16]}' for k, v in digests.items())} |"
+                     for name, digests in report.used.items())
+    context.log.info(f"{report.filled} of {report.pixels} pixels from {', '.join(report.used)} in {seconds:.1f} s")
     return MaterializeResult(
         metadata={
             "source": MetadataValue.path(str(source.root)), "dataset_version": dataset.version,
             "dataset_variant": dataset.variant, "encoder_id": dataset.encoder_id, "dimensions": report.dim,
-            "tiles_used": MetadataValue.md("| tile | sha256 (vectors) | sha256 (scales) |\n|---|---|---|\n" + used),
-            "tile_digests": MetadataValue.json({t.files[0].parent.name: t.sha256 for t in report.tiles}),
+            "tiles_used": MetadataValue.md("| tile or zone | identity (sha256 of each file; a store's build) |\n|---|---|\n"
+                                           + used),
+            "tile_digests": MetadataValue.json(report.used),
             "tiles_missing": ", ".join(report.missing) or "none",
             "pixels": report.pixels, "pixels_with_data": report.filled,
             "no_data_fraction": round(1 - report.filled / max(report.pixels, 1), 4),
