@@ -101,10 +101,7 @@ class Classifier:
         if self.head == "knn":
             # at most 5 neighbours, and no more than the rarest class has: with 1 label per class, 1-NN
             k = int(max(1, min(5, np.bincount(self.train_y).min())))
-            d = ((xs[:, None, :] - self.train_x[None, :, :]) ** 2).sum(-1) if len(xs) * len(self.train_x) < 5e7 else None
-            if d is None:
-                d = np.concatenate([((c[:, None, :] - self.train_x[None]) ** 2).sum(-1) for c in np.array_split(xs, 64)])
-            nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
+            nearest = self._nearest(xs, k)
             votes = np.zeros((len(xs), len(self.classes)), np.float32)
             np.add.at(votes, (np.repeat(np.arange(len(xs)), k), self.train_y[nearest].ravel()), 1.0)
             return votes / k
@@ -112,6 +109,21 @@ class Classifier:
             return self.model.predict_proba(xs).astype(np.float32)
         with torch.no_grad():
             return torch.softmax(self.model(torch.from_numpy(xs)), dim=1).numpy()
+
+    KNN_CHUNK_VALUES = 1 << 22  # distances held at once (16 MB of float32), whatever the counts
+
+    def _nearest(self, xs: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the k nearest training rows of each row of xs, by |a|^2 - 2ab + |b|^2 over
+        chunks of rows: memory is bounded by KNN_CHUNK_VALUES, never (N, M, dim)."""
+        train = self.train_x.astype(np.float32)
+        train_sq = (train ** 2).sum(1)
+        rows = max(1, self.KNN_CHUNK_VALUES // max(1, len(train)))
+        found = []
+        for start in range(0, len(xs), rows):
+            chunk = xs[start:start + rows].astype(np.float32)
+            distance = (chunk ** 2).sum(1)[:, None] - 2 * chunk @ train.T + train_sq[None]
+            found.append(np.argpartition(distance, k - 1, axis=1)[:, :k].copy())  # not a view of the whole
+        return np.concatenate(found) if found else np.zeros((0, k), np.int64)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.classes[self.predict_proba(x).argmax(axis=1)]

@@ -4,7 +4,8 @@ Coordinates must be WGS84 longitude/latitude (GeoJSON's and GeoParquet's default
 declares another CRS is refused rather than silently misplaced. A polygon contributes every pixel
 whose centre it contains, and all of them share one group, so evaluation can keep a polygon on one
 side of the train/test split. Points may name their group (a `group` property or column, such as
-the field a survey point was taken in); otherwise each feature is its own group.
+the field a survey point was taken in); otherwise a point's group is its H3 cell at resolution 8
+(about 0.7 km2), so neighbouring points, likely of one field, never land on both sides of a split.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import h3
 import numpy as np
 from rasterio.features import rasterize
 from rasterio.warp import transform as warp_transform
@@ -75,7 +77,7 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
                 raise LabelsError(f"{path}: feature {i} has no {label_field!r} property")
             year = props.get("year")
             features.append(LabelFeature(str(props[label_field]), geometry, int(year) if year else None, i,
-                                         _group(props.get("group"), i)))
+                                         _group(props.get("group"))))
     elif suffix == ".csv":
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
@@ -89,7 +91,7 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
                     raise LabelsError(f"{path}: row {i + 2} has a non-numeric lon/lat") from None
                 year = row.get("year")
                 features.append(LabelFeature(row[label_field], {"type": "Point", "coordinates": [lon, lat]},
-                                             int(year) if year else None, i, _group(row.get("group"), i)))
+                                             int(year) if year else None, i, _group(row.get("group"))))
     elif suffix in (".parquet", ".geoparquet"):
         import pyarrow.parquet as pq
 
@@ -109,7 +111,7 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
         rows = zip(table[column].to_pylist(), table[label_field].to_pylist(), optional("year"), optional("group"))
         for i, (blob, label, year, group) in enumerate(rows):
             features.append(LabelFeature(str(label), _point_from_wkb(blob), int(year) if year else None, i,
-                                         _group(group, i)))
+                                         _group(group)))
     else:
         raise LabelsError(f"{path}: unknown labels format {suffix!r}: use .geojson, .csv or .parquet")
     if not features:
@@ -119,11 +121,25 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
             if not (-180 <= lon <= 180 and -90 <= lat <= 90):
                 raise LabelsError(f"{path}: feature {f.index} has coordinates ({lon}, {lat}) outside lon/lat range; "
                                   "is it in a projected CRS?")
+        if not f.group:
+            f.group = spatial_group(f)
     return features
 
 
-def _group(value: object, index: int) -> str:
-    return f"#{index}" if value is None or value == "" else str(value)
+GROUP_H3_RESOLUTION = 8
+
+
+def spatial_group(feature: LabelFeature) -> str:
+    """The group of a feature that names none: a point's H3 cell, a polygon its own."""
+    if feature.geometry["type"] == "Point":
+        lon, lat = feature.geometry["coordinates"][:2]
+        return f"h3:{h3.latlng_to_cell(lat, lon, GROUP_H3_RESOLUTION)}"
+    return f"#{feature.index}"
+
+
+def _group(value: object) -> str:
+    """A group the file names, or "" (`spatial_group` fills it in)."""
+    return "" if value is None else str(value)
 
 
 def _coordinates(geometry: dict):

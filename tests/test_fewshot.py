@@ -85,9 +85,34 @@ def test_label_formats_and_their_errors(tmp_path):
         read_labels(tmp_path / "projected.csv")
 
 
-def test_points_may_name_their_group(tmp_path):
-    (tmp_path / "g.csv").write_text("lon,lat,label,group\n5.05,51.2,maize,field-7\n5.06,51.2,maize,field-7\n5.07,51.2,maize,\n")
-    assert [f.group for f in read_labels(tmp_path / "g.csv")] == ["field-7", "field-7", "#2"]
+def test_points_may_name_their_group_and_otherwise_neighbours_share_one(tmp_path):
+    import h3
+
+    (tmp_path / "g.csv").write_text("lon,lat,label,group\n5.05,51.2,maize,field-7\n5.06,51.2,maize,field-7\n"
+                                    "5.07,51.2,maize,\n5.0703,51.2002,maize,\n5.15,51.25,maize,\n")
+    groups = [f.group for f in read_labels(tmp_path / "g.csv")]
+    assert groups[:2] == ["field-7", "field-7"]
+    assert groups[2] == groups[3] == f"h3:{h3.latlng_to_cell(51.2, 5.07, 8)}", "30 m apart: one field, one group"
+    assert groups[4] != groups[2]
+
+
+def test_knn_memory_is_bounded_whatever_the_counts():
+    """20,000 queries against 3,000 labels of 128 dims: an (N, M, 128) array would be 30 GB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    train, y = rng.normal(size=(3000, 128)).astype(np.float32), rng.integers(0, 4, 3000).astype(str)
+    queries = rng.normal(size=(20000, 128)).astype(np.float32)
+    head = Classifier("knn").fit(train, y)
+    tracemalloc.start()
+    proba = head.predict_proba(queries)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200e6, f"peak {peak / 1e6:.0f} MB"
+    xs, ts = head.scale(queries[:50]), head.scale(train)
+    brute = np.argsort(((xs[:, None] - ts[None]) ** 2).sum(-1), axis=1)[:, :5]
+    votes = np.stack([np.bincount(head.train_y[b], minlength=4) / 5 for b in brute])
+    assert np.allclose(proba[:50], votes)
 
 
 def test_a_class_missing_from_a_draws_test_set_is_not_scored_zero():
@@ -162,7 +187,18 @@ def test_label_problems_are_named(fewshot_env, tmp_path):
     assert "none of the 2 labels falls in a materialised embeddings partition" in \
         result.get_step_failure_events()[0].event_specific_data.error.cause.message
     features = json.loads(labels.read_text())["features"]
-    lonely = dict(features[0], properties={"label": "orchard"})
+    twice = tmp_path / "twice.geojson"
+    twice.write_text(json.dumps({"type": "FeatureCollection", "features": features[:10] + features[:2]}))
+    result = materialize([fewshot_samples], instance=instance, resources=env.resources,
+                         run_config={"ops": {"fewshot_samples": {"config": {"labels_path": str(twice), "year": TINY_YEAR}}}})
+    assert _meta(result, "fewshot_samples")["samples"] == 10, "a pixel labelled twice counts once"
+    conflict = dict(features[0], properties=dict(features[0]["properties"], label="orchard"))
+    twice.write_text(json.dumps({"type": "FeatureCollection", "features": features[:10] + [conflict]}))
+    result = materialize([fewshot_samples], instance=instance, resources=env.resources, raise_on_error=False,
+                         run_config={"ops": {"fewshot_samples": {"config": {"labels_path": str(twice), "year": TINY_YEAR}}}})
+    message = result.get_step_failure_events()[0].event_specific_data.error.cause.message
+    assert f"of {TINY_REGION}|{TINY_YEAR} is labelled both" in message and "'orchard' (feature 10)" in message
+    lonely = dict(features[10], properties={"label": "orchard"})
     one = tmp_path / "one.geojson"
     one.write_text(json.dumps({"type": "FeatureCollection", "features": features[:10] + [lonely]}))
     result = materialize([fewshot_samples], instance=instance, resources=env.resources, raise_on_error=False,

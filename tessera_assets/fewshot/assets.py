@@ -13,7 +13,7 @@ from pydantic import Field
 from model.fewshot import Classifier, baseline_features, kshot_curve
 from model.quantise import dequantise
 from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError, single_encoder
-from resources.labels import LabelsError, pixels_of, read_labels
+from resources.labels import LabelFeature, LabelsError, pixels_of, read_labels
 from resources.pixel_series import read_window
 from resources.previews import class_map_png, learning_curve_png, markdown_image
 from resources.storage import TesseraStorage, atomic_directory, write_class_map
@@ -43,7 +43,8 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     features = [f for file in _label_files(config.labels_path) for f in read_labels(file, config.label_field)]
     partitions = sorted((int(p.parent.name), p.name) for p in storage.path("embeddings").glob("*/*") if p.is_dir())
     grids = {key: storage.open_embeddings(*key).grid for key in partitions}
-    wanted: dict[tuple[int, str], list[tuple[int, int, int, str]]] = {}
+    wanted: dict[tuple[int, str], list[tuple[int, int, str, str]]] = {}
+    labelled: dict[tuple[int, str, int, int], LabelFeature] = {}  # each pixel's first label
     outside = 0
     for f in features:
         year = f.year or config.year
@@ -54,7 +55,13 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
             if y != year:
                 continue
             rows, cols = pixels_of(f, grid)
-            wanted.setdefault((y, region), []).extend((r, c, f.group, f.label) for r, c in zip(rows, cols))
+            for r, c in zip(rows.tolist(), cols.tolist()):
+                first = labelled.setdefault((y, region, r, c), f)
+                if first.label != f.label:
+                    raise LabelsError(f"pixel row {r}, col {c} of {region}|{y} is labelled both {first.label!r} "
+                                      f"(feature {first.index}) and {f.label!r} (feature {f.index})")
+                if first is f:  # a pixel labelled twice with one label counts once
+                    wanted.setdefault((y, region), []).append((r, c, f.group, f.label))
             hits += len(rows)
         outside += hits == 0
     if not any(wanted.values()):
