@@ -168,3 +168,23 @@ def pixels_of(feature: LabelFeature, grid: RegionGrid) -> tuple[np.ndarray, np.n
     shape = transform_geom("EPSG:4326", grid.crs, feature.geometry)
     mask = rasterize([(shape, 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8")
     return np.nonzero(mask)
+
+
+def labelled_pixels(features: list[LabelFeature], grid: RegionGrid, where: str) -> tuple[list[tuple[int, int, str, str]], list[int]]:
+    """The pixels the features cover on a grid, as (row, col, group, label), and how many each
+    feature covers. A pixel labelled twice with one label counts once (its first feature's group);
+    two labels on one pixel are an error naming it (`where` says which partition)."""
+    first: dict[tuple[int, int], LabelFeature] = {}
+    pixels, hits = [], []
+    for f in features:
+        rows, cols = pixels_of(f, grid)
+        hits.append(len(rows))
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            seen = first.setdefault((r, c), f)
+            if seen.label != f.label:
+                raise LabelsError(f"pixel row {r}, col {c} of {where} is labelled both {seen.label!r} "
+                                  f"(feature {seen.index}) and {f.label!r} (feature {f.index})")
+            if seen is f:
+                pixels.append((r, c, f.group, f.label))
+    return pixels, hits
+

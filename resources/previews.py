@@ -50,15 +50,15 @@ def markdown_image(path: Path, alt: str = "preview") -> MetadataValue:
     return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
 
 
-def preview_shape(height: int, width: int) -> tuple[int, int]:
-    factor = max(1, int(np.ceil(max(height, width) / PREVIEW_MAX_PX)))
+def preview_shape(height: int, width: int, max_px: int = PREVIEW_MAX_PX) -> tuple[int, int]:
+    factor = max(1, int(np.ceil(max(height, width) / max_px)))
     return max(1, height // factor), max(1, width // factor)
 
 
-def median_composite(partition: RawPartition, bands: tuple[int, ...]) -> np.ndarray:
-    """Per-pixel median over valid observations of some bands, read at preview resolution only."""
+def median_composite(partition: RawPartition, bands: tuple[int, ...], max_px: int = PREVIEW_MAX_PX) -> np.ndarray:
+    """Per-pixel median over valid observations of some bands, read at most `max_px` a side."""
     grid = partition.grid
-    h, w = preview_shape(grid.height, grid.width)
+    h, w = preview_shape(grid.height, grid.width, max_px)
     stack = np.full((len(partition.observations), h, w, len(bands)), np.nan, np.float32)
     for t, obs in enumerate(partition.observations):
         with rasterio.open(partition.folder / obs["file"]) as src:

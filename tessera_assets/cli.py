@@ -35,6 +35,22 @@ def run_search(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    import threading
+
+    import uvicorn
+
+    from tessera_assets.explorer.app import Explorer, create_app
+    from tessera_assets.resources_by_deployment import build_resources
+
+    resources = build_resources()
+    explorer = Explorer(resources["storage"], resources["regions"], resources["vectors"], args.dagster_url)
+    print(f"tessera explorer on http://{args.host}:{args.port}/ ({len(explorer.partitions())} partitions)")
+    threading.Thread(target=explorer.warm, daemon=True).start()
+    uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description="TESSERA embeddings on Dagster")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +88,10 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--h3", nargs="+", default=[], help="H3 cells (any resolution) to search within")
     search.add_argument("--encoder-id", help="search the vectors of this encoder (needed when the table holds several)")
     search.add_argument("--out", help="write results.geojson or results.parquet")
+    serve = commands.add_parser("serve", help="the map explorer: search by clicking, label and map classes")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--dagster-url", default="http://127.0.0.1:3000", help="the Dagster UI the page links to")
     regions = commands.add_parser("regions", help="list or add regions")
     region_commands = regions.add_subparsers(dest="regions_command", required=True)
     region_commands.add_parser("list")
@@ -89,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "search":
             return run_search(args)
+        if args.command == "serve":
+            return run_serve(args)
         from tessera_assets import runs
 
         return runs.run_command(args)

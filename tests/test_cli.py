@@ -98,8 +98,8 @@ def test_downloaded_official_tiles_give_search_and_a_class_map_without_raw_data(
     assert float(first[1]) == pytest.approx(1.0) and abs(float(first[2]) - 6.002) < 1e-4, "the pixel finds itself first"
     labels = tmp_path / "labels.csv"
     points = [(5.995 + 0.0015 * i, 51.1965 + 0.001 * j) for i in range(7) for j in range(8)]
-    labels.write_text("lon,lat,label\n" + "".join(f"{lon},{lat},{'south' if lat < 51.2 else 'north'}\n"
-                                                    for lon, lat in points))
+    labels.write_text("lon,lat,label,group\n" + "".join(f"{lon},{lat},{'south' if lat < 51.2 else 'north'},p{i}\n"
+                                                          for i, (lon, lat) in enumerate(points)))
     assert main(["classify", str(labels), "--year", "2024", "--region", "border", "--head", "logistic"]) == 0
     report = json.loads((tmp_path / "home" / "data" / "land_cover" / "2024" / "border" / "report.json").read_text())
     assert set(report["curves"]) == {"embeddings"} and report["curves"]["embeddings"][-1]["macro_f1"] > 0.9

@@ -212,6 +212,7 @@ def test_official_tiles_feed_the_table_search_and_few_shot_without_raw_data(offi
                 for m in result.get_asset_materialization_events()}
         assert meta["embeddings"]["encoder_id"] == "official.tessera-v1.1.cambridge"
         assert meta["embeddings"]["dataset_version"] == "1.1" and len(meta["embeddings"]["tile_digests"]) == 4
+        assert meta["embeddings"]["explorer"].endswith("/#year=2024&region=border"), "linked to its explorer view"
         assert all(c.passed for c in result.get_asset_check_evaluations())
         store = resources["vectors"]
         rows = store.table().search().where("row = 17 AND col = 23").limit(1).to_arrow().to_pylist()[0]

@@ -32,6 +32,7 @@ from resources.pixel_series import sample_pixels
 from resources.previews import embedding_preview, loss_curve, markdown_image
 from resources.storage import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage, atomic_directory
 from tessera_assets.embeddings.streaming import embed_block, stream_partition
+from tessera_assets.explorer import explorer_url
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 
@@ -166,7 +167,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
             **_identity_metadata(encoder), "dimensions": dims,
             "sampling": resolve_mode(encoder.config, config.sampling),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "path": MetadataValue.path(str(final)),
+            "path": MetadataValue.path(str(final)), "explorer": MetadataValue.url(explorer_url(year, region)),
             "pca_preview": markdown_image(final / "preview.png", "PCA of embeddings"),
         },
         check_results=checks,

@@ -15,6 +15,7 @@ from resources.previews import embedding_preview, markdown_image
 from resources.regions import RegionCatalog
 from resources.storage import ENCODER_FILE, EmbeddingPartition, TesseraStorage, atomic_directory
 from tessera_assets.embeddings.assets import READBACK_CHECKS, readback_checks
+from tessera_assets.explorer import explorer_url
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 geotessera_tiles = AssetSpec(
@@ -55,7 +56,7 @@ def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage,
             "pixels": report.pixels, "pixels_with_data": report.filled,
             "no_data_fraction": round(1 - report.filled / max(report.pixels, 1), 4),
             "seconds": round(seconds, 2), "pixels_per_second": round(report.pixels / max(seconds, 1e-9)),
-            "path": MetadataValue.path(str(final)),
+            "path": MetadataValue.path(str(final)), "explorer": MetadataValue.url(explorer_url(year, region_name)),
             "pca_preview": markdown_image(final / "preview.png", "PCA of embeddings"),
         },
         check_results=checks,

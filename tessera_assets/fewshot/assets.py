@@ -13,10 +13,11 @@ from pydantic import Field
 from model.fewshot import Classifier, baseline_features, kshot_curve
 from model.quantise import dequantise
 from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError, single_encoder
-from resources.labels import LabelFeature, LabelsError, pixels_of, read_labels
+from resources.labels import LabelsError, labelled_pixels, read_labels
 from resources.pixel_series import read_window
 from resources.previews import class_map_png, learning_curve_png, markdown_image
 from resources.storage import TesseraStorage, atomic_directory, write_class_map
+from tessera_assets.explorer import explorer_url
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 LABEL_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
@@ -43,27 +44,18 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     features = [f for file in _label_files(config.labels_path) for f in read_labels(file, config.label_field)]
     partitions = sorted((int(p.parent.name), p.name) for p in storage.path("embeddings").glob("*/*") if p.is_dir())
     grids = {key: storage.open_embeddings(*key).grid for key in partitions}
+    missing_year = [f for f in features if (f.year or config.year) is None]
+    if missing_year:
+        f = missing_year[0]
+        raise LabelsError(f"label {f.index} ({f.label}) has no year: set `year` in the run config")
     wanted: dict[tuple[int, str], list[tuple[int, int, str, str]]] = {}
-    labelled: dict[tuple[int, str, int, int], LabelFeature] = {}  # each pixel's first label
-    outside = 0
-    for f in features:
-        year = f.year or config.year
-        if year is None:
-            raise LabelsError(f"label {f.index} ({f.label}) has no year: set `year` in the run config")
-        hits = 0
-        for (y, region), grid in grids.items():
-            if y != year:
-                continue
-            rows, cols = pixels_of(f, grid)
-            for r, c in zip(rows.tolist(), cols.tolist()):
-                first = labelled.setdefault((y, region, r, c), f)
-                if first.label != f.label:
-                    raise LabelsError(f"pixel row {r}, col {c} of {region}|{y} is labelled both {first.label!r} "
-                                      f"(feature {first.index}) and {f.label!r} (feature {f.index})")
-                if first is f:  # a pixel labelled twice with one label counts once
-                    wanted.setdefault((y, region), []).append((r, c, f.group, f.label))
-            hits += len(rows)
-        outside += hits == 0
+    covered = [0] * len(features)
+    for (y, region), grid in grids.items():
+        of_year = [i for i, f in enumerate(features) if (f.year or config.year) == y]
+        wanted[(y, region)], hits = labelled_pixels([features[i] for i in of_year], grid, f"{region}|{y}")
+        for i, n in zip(of_year, hits):
+            covered[i] += n
+    outside = sum(n == 0 for n in covered)
     if not any(wanted.values()):
         raise LabelsError(f"none of the {len(features)} labels falls in a materialised embeddings partition "
                           f"({', '.join(f'{r}|{y}' for y, r in partitions) or 'none materialised'})")
@@ -187,4 +179,5 @@ def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> M
     return MaterializeResult(metadata={
         "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)), "encoder_id": encoder_id,
         "map": markdown_image(final / "classes.png", "land cover"), "path": MetadataValue.path(str(final)),
+        "explorer": MetadataValue.url(explorer_url(year, region)),
     })

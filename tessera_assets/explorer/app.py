@@ -1,0 +1,320 @@
+"""The explorer's HTTP service: the page, a JSON API over the same Python API as the CLI, and map
+tiles of every partition.
+
+Work that reads rasters or the table runs in the thread pool, so a slow tile never blocks another
+request. Bad input is a 400 whose message is the one the CLI prints; a partition that is not
+materialised is a 404 that says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from resources.errors import PartitionNotMaterialisedError, TesseraError
+from resources.labels import LabelsError
+from resources.regions import RegionCatalog, validate_region_name, validate_year
+from resources.similarity import SearchFilter, Similarity, search_report, write_results
+from resources.storage import TesseraStorage
+from resources.vector_store import VectorStore
+from tessera_assets.explorer.labelling import LabelSession
+from tessera_assets.explorer.layers import Layers, class_colour, has_raw
+from tessera_assets.explorer.tiles import render
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 1 << 20
+MAX_EXPLORER_K = 1000
+MAX_EXAMPLES = 100
+LAYERS = ("true_colour", "pca", "similarity", "classes")
+
+
+class BadRequest(ValueError):
+    """A request the API cannot answer as given."""
+
+
+@dataclass
+class Query:
+    vector: np.ndarray
+    results: object  # pyarrow Table
+    year: int
+
+
+class Explorer:
+    """The server's state: resources, layer caches, saved queries and the labelling session."""
+
+    def __init__(self, storage: TesseraStorage, regions: RegionCatalog, vectors: VectorStore, dagster_url: str):
+        self.storage, self.regions, self.vectors = storage, regions, vectors
+        self.dagster_url = dagster_url.rstrip("/")
+        self.layers = Layers(storage)
+        self.session = LabelSession(storage.path("explorer", "labels.geojson"))
+        self.queries: OrderedDict[str, Query] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._similarity: Similarity | None = None
+        self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Compute every partition's base layers and open the table, so the first view and the
+        first click cost what later ones do (run in a background thread at start)."""
+        for p in self.partitions():
+            for layer in p["layers"]:
+                getattr(self.layers, layer)(p["year"], p["region"])
+        try:
+            self.similarity().facts()
+        except TesseraError:
+            pass  # no table yet: searches will say so
+
+    def similarity(self) -> Similarity:
+        if self._similarity is None:
+            self._similarity = Similarity(self.vectors)
+        return self._similarity
+
+    # -- partitions --------------------------------------------------------------------------------
+    def partitions(self) -> list[dict]:
+        found = []
+        for folder in sorted(self.storage.path("embeddings").glob("*/*")):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            year, region = int(folder.parent.name), folder.name
+            try:
+                partition = self.storage.open_embeddings(year, region)
+                bbox = list(self.regions.get(region).bbox)
+            except TesseraError:
+                continue
+            found.append({
+                "year": year, "region": region, "bbox": bbox, "encoder_id": partition.encoder_id,
+                "layers": [*(["true_colour"] if has_raw(self.storage, year, region) else []), "pca"],
+                "dagster": f"{self.dagster_url}/assets/embeddings?partition={region}|{year}",
+            })
+        return found
+
+    # -- search ------------------------------------------------------------------------------------
+    def search(self, body: dict) -> dict:
+        started = time.perf_counter()
+        year = validate_year(_int(body, "year"))
+        k = _int(body, "k", 20)
+        if not 1 <= k <= MAX_EXPLORER_K:
+            raise BadRequest(f"k must be in 1..{MAX_EXPLORER_K}, got {k}")
+        similarity = self.similarity()
+        positives = _points(body.get("positives"), "positives")
+        negatives = _points(body.get("negatives"), "negatives")
+        centre = None
+        if body.get("key"):
+            vector, _ = similarity.vector_of_key(str(body["key"]))
+        elif positives:
+            vector = similarity.example_vector([similarity.vector_at(lon, lat, year)[0] for lon, lat in positives],
+                                               [similarity.vector_at(lon, lat, year)[0] for lon, lat in negatives])
+            centre = positives[0]
+        else:
+            centre = (_float(body, "lon"), _float(body, "lat"))
+            vector, _ = similarity.vector_at(*centre, year)
+        years = [validate_year(int(y)) for y in body.get("years") or [year]]
+        regions = [validate_region_name(r) for r in body["regions"]] if body.get("regions") else None
+        bbox = tuple(float(v) for v in body["bbox"]) if body.get("bbox") else None
+        if bbox is not None and len(bbox) != 4:
+            raise BadRequest("bbox is [west, south, east, north]")
+        within_m = float(body["within_m"]) if body.get("within_m") else None
+        if within_m is not None and centre is None:
+            raise BadRequest("within_m needs a point (lon, lat) or positives to measure from")
+        filters = SearchFilter(years=years, regions=regions, bbox=bbox, h3_cells=list(body.get("h3") or []),
+                               within_m=within_m, centre=centre, encoder_id=body.get("encoder_id"))
+        results = similarity.search(vector, k=k, filters=filters)
+        with self._lock:
+            query_id = f"q{next(self._ids)}"
+            self.queries[query_id] = Query(vector, results, year)
+            while len(self.queries) > 32:
+                self.queries.popitem(last=False)
+        rows = results.to_pylist()
+        return {"query": query_id, "report": search_report(results),
+                "seconds": round(time.perf_counter() - started, 4),
+                "results": {"type": "FeatureCollection", "features": [{
+                    "type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
+                    "properties": {"rank": i + 1, "similarity": round(float(r["similarity"]), 5), "key": r["key"],
+                                   "year": r["year"], "region": r["region"], "row": r["row"], "col": r["col"]},
+                } for i, r in enumerate(rows)]}}
+
+    def query(self, query_id: str) -> Query:
+        try:
+            return self.queries[query_id]
+        except KeyError:
+            raise BadRequest(f"no query {query_id!r} (this server keeps the last 32)") from None
+
+    def download(self, query_id: str, suffix: str) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"results{suffix}"
+            write_results(self.query(query_id).results, str(path))
+            return path.read_bytes()
+
+    # -- tiles -------------------------------------------------------------------------------------
+    def tile(self, layer: str, year: int, region: str, z: int, x: int, y: int, params) -> bytes:
+        year, region = validate_year(year), validate_region_name(region)
+        if layer == "true_colour":
+            raster = self.layers.true_colour(year, region)
+        elif layer == "pca":
+            raster = self.layers.pca(year, region)
+        elif layer == "similarity":
+            query_id = params.get("query", "")
+            threshold = float(params.get("threshold", -1.0))
+            raster = self.layers.similarity(year, region, query_id, self.query(query_id).vector, threshold)
+        elif layer == "classes":
+            made = self.session.maps.get((year, region))
+            if made is None:
+                raise PartitionNotMaterialisedError(f"no class map of {region}|{year} yet: label and train first")
+            raster = self.layers.cached(("classes", year, region, made.version),
+                                        lambda: self.layers.classes(year, region, made.labels, made.confidence))
+        else:
+            raise BadRequest(f"unknown layer {layer!r}: use one of {', '.join(LAYERS)}")
+        return render(raster, z, x, y)
+
+    # -- labels ------------------------------------------------------------------------------------
+    def add_label(self, body: dict) -> dict:
+        geometry = body.get("geometry") or {"type": "Point", "coordinates": [_float(body, "lon"), _float(body, "lat")]}
+        year = body.get("year")
+        return self.session.add(str(body.get("label", "")), geometry, validate_year(int(year)) if year else None)
+
+    def train(self, body: dict) -> dict:
+        made = self.session.train(self.storage, validate_year(_int(body, "year")),
+                                  validate_region_name(str(body.get("region", ""))), str(body.get("head", "logistic")))
+        return {"year": made.year, "region": made.region, "version": made.version, "encoder_id": made.encoder_id,
+                "classes": [{"name": name, "colour": class_colour(i), "samples": made.samples.get(name, 0),
+                             "pixels": int((made.labels == i + 1).sum())} for i, name in enumerate(made.classes)]}
+
+
+def _int(body: dict, key: str, default: int | None = None) -> int:
+    value = body.get(key, default)
+    if value is None:
+        raise BadRequest(f"{key} is required")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{key} must be an integer, got {value!r}") from None
+
+
+def _float(body: dict, key: str) -> float:
+    try:
+        return float(body[key])
+    except KeyError:
+        raise BadRequest(f"{key} is required") from None
+    except (TypeError, ValueError):
+        raise BadRequest(f"{key} must be a number, got {body[key]!r}") from None
+
+
+def _points(value, name: str) -> list[tuple[float, float]]:
+    points = list(value or [])
+    if len(points) > MAX_EXAMPLES:
+        raise BadRequest(f"at most {MAX_EXAMPLES} {name}, got {len(points)}")
+    try:
+        return [(float(p[0]), float(p[1])) for p in points]
+    except (TypeError, ValueError, IndexError):
+        raise BadRequest(f"{name} are [lon, lat] pairs") from None
+
+
+def _error(exc: Exception) -> JSONResponse:
+    status = 404 if isinstance(exc, (PartitionNotMaterialisedError, FileNotFoundError)) else 400
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+async def _body(request: Request) -> dict:
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body larger than {MAX_BODY_BYTES} bytes")
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body is a JSON object")
+    return body
+
+
+def create_app(explorer: Explorer) -> Starlette:
+    handled = (TesseraError, LabelsError, BadRequest, ValueError, FileNotFoundError)
+
+    def answer(fn):
+        async def endpoint(request: Request):
+            try:
+                return await fn(request)
+            except handled as exc:
+                return _error(exc)
+        return endpoint
+
+    async def page(request: Request):
+        return FileResponse(STATIC / "index.html")
+
+    async def partitions(request: Request):
+        return JSONResponse(await run_in_threadpool(explorer.partitions))
+
+    async def regions(request: Request):
+        return JSONResponse([{"name": r.name, "bbox": list(r.bbox), "demo": r.demo} for r in explorer.regions.all()])
+
+    async def search(request: Request):
+        return JSONResponse(await run_in_threadpool(explorer.search, await _body(request)))
+
+    async def results(request: Request):
+        query_id, suffix = request.path_params["query"], "." + request.path_params["format"]
+        if suffix not in (".geojson", ".parquet"):
+            raise BadRequest("results download as .geojson or .parquet")
+        data = await run_in_threadpool(explorer.download, query_id, suffix)
+        kind = "application/geo+json" if suffix == ".geojson" else "application/vnd.apache.parquet"
+        return Response(data, media_type=kind,
+                        headers={"content-disposition": f'attachment; filename="tessera-{query_id}{suffix}"'})
+
+    async def tile(request: Request):
+        p = request.path_params
+        png = await run_in_threadpool(explorer.tile, p["layer"], p["year"], p["region"], p["z"], p["x"], p["y"],
+                                      request.query_params)
+        return Response(png, media_type="image/png", headers={"cache-control": "no-cache"})
+
+    async def labels(request: Request):
+        if request.method == "POST":
+            return JSONResponse(await run_in_threadpool(explorer.add_label, await _body(request)), status_code=201)
+        if request.method == "DELETE":
+            await run_in_threadpool(explorer.session.clear)
+            return JSONResponse({"removed": "all"})
+        return JSONResponse(explorer.session.geojson(), media_type="application/geo+json",
+                            headers={"content-disposition": 'attachment; filename="labels.geojson"'}
+                            if request.query_params.get("download") else None)
+
+    async def label(request: Request):
+        await run_in_threadpool(explorer.session.remove, request.path_params["label_id"])
+        return JSONResponse({"removed": request.path_params["label_id"]})
+
+    async def train(request: Request):
+        return JSONResponse(await run_in_threadpool(explorer.train, await _body(request)))
+
+    async def class_map(request: Request):
+        key = (validate_year(request.path_params["year"]), validate_region_name(request.path_params["region"]))
+        made = explorer.session.maps.get(key)
+        if made is None:
+            raise PartitionNotMaterialisedError(f"no class map of {key[1]}|{key[0]} yet: label and train first")
+        return FileResponse(made.folder / "classes.tif", media_type="image/tiff",
+                            filename=f"classes-{key[1]}-{key[0]}.tif")
+
+    return Starlette(routes=[
+        Route("/", page),
+        Route("/api/partitions", answer(partitions)),
+        Route("/api/regions", answer(regions)),
+        Route("/api/search", answer(search), methods=["POST"]),
+        Route("/api/search/{query}.{format}", answer(results)),
+        Route("/api/labels", answer(labels), methods=["GET", "POST", "DELETE"]),
+        Route("/api/labels/{label_id:int}", answer(label), methods=["DELETE"]),
+        Route("/api/train", answer(train), methods=["POST"]),
+        Route("/api/classes/{year:int}/{region}.tif", answer(class_map)),
+        Route("/tiles/{layer}/{year:int}/{region}/{z:int}/{x:int}/{y:int}.png", answer(tile)),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ])

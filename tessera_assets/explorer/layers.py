@@ -1,0 +1,158 @@
+"""The explorer's map layers of a partition, as RGBA rasters on its grid (`tiles.Raster`).
+
+- `true_colour`: the median of clear Sentinel-2 observations (B04, B03, B02) of the raw partition;
+- `pca`: the embeddings' first three principal components as false colour;
+- `similarity`: cosine similarity of every pixel to a query vector, in magma, transparent below a threshold;
+- `classes`: a class map in categorical colours, more opaque where the head is more confident.
+
+Each is computed once per partition (and query, or trained head) at most `DISPLAY_MAX_PX` a side and
+kept in memory: the server is long-lived and tiles of one view ask for the same arrays many times.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+from model.quantise import dequantise
+from resources.errors import PartitionNotMaterialisedError
+from resources.previews import median_composite, pca_false_colour, preview_shape, stretch
+from resources.storage import EMBEDDINGS_FILE, SCALES_FILE, EmbeddingPartition, TesseraStorage
+from tessera_assets.explorer.tiles import DISPLAY_MAX_PX, Raster
+
+# categorical colours for classes 1..n (0 is no data); Tableau 10, then repeated
+PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)], np.uint8)
+
+
+def class_colour(index: int) -> str:
+    r, g, b = PALETTE[index % len(PALETTE)]
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+@lru_cache(maxsize=1)
+def _magma() -> np.ndarray:
+    import matplotlib
+
+    return (matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def _rgba(rgb: np.ndarray, visible: np.ndarray, alpha: np.ndarray | int = 255) -> np.ndarray:
+    out = np.zeros((4, *rgb.shape[:2]), np.uint8)
+    out[:3] = np.moveaxis(rgb, -1, 0)
+    out[3] = np.where(visible, alpha, 0)
+    return out
+
+
+class Layers:
+    """Layers of the partitions in `storage`, computed on first use and kept (least recently used
+    first out, `keep` at most)."""
+
+    def __init__(self, storage: TesseraStorage, keep: int = 64):
+        self.storage = storage
+        self.keep = keep
+        self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, key: tuple, make: Callable[[], object]) -> object:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        value = make()
+        with self._lock:
+            self._cache[key] = value
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return value
+
+    def _display(self, partition: EmbeddingPartition) -> tuple[tuple[int, int], Affine]:
+        grid = partition.grid
+        h, w = preview_shape(grid.height, grid.width, DISPLAY_MAX_PX)
+        return (h, w), grid.transform * Affine.scale(grid.width / w, grid.height / h)
+
+    def true_colour(self, year: int, region: str) -> Raster:
+        def make() -> Raster:
+            raw = self.storage.open_raw("s2", year, region)
+            rgb = median_composite(raw, (0, 2, 1), DISPLAY_MAX_PX)
+            grid = raw.grid
+            h, w = rgb.shape[:2]
+            return Raster(_rgba(stretch(rgb), np.isfinite(rgb).all(-1)),
+                          grid.transform * Affine.scale(grid.width / w, grid.height / h), grid.crs)
+        return self.cached(("true_colour", year, region), make)
+
+    def display_vectors(self, year: int, region: str) -> tuple[np.ndarray, np.ndarray, Affine]:
+        """The partition's int8 vectors (h, w, d) and scales at display resolution, and their
+        transform: read once, shared by the PCA layer and every query's similarity layer."""
+        def make():
+            partition = self.storage.open_embeddings(year, region)
+            (h, w), transform = self._display(partition)
+            with rasterio.open(partition.folder / SCALES_FILE) as src:
+                scales = src.read(1, out_shape=(h, w))
+            with rasterio.open(partition.folder / EMBEDDINGS_FILE) as src:
+                q = np.moveaxis(src.read(out_shape=(src.count, h, w)), 0, -1)
+            return q, scales, transform
+        return self.cached(("vectors", year, region), make)
+
+    def _crs(self, year: int, region: str):
+        return self.storage.open_embeddings(year, region).grid.crs
+
+    def pca(self, year: int, region: str) -> Raster:
+        def make() -> Raster:
+            q, scales, transform = self.display_vectors(year, region)
+            rgb = pca_false_colour(q.astype(np.float32) * scales[..., None])
+            return Raster(_rgba(rgb, np.isfinite(scales)), transform, self._crs(year, region))
+        return self.cached(("pca", year, region), make)
+
+    def similarity_values(self, year: int, region: str, query_id: str, vector: np.ndarray) -> tuple[np.ndarray, Affine]:
+        """Cosine similarity of every displayed pixel to the query (the scale cancels in a cosine)."""
+        def make():
+            q, scales, transform = self.display_vectors(year, region)
+            unit = vector[: q.shape[-1]] / np.linalg.norm(vector[: q.shape[-1]])
+            flat = q.reshape(-1, q.shape[-1]).astype(np.float32)
+            norms = np.linalg.norm(flat, axis=-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = np.where(np.isfinite(scales.ravel()) & (norms > 0), flat @ unit / norms, np.nan)
+            return values.astype(np.float32).reshape(scales.shape), transform
+        return self.cached(("similarity", year, region, query_id), make)
+
+    def similarity(self, year: int, region: str, query_id: str, vector: np.ndarray, threshold: float) -> Raster:
+        values, transform = self.similarity_values(year, region, query_id, vector)
+        finite = np.isfinite(values)
+        low = float(np.nanpercentile(values, 2)) if finite.any() else 0.0
+        scaled = np.clip((np.nan_to_num(values, nan=low) - low) / max(1.0 - low, 1e-6), 0, 1)
+        rgb = _magma()[(scaled * 255).astype(np.uint8)]
+        visible = finite & (np.nan_to_num(values, nan=-2) >= threshold)
+        return Raster(_rgba(rgb, visible, 210), transform, self._crs(year, region))
+
+    def classes(self, year: int, region: str, labels: np.ndarray, confidence: np.ndarray) -> Raster:
+        """A class raster (0 no data, 1 + class index) with its confidence, as the partition's grid."""
+        grid = self.storage.open_embeddings(year, region).grid
+        rgb = PALETTE[(np.maximum(labels, 1) - 1) % len(PALETTE)]
+        alpha = (80 + 175 * np.nan_to_num(confidence, nan=0)).astype(np.uint8)
+        return Raster(_rgba(rgb, labels > 0, alpha), grid.transform, grid.crs)
+
+
+def partition_vectors(partition: EmbeddingPartition, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Dequantised vectors at some pixels of a partition (NaN where it has none), one read of the
+    window holding them."""
+    if len(rows) == 0:
+        return np.zeros((0, partition.dim), np.float32)
+    r0, c0 = int(rows.min()), int(cols.min())
+    window = rasterio.windows.Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
+    q, scales = partition.read(window)
+    return dequantise(q[rows - r0, cols - c0], scales[rows - r0, cols - c0])
+
+
+def has_raw(storage: TesseraStorage, year: int, region: str) -> bool:
+    try:
+        storage.open_raw("s2", year, region)
+        return True
+    except PartitionNotMaterialisedError:
+        return False
