@@ -26,6 +26,7 @@ test: install
 
 dev: install
 	mkdir -p $(DAGSTER_HOME)
+	cp -n deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
 
 serve: install

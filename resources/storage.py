@@ -1,11 +1,15 @@
 """Where products live on disk, and the one way every partition is written: into a temporary
 folder that is moved into place only when complete, so readers never see half a partition and a
-failed run leaves the previous result whole."""
+failed run leaves the previous result whole. Replacing a partition swaps the two folders in one
+step where the system allows (Linux), so a reader never finds the partition missing; in-progress
+folders are hidden (`.name-tmp-...`) and `TesseraStorage.partitions` never lists them."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -31,6 +35,24 @@ CURRENT_ENCODER = "current.json"
 ENCODER_FILE = "encoder.json"  # in an embeddings partition: the identity of the encoder that made it
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where
+    the system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def is_published(folder: Path) -> bool:
+    """A partition folder readers may use: not an in-progress or replaced one (hidden names)."""
+    return folder.is_dir() and not folder.name.startswith(".")
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary sibling of `final`; on success it replaces `final`, on error it vanishes."""
@@ -39,6 +61,8 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        if final.exists() and _exchange(tmp, final):
+            return  # the old partition is now at `tmp`, removed below
         old = final.with_name(f".{final.name}-old-{uuid.uuid4().hex[:8]}")
         if final.exists():
             final.rename(old)
@@ -110,20 +134,23 @@ class TesseraStorage(ConfigurableResource):
             )
         return EmbeddingPartition(folder)
 
+    def partitions(self, *product: str) -> list[tuple[int, str]]:
+        """(year, region) of every published partition of a product (`raw/s2`, `embeddings`, ...),
+        never a hidden in-progress or replaced folder."""
+        return sorted((int(folder.parent.name), folder.name) for folder in self.path(*product).glob("*/*")
+                      if is_published(folder) and folder.parent.name.isdigit())
+
     def region_folders(self, region: str) -> list[Path]:
         """Every partition folder of a region, all years and products (`.../<year>/<region>`)."""
-        products = [self.path("raw", "s2"), self.path("raw", "s1"), self.path("embeddings"), self.path("similarity"),
-                    self.path("land_cover")]
-        return sorted(folder for product in products for folder in product.glob(f"*/{region}") if folder.is_dir())
+        products = [("raw", "s2"), ("raw", "s1"), ("embeddings",), ("similarity",), ("land_cover",)]
+        return sorted(self.path(*product, str(year), name) for product in products
+                      for year, name in self.partitions(*product) if name == region)
 
     def raw_partitions(self) -> list[tuple[int, str]]:
         """(year, region) of every raw partition materialised for both sensors."""
-        found = []
-        for index in sorted(self.path("raw", "s2").glob(f"*/*/{INDEX_FILE}")):
-            year, region = int(index.parent.parent.name), index.parent.name
-            if (self.raw_dir("s1", year, region) / INDEX_FILE).exists():
-                found.append((year, region))
-        return found
+        return [(year, region) for year, region in self.partitions("raw", "s2")
+                if (self.raw_dir("s2", year, region) / INDEX_FILE).exists()
+                and (self.raw_dir("s1", year, region) / INDEX_FILE).exists()]
 
     def observation_counts(self, sensor: str, year: int, region: str, shape: tuple[int, int]) -> np.ndarray:
         """Valid observations per pixel of the raw partition; zeros (not known) where there is none,
@@ -241,6 +268,11 @@ class EmbeddingPartition:
     @property
     def encoder_id(self) -> str:
         return self.encoder["id"]
+
+    def valid_pixels(self) -> int:
+        """Pixels with a vector (finite scale), from the scales alone."""
+        with rasterio.open(self.folder / SCALES_FILE) as src:
+            return sum(int(np.isfinite(src.read(1, window=w)).sum()) for _, w in src.block_windows(1))
 
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """int8 vectors (h, w, dim) and scales (h, w)."""

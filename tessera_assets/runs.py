@@ -45,19 +45,14 @@ def pipeline_stages(imported: bool, until: str | None = None) -> list[list]:
             raise TesseraError(f"--until {until}: embeddings come from official tiles here, there is no {until} stage")
         stages = stages[:names.index(UNTIL[until]) + 1]
     return [assets for _, assets in stages]
-INSTANCE_CONFIG = """\
-# Written by `tessera`: runs queue, and GPU steps (pool "gpu") run one at a time.
-concurrency:
-  pools:
-    default_limit: 1
-"""
+INSTANCE_FILE = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"  # pools and run queue
 
 
 def dagster_instance() -> DagsterInstance:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(tessera_home(), "dagster").resolve())))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+        shutil.copyfile(INSTANCE_FILE, home / "dagster.yaml")
     return DagsterInstance.get()
 
 

@@ -48,3 +48,27 @@ def test_the_dagster_cli_loads_the_workspace(tmp_path):
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All code locations passed validation" in out.stderr + out.stdout
+
+
+def test_the_cli_and_make_dev_share_one_instance_config_with_pools(tmp_path, monkeypatch):
+    """`tessera` and `make dev` put deploy/dagster.yaml into a fresh DAGSTER_HOME: runs queue, and
+    each pool (gpu, lancedb) runs one step at a time."""
+    from tessera_assets.runs import INSTANCE_FILE, dagster_instance
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    instance = dagster_instance()
+    assert (tmp_path / "home" / "dagster.yaml").read_text() == INSTANCE_FILE.read_text()
+    config = instance.get_concurrency_config()
+    assert config.pool_config.default_pool_limit == 1 and config.run_queue_config.max_concurrent_runs == 4
+    assert "cp -n deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml" in (ROOT / "Makefile").read_text()
+
+
+def test_assets_carry_code_versions_and_bad_partitions_block_downstream():
+    graph = defs.resolve_asset_graph()
+    unversioned = [k.to_user_string() for k in graph.get_all_asset_keys()
+                   if graph.get(k).is_materializable and graph.get(k).code_version is None]
+    assert unversioned == []
+    specs = [graph.get_check_spec(key) for key in graph.asset_check_keys]
+    blocking = {(spec.asset_key.to_user_string(), spec.name) for spec in specs if spec.blocking}
+    assert {("s2_raw", "physical_range"), ("embeddings", "finite_where_valid"),
+            ("embedding_table", "rows_match_embedded_pixels")} <= blocking

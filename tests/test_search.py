@@ -53,6 +53,9 @@ def test_one_row_per_embedded_pixel_and_reruns_never_duplicate(table_env):
     embedded = int(np.isfinite(storage.open_embeddings(TINY_YEAR, TINY_REGION).read()[1]).sum())
     meta = _meta(results[TINY_YEAR])
     assert meta["rows"] == embedded
+    [check] = results[TINY_YEAR].get_asset_check_evaluations()
+    assert check.check_name == "rows_match_embedded_pixels" and check.passed
+    assert check.metadata["rows_in_table"].value == embedded
     table = env.resources["vectors"].table()
     before = table.count_rows()
     for _ in range(2):

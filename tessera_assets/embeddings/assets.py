@@ -59,7 +59,8 @@ def _identity_metadata(encoder: TesseraEncoder) -> dict:
             "preset": encoder.config.name, "parameters": encoder.parameter_count()}
 
 
-@asset(deps=[AssetKey("s2_raw"), AssetKey("s1_raw")], group_name="model", pool="gpu", kinds={"pytorch"})
+@asset(deps=[AssetKey("s2_raw"), AssetKey("s1_raw")], group_name="model", pool="gpu", kinds={"pytorch"},
+       code_version="encoder-2")
 def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, storage: TesseraStorage,
                        compute: ComputeDevice) -> MaterializeResult:
     """The encoder every embeddings partition uses. Kept under its identity (family, architecture,
@@ -120,9 +121,10 @@ class EmbeddingsConfig(Config):
     encoder_id: str | None = Field(None, description="embed with this kept encoder instead of the current one")
 
 
+# a partition failing these must not reach the table: blocking stops downstream steps of the run
 READBACK_CHECKS = [
-    AssetCheckSpec("finite_where_valid", asset="embeddings", description="no NaN/inf in embedded pixels"),
-    AssetCheckSpec("positive_scales", asset="embeddings", description="scale > 0 wherever there is data"),
+    AssetCheckSpec("finite_where_valid", asset="embeddings", blocking=True, description="no NaN/inf in embedded pixels"),
+    AssetCheckSpec("positive_scales", asset="embeddings", blocking=True, description="scale > 0 wherever there is data"),
 ]
 EMBEDDING_CHECKS = READBACK_CHECKS + [
     AssetCheckSpec("reproducible", asset="embeddings",
@@ -131,7 +133,8 @@ EMBEDDING_CHECKS = READBACK_CHECKS + [
 
 
 @asset(partitions_def=year_region_partitions, deps=[AssetKey("s2_raw"), AssetKey("s1_raw"), AssetKey("encoder_checkpoint")],
-       group_name="embeddings", pool="gpu", check_specs=EMBEDDING_CHECKS, kinds={"pytorch", "geotiff"})
+       group_name="embeddings", pool="gpu", check_specs=EMBEDDING_CHECKS, kinds={"pytorch", "geotiff"},
+       code_version="embeddings-3")
 def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage: TesseraStorage,
                compute: ComputeDevice) -> MaterializeResult:
     """128-d TESSERA embeddings of every pixel, int8 + per-pixel scale, on the region grid."""

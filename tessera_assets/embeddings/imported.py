@@ -25,7 +25,7 @@ geotessera_tiles = AssetSpec(
 
 
 @asset(name="embeddings", partitions_def=year_region_partitions, deps=[geotessera_tiles], group_name="embeddings",
-       check_specs=READBACK_CHECKS, kinds={"numpy", "geotiff"})
+       check_specs=READBACK_CHECKS, kinds={"numpy", "geotiff"}, code_version="imported-1")
 def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage, regions: RegionCatalog,
                         tiles: OfficialTiles) -> MaterializeResult:
     """The official vectors of every pixel of the region, on its grid, from the tiles that cover it

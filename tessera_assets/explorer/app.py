@@ -85,10 +85,7 @@ class Explorer:
     # -- partitions --------------------------------------------------------------------------------
     def partitions(self) -> list[dict]:
         found = []
-        for folder in sorted(self.storage.path("embeddings").glob("*/*")):
-            if not folder.is_dir() or folder.name.startswith("."):
-                continue
-            year, region = int(folder.parent.name), folder.name
+        for year, region in self.storage.partitions("embeddings"):
             try:
                 partition = self.storage.open_embeddings(year, region)
                 bbox = list(self.regions.get(region).bbox)

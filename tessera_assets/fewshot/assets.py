@@ -38,11 +38,11 @@ def _label_files(path: str) -> list[Path]:
     return files
 
 
-@asset(deps=[AssetKey("embeddings")], group_name="fewshot", kinds={"parquet"})
+@asset(deps=[AssetKey("embeddings")], group_name="fewshot", kinds={"parquet"}, code_version="samples-2")
 def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storage: TesseraStorage) -> MaterializeResult:
     """Every labelled pixel with its embedding and a raw-input baseline feature vector."""
     features = [f for file in _label_files(config.labels_path) for f in read_labels(file, config.label_field)]
-    partitions = sorted((int(p.parent.name), p.name) for p in storage.path("embeddings").glob("*/*") if p.is_dir())
+    partitions = storage.partitions("embeddings")
     grids = {key: storage.open_embeddings(*key).grid for key in partitions}
     missing_year = [f for f in features if (f.year or config.year) is None]
     if missing_year:
@@ -120,7 +120,7 @@ class ClassifierConfig(Config):
     seed: int = 0
 
 
-@asset(deps=[fewshot_samples], group_name="fewshot", kinds={"pytorch"})
+@asset(deps=[fewshot_samples], group_name="fewshot", kinds={"pytorch"}, code_version="classifier-2")
 def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig, storage: TesseraStorage) -> MaterializeResult:
     """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every label."""
     started = time.perf_counter()
@@ -161,7 +161,7 @@ def load_classifier(storage: TesseraStorage) -> tuple[Classifier, str]:
 
 
 @asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), fewshot_classifier],
-       group_name="fewshot", kinds={"geotiff"})
+       group_name="fewshot", kinds={"geotiff"}, code_version="land-cover-1")
 def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> MaterializeResult:
     """The class and the classifier's confidence for every pixel, and the area of each class."""
     year, region = year_and_region(context)

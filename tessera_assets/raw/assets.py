@@ -51,13 +51,18 @@ def units_metadata(units: dict[str, str]) -> dict[str, int]:
             "s1_scenes_db": sum(u == "db" for u in units.values())}
 
 
+# Raised when what a raw partition holds changes for the same scenes (masks, units, mosaicking), so
+# the UI marks partitions written by older code as stale.
+RAW_CODE_VERSION = "raw-4"
+
+
 def _checks(sensor: Sensor) -> list[AssetCheckSpec]:
     asset_key = f"{sensor}_raw"
     return [
         AssetCheckSpec("enough_observations", asset=asset_key,
                        description=f"at least {MIN_OBSERVATIONS[sensor]} valid observations over "
                                    f"{MIN_COVERED_FRACTION:.0%} of the region"),
-        AssetCheckSpec("physical_range", asset=asset_key,
+        AssetCheckSpec("physical_range", asset=asset_key, blocking=True,  # implausible values must not be embedded
                        description=f"valid values within {PHYSICAL_RANGE[sensor]}"
                        + (", and delivered backscatter plausible for its unit (linear or dB)" if sensor == "s1" else "")),
     ]
@@ -162,7 +167,7 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
 
 
 @asset(partitions_def=year_region_partitions, group_name="raw", check_specs=_checks("s2"),
-       kinds={"python", "geotiff"})
+       kinds={"python", "geotiff"}, code_version=RAW_CODE_VERSION)
 def s2_raw(context: AssetExecutionContext, storage: TesseraStorage, regions: RegionCatalog,
            s2_catalog: StacCatalog) -> MaterializeResult:
     """Sentinel-2 L2A: 10 bands in TESSERA order, SCL-masked, offset removed, one GeoTIFF per date."""
@@ -170,7 +175,7 @@ def s2_raw(context: AssetExecutionContext, storage: TesseraStorage, regions: Reg
 
 
 @asset(partitions_def=year_region_partitions, group_name="raw", check_specs=_checks("s1"),
-       kinds={"python", "geotiff"})
+       kinds={"python", "geotiff"}, code_version=RAW_CODE_VERSION)
 def s1_raw(context: AssetExecutionContext, storage: TesseraStorage, regions: RegionCatalog,
            s1_catalog: StacCatalog) -> MaterializeResult:
     """Sentinel-1 RTC VV/VH in TESSERA units, one GeoTIFF per date and orbit direction."""

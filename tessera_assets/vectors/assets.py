@@ -4,8 +4,9 @@ for saved queries."""
 from pathlib import Path
 
 import yaml
-from dagster import (AssetExecutionContext, AssetKey, AutomationCondition, AutomationConditionSensorDefinition, Config,
-                     DefaultSensorStatus, MaterializeResult, MetadataValue, asset)
+from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, AssetKey, AutomationCondition,
+                     AutomationConditionSensorDefinition, Config, DefaultSensorStatus, MaterializeResult, MetadataValue,
+                     asset)
 from pydantic import Field
 
 from resources.errors import EncoderMismatchError
@@ -18,7 +19,9 @@ from tessera_assets.partitions import year_and_region, year_region_partitions
 
 
 @asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings")], group_name="search",
-       pool="lancedb", kinds={"lancedb"})
+       pool="lancedb", kinds={"lancedb"}, code_version="table-layout-2",
+       check_specs=[AssetCheckSpec("rows_match_embedded_pixels", asset="embedding_table", blocking=True,
+                                   description="the table holds exactly one row per embedded pixel of the partition")])
 def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vectors: VectorStore) -> MaterializeResult:
     """One row per embedded pixel of the partition in the shared LanceDB table, replacing exactly
     this partition's rows in one commit. Searchable at once (new rows by exact scan); the
@@ -29,7 +32,11 @@ def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vec
     report = vectors.write_partition(year, region, pixel_rows(partition, year, region, s2_counts, s1_counts),
                                      partition.dim)
     context.log.info(f"{report.rows} rows for {region} {year} in {report.seconds:.1f} s; table has {report.table_rows}")
-    return MaterializeResult(metadata={
+    embedded = partition.valid_pixels()
+    stored = vectors.table().count_rows(f"year = {int(year)} AND region = '{region}'")
+    check = AssetCheckResult(check_name="rows_match_embedded_pixels", passed=stored == embedded,
+                             metadata={"rows_in_table": stored, "embedded_pixels": embedded})
+    return MaterializeResult(check_results=[check], metadata={
         "rows": report.rows, "encoder_id": partition.encoder_id, "dimensions": partition.dim,
         "table_rows": report.table_rows, "table_version": report.version,
         "write_seconds": round(report.seconds, 2), "uri": vectors.uri,
@@ -43,7 +50,7 @@ AFTER_WRITES = (AutomationCondition.any_deps_updated().since_last_handled() & ~A
 
 
 @asset(deps=[embedding_table], group_name="search", pool="lancedb", kinds={"lancedb"},
-       automation_condition=AFTER_WRITES)
+       automation_condition=AFTER_WRITES, code_version="index-ivfrq-1")
 def embedding_index(context: AssetExecutionContext, vectors: VectorStore) -> MaterializeResult:
     """The table's indexes, refreshed after partitions are written: scalar indexes on the filter
     columns, and the IVF-RaBitQ vector index trained once the table is large enough, topped up with new
@@ -85,7 +92,7 @@ def load_queries(path: str) -> dict[str, dict]:
 
 
 @asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), AssetKey("embedding_table")],
-       group_name="search", kinds={"geotiff"})
+       group_name="search", kinds={"geotiff"}, code_version="similarity-1")
 def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage: TesseraStorage,
                    vectors: VectorStore) -> MaterializeResult:
     """Cosine similarity of every pixel of the partition to each saved query pixel (any year)."""
