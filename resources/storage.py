@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -53,17 +54,38 @@ def is_published(folder: Path) -> bool:
     return folder.is_dir() and not folder.name.startswith(".")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Folders that writers of `final` killed on this machine left behind (their pid is in the name)."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}-(?:tmp|old)-(\d+)-[0-9a-f]{{8}}")
+    for folder in final.parent.glob(f".{final.name}-*"):
+        match = pattern.fullmatch(folder.name)
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of `final`; on success it replaces `final`, on error it vanishes."""
+    """Yield a fresh temporary sibling of `final`; on success it replaces `final`, on error it vanishes
+    (and what a killed writer left is removed by the next one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}-tmp-{uuid.uuid4().hex[:8]}")
+    _remove_leftovers(final)
+    tmp = final.with_name(f".{final.name}-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
         if final.exists() and _exchange(tmp, final):
             return  # the old partition is now at `tmp`, removed below
-        old = final.with_name(f".{final.name}-old-{uuid.uuid4().hex[:8]}")
+        old = final.with_name(f".{final.name}-old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if final.exists():
             final.rename(old)
         tmp.rename(final)
