@@ -14,14 +14,17 @@ from tessera_assets.resources_by_deployment import build_resources, official_til
 from tessera_assets.sensors import region_partitions_sensor
 
 downstream = load_assets_from_modules([vector_assets, fewshot_assets])
-embeddings_job = define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)
+# on Kubernetes (deploy/helm) the run pods of `embed` ask for a GPU and are counted by the run queue
+GPU_RUN_TAGS = {"tessera/gpu": "1", "dagster-k8s/config": {"container_config": {"resources": {
+    "limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}}
 if official_tiles() is None:  # embeddings computed from raw partitions by our encoder
     all_assets = load_assets_from_modules([raw_assets, embedding_assets]) + downstream
     jobs = [define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"], partitions_def=year_region_partitions),
-            embeddings_job]
-else:  # embeddings read from official tiles: no raw data, no encoder
+            define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions,
+                             tags=GPU_RUN_TAGS)]
+else:  # embeddings read from official tiles: no raw data, no encoder, no GPU
     all_assets = [imported.geotessera_tiles, imported.imported_embeddings] + downstream
-    jobs = [embeddings_job]
+    jobs = [define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)]
 
 defs = Definitions(
     assets=all_assets,
