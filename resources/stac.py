@@ -218,8 +218,8 @@ class StacCatalog(ConfigurableResource):
     # "scl": clear pixels by the scene classification (TESSERA's rule; items without SCL are refused);
     # "cloud": clear where the item's cloud mask or probability asset (asset_keys CLOUD=<key>: an
     # s2cloudless or Sen2Cor MSK_CLDPRB layer) is below `cloud_clear_below`; "none": every valid pixel
-    # counts as clear. The last two are opt-ins for
-    # catalogs without SCL (clouds the mask misses reach the encoder), named in the partition metadata.
+    # counts as clear. The last two are opt-ins for catalogs without SCL (clouds the mask misses reach
+    # the encoder), named in the partition metadata.
     s2_mask: Literal["scl", "cloud", "none"] = "scl"
     cloud_clear_below: float = 40.0  # a cloud probability in percent; 1 for a 0 (clear) / 1 (cloud) mask
     read_workers: int = 8  # observations read at once: overlaps the latency of remote COG reads

@@ -45,6 +45,8 @@ def pipeline_stages(imported: bool, until: str | None = None) -> list[list]:
             raise TesseraError(f"--until {until}: embeddings come from official tiles here, there is no {until} stage")
         stages = stages[:names.index(UNTIL[until]) + 1]
     return [assets for _, assets in stages]
+
+
 INSTANCE_FILE = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"  # pools and run queue
 
 
