@@ -45,8 +45,22 @@ def save_png(image: np.ndarray, path: Path) -> Path:
     return path
 
 
+THUMBNAIL_PX = 160
+
+
 def markdown_image(path: Path, alt: str = "preview") -> MetadataValue:
-    encoded = base64.b64encode(Path(path).read_bytes()).decode()
+    """A thumbnail of a PNG inline (at most THUMBNAIL_PX a side, a few KB): the run storage keeps
+    every materialisation's metadata, so full-size images would bloat it over thousands of
+    partitions; the full image is a file beside its partition, linked separately."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(path)
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
     return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
 
 

@@ -210,3 +210,22 @@ def test_the_page_in_a_real_browser(server, tmp_path):
     assert (tmp_path / "search.png").stat().st_size > 10_000 and (tmp_path / "classes.png").stat().st_size > 10_000
     saved = json.loads(running.client.get("/api/labels").content)
     assert len(saved["features"]) == 6
+
+
+def test_previews_linked_from_the_dagster_ui_are_served_and_nothing_outside_the_data_root(server, embedded_env):
+    """Metadata carries a thumbnail inline and a link to the full PNG, which the explorer serves;
+    paths out of the data root and other files are refused."""
+    running, env = server
+    _, _, _, embedded = embedded_env
+    meta = {k: v.value for k, v in embedded.get_asset_materialization_events()[0]
+            .event_specific_data.materialization.metadata.items()}
+    assert len(meta["pca_preview"]) < 20_000, "a thumbnail, not the full image, goes into the run storage"
+    link = meta["pca_preview_full"]
+    assert link.startswith("http://127.0.0.1:8765/files/embeddings/")
+    full = _png(running.client.get(link.split("8765", 1)[1]))
+    on_disk = Image.open(env.root / "data" / link.split("/files/", 1)[1])
+    assert full.shape[:2] == (on_disk.height, on_disk.width)
+    for bad, refused in (("../regions.yaml", {400, 404}), ("embeddings/2022/tiny/scales.tif", {400}),
+                         ("%2e%2e/%2e%2e/regions.yaml", {400}), ("..%2f..%2fregions.yaml", {400}),
+                         ("embeddings/2022/tiny/nothing.png", {404})):
+        assert running.client.get(f"/files/{bad}").status_code in refused, bad

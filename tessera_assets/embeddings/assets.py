@@ -29,10 +29,10 @@ from model.quantise import dequantise, quantise
 from model.series import PixelSeries
 from resources.compute import ComputeDevice
 from resources.pixel_series import sample_pixels
-from resources.previews import embedding_preview, loss_curve, markdown_image
+from resources.previews import embedding_preview, loss_curve
 from resources.storage import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage, atomic_directory
 from tessera_assets.embeddings.streaming import embed_block, stream_partition
-from tessera_assets.explorer import explorer_url
+from tessera_assets.explorer import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 
@@ -106,7 +106,7 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
         "pixels": len(pool), "partitions": len(partitions), "device": str(device), "precision": precision,
         "first_loss": round(losses[0], 3), "final_loss": round(float(np.mean(losses[-10:])), 3),
         "seconds": round(time.perf_counter() - started, 1), "path": MetadataValue.path(str(path)),
-        "loss_curve": markdown_image(curve, "loss curve"),
+        **preview_metadata("loss_curve", curve, storage.root, "loss curve"),
     })
 
 
@@ -171,7 +171,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
             "sampling": resolve_mode(encoder.config, config.sampling),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "path": MetadataValue.path(str(final)), "explorer": MetadataValue.url(explorer_url(year, region)),
-            "pca_preview": markdown_image(final / "preview.png", "PCA of embeddings"),
+            **preview_metadata("pca_preview", final / "preview.png", storage.root, "PCA of embeddings"),
         },
         check_results=checks,
     )

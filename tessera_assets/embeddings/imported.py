@@ -11,11 +11,11 @@ import time
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset
 
 from resources.geotessera_tiles import OfficialTiles
-from resources.previews import embedding_preview, markdown_image
+from resources.previews import embedding_preview
 from resources.regions import RegionCatalog
 from resources.storage import ENCODER_FILE, EmbeddingPartition, TesseraStorage, atomic_directory
 from tessera_assets.embeddings.assets import READBACK_CHECKS, readback_checks
-from tessera_assets.explorer import explorer_url
+from tessera_assets.explorer import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 geotessera_tiles = AssetSpec(
@@ -38,7 +38,7 @@ def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage,
     with atomic_directory(final) as tmp:
         report = source.import_into(year, region.grid, region.bbox, tmp, progress=context.log.info)
         (tmp / ENCODER_FILE).write_text(json.dumps(dataset.identity() | {
-            "dimensions": report.dim, "source": f"geotessera tiles at {source.root}"}, indent=1))
+            "dimensions": report.dim, "source": f"official embeddings at {source.root}"}, indent=1))
         seconds = time.perf_counter() - started
         embedding_preview(tmp, tmp / "preview.png")
         checks = readback_checks(EmbeddingPartition(tmp))
@@ -57,7 +57,7 @@ def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage,
             "no_data_fraction": round(1 - report.filled / max(report.pixels, 1), 4),
             "seconds": round(seconds, 2), "pixels_per_second": round(report.pixels / max(seconds, 1e-9)),
             "path": MetadataValue.path(str(final)), "explorer": MetadataValue.url(explorer_url(year, region_name)),
-            "pca_preview": markdown_image(final / "preview.png", "PCA of embeddings"),
+            **preview_metadata("pca_preview", final / "preview.png", storage.root, "PCA of embeddings"),
         },
         check_results=checks,
     )

@@ -1,9 +1,24 @@
 """The map explorer: `tessera serve` (a Starlette app on uvicorn) and its single page."""
 
 import os
+from pathlib import Path
+
+from dagster import MetadataValue
+
+from resources.previews import markdown_image
+
+
+def _base() -> str:
+    return os.environ.get("TESSERA_EXPLORER_URL", "http://127.0.0.1:8765").rstrip("/")
 
 
 def explorer_url(year: int, region: str) -> str:
     """Where the explorer shows a partition (TESSERA_EXPLORER_URL, by default the local server)."""
-    base = os.environ.get("TESSERA_EXPLORER_URL", "http://127.0.0.1:8765").rstrip("/")
-    return f"{base}/#year={year}&region={region}"
+    return f"{_base()}/#year={year}&region={region}"
+
+
+def preview_metadata(key: str, png: Path, data_root: str | Path, alt: str) -> dict[str, MetadataValue]:
+    """A PNG for the Dagster UI: its thumbnail inline under `key`, and under `{key}_full` a link to
+    the full-size file, which the explorer serves from the data root."""
+    relative = Path(png).resolve().relative_to(Path(data_root).resolve())
+    return {key: markdown_image(png, alt), f"{key}_full": MetadataValue.url(f"{_base()}/files/{relative.as_posix()}")}

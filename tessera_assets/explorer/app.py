@@ -176,6 +176,17 @@ class Explorer:
             raise BadRequest(f"unknown layer {layer!r}: use one of {', '.join(LAYERS)}")
         return render(raster, z, x, y)
 
+    def data_file(self, relative: str) -> Path:
+        """A PNG under the data root (partition previews, maps, curves, linked from the Dagster UI);
+        any other file, or a path that leads out of the root, is refused."""
+        root = Path(self.storage.root).resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root) or path.suffix != ".png":
+            raise BadRequest(f"{relative}: only PNG files under the data root are served")
+        if not path.is_file():
+            raise FileNotFoundError(f"no file {relative} under the data root")
+        return path
+
     # -- labels ------------------------------------------------------------------------------------
     def add_label(self, body: dict) -> dict:
         geometry = body.get("geometry") or {"type": "Point", "coordinates": [_float(body, "lon"), _float(body, "lat")]}
@@ -291,6 +302,10 @@ def create_app(explorer: Explorer) -> Starlette:
         await run_in_threadpool(explorer.session.remove, request.path_params["label_id"])
         return JSONResponse({"removed": request.path_params["label_id"]})
 
+    async def files(request: Request):
+        return FileResponse(await run_in_threadpool(explorer.data_file, request.path_params["path"]),
+                            media_type="image/png")
+
     async def train(request: Request):
         return JSONResponse(await run_in_threadpool(explorer.train, await _body(request)))
 
@@ -313,5 +328,6 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/train", answer(train), methods=["POST"]),
         Route("/api/classes/{year:int}/{region}.tif", answer(class_map)),
         Route("/tiles/{layer}/{year:int}/{region}/{z:int}/{x:int}/{y:int}.png", answer(tile)),
+        Route("/files/{path:path}", answer(files)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])

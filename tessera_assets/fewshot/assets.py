@@ -15,9 +15,9 @@ from model.quantise import dequantise
 from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError, single_encoder
 from resources.labels import LabelsError, labelled_pixels, read_labels
 from resources.pixel_series import read_window
-from resources.previews import class_map_png, learning_curve_png, markdown_image
+from resources.previews import class_map_png, learning_curve_png
 from resources.storage import TesseraStorage, atomic_directory, write_class_map
-from tessera_assets.explorer import explorer_url
+from tessera_assets.explorer import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 LABEL_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
@@ -149,7 +149,7 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
     return MaterializeResult(metadata={
         "head": config.head, "samples": len(y), "classes": len(np.unique(y)), "draws": config.draws,
         "encoder_id": encoder_id,
-        "learning_curve": markdown_image(png, "learning curve"), "scores": MetadataValue.md(table_md),
+        **preview_metadata("learning_curve", png, storage.root, "learning curve"), "scores": MetadataValue.md(table_md),
         "curves": MetadataValue.json(curves), "seconds": round(time.perf_counter() - started, 1),
     })
 
@@ -178,6 +178,6 @@ def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> M
     hectares = {str(c): round(float(n) * 0.01, 2) for c, n in zip(classifier.classes, counts)}
     return MaterializeResult(metadata={
         "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)), "encoder_id": encoder_id,
-        "map": markdown_image(final / "classes.png", "land cover"), "path": MetadataValue.path(str(final)),
+        **preview_metadata("map", final / "classes.png", storage.root, "land cover"), "path": MetadataValue.path(str(final)),
         "explorer": MetadataValue.url(explorer_url(year, region)),
     })

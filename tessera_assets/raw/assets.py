@@ -18,11 +18,12 @@ from dagster import (
 
 from resources.demo_catalog import ensure_demo_catalog
 from resources.errors import CatalogError, NoScenesFoundError, SceneReadFailuresError
-from resources.previews import markdown_image, s1_composite, s2_true_colour
+from resources.previews import s1_composite, s2_true_colour
 from resources.raw_ingest import ingest
 from resources.regions import RegionCatalog
 from resources.stac import Sensor, StacCatalog
 from resources.storage import RawPartition, TesseraStorage, atomic_directory
+from tessera_assets.explorer import preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 # Most of the region must have this many valid observations for an embedding worth having.
@@ -143,7 +144,7 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
                                           if catalog.s2_mask == "cloud" else "")} if sensor == "s2" else {}),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "path": MetadataValue.path(str(final_dir)),
-        "preview": markdown_image(final_dir / "preview.png", f"{sensor} composite"),
+        **preview_metadata("preview", final_dir / "preview.png", storage.root, f"{sensor} composite"),
     }
     severity = AssetCheckSeverity.WARN
     return MaterializeResult(

@@ -10,11 +10,12 @@ from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, As
 from pydantic import Field
 
 from resources.errors import EncoderMismatchError
-from resources.previews import markdown_image, similarity_png
+from resources.previews import similarity_png
 from resources.similarity import Similarity
 from resources.storage import TesseraStorage, atomic_directory, write_similarity_raster
 from resources.table_rows import pixel_rows
 from resources.vector_store import VectorStore
+from tessera_assets.explorer import preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 
@@ -117,6 +118,6 @@ def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage
             metadata[f"{name}_mean_similarity"] = round(stats["mean"], 4)
             metadata[f"{name}_fraction_above_0.9"] = round(stats["above_0.9"], 4)
     for name in sorted(queries):
-        metadata[f"{name}_map"] = markdown_image(final / f"{name}.png", f"similarity to {name}")
+        metadata |= preview_metadata(f"{name}_map", final / f"{name}.png", storage.root, f"similarity to {name}")
     metadata["path"] = MetadataValue.path(str(final))
     return MaterializeResult(metadata=metadata)
