@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -205,3 +206,24 @@ def test_label_problems_are_named(fewshot_env, tmp_path):
                          run_config={"ops": {"fewshot_samples": {"config": {"labels_path": str(one), "year": TINY_YEAR}}}})
     assert "fewer than 2 labelled pixels: orchard (1)" in \
         result.get_step_failure_events()[0].event_specific_data.error.cause.message
+
+
+def test_each_run_keeps_its_own_samples_and_classifier(fewshot_env, tmp_path):
+    """Two few-shot runs write their own files: a classifier trained in a run reads that run's
+    samples, and one trained alone reads the latest samples; nothing is overwritten."""
+    env, instance, trained, _, labels = fewshot_env
+    first = {k: v.value for k, v in trained.get_asset_materialization_events()[0]
+             .event_specific_data.materialization.metadata.items()}
+    features = json.loads(labels.read_text())["features"]
+    fewer = tmp_path / "fewer.geojson"
+    fewer.write_text(json.dumps({"type": "FeatureCollection", "features": features[: len(features) // 2]}))
+    config = {"ops": {"fewshot_samples": {"config": {"labels_path": str(fewer), "year": TINY_YEAR}},
+                      "fewshot_classifier": {"config": {"ks": ["1", "all"], "draws": 2}}}}
+    again = materialize([fewshot_samples], instance=instance, resources=env.resources,
+                        run_config={"ops": {"fewshot_samples": config["ops"]["fewshot_samples"]}})
+    second = _meta(again, "fewshot_samples")
+    assert second["path"] != first["path"] and Path(first["path"]).exists(), "the first run's samples are kept"
+    alone = materialize([fewshot_classifier], instance=instance, resources=env.resources,
+                        run_config={"ops": {"fewshot_classifier": config["ops"]["fewshot_classifier"]}})
+    assert _meta(alone, "fewshot_classifier")["samples"] == second["samples"], "alone, it reads the latest samples"
+    assert Path(_meta(alone, "fewshot_classifier")["path"]).parent.name == alone.run_id

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, Config, DagsterEventType, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from model.fewshot import Classifier, baseline_features, kshot_curve
@@ -100,9 +100,9 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     table = pa.table({k: (pa.array([None if v is None else v.tolist() for v in vals], pa.list_(pa.float32()))
                           if k in ("embedding", "baseline") else pa.array(vals)) for k, vals in columns.items()})
     table = table.replace_schema_metadata({b"encoder_id": encoder_id.encode()})
-    path = storage.path("fewshot", "samples.parquet")
+    path = storage.path("fewshot", "samples", f"{context.run_id}.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".samples.parquet.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)
     return MaterializeResult(metadata={
@@ -124,7 +124,7 @@ class ClassifierConfig(Config):
 def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig, storage: TesseraStorage) -> MaterializeResult:
     """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every label."""
     started = time.perf_counter()
-    table = pq.read_table(storage.path("fewshot", "samples.parquet"))
+    table = pq.read_table(upstream_path(context, "fewshot_samples"))
     y = np.array(table["label"].to_pylist())
     groups = np.array(table["group"].to_pylist())
     x_embedding = np.array(table["embedding"].to_pylist(), np.float32)
@@ -137,7 +137,8 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
         for point in curve:
             context.log.info(f"{name} k={point['k']}: macro-F1 {point['macro_f1']:.3f} ± {point['macro_f1_std']:.3f}")
     model = Classifier(config.head).fit(x_embedding, y, seed=config.seed)
-    folder = storage.path("fewshot")
+    folder = storage.path("fewshot", "classifiers", context.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
     encoder_id = table.schema.metadata.get(b"encoder_id", b"unknown").decode()
     torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id}, folder / "classifier.pt")
     png = learning_curve_png(curves, folder / "learning_curve.png", config.head)
@@ -151,12 +152,30 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
         "encoder_id": encoder_id,
         **preview_metadata("learning_curve", png, storage.root, "learning curve"), "scores": MetadataValue.md(table_md),
         "curves": MetadataValue.json(curves), "seconds": round(time.perf_counter() - started, 1),
+        "path": MetadataValue.path(str(folder / "classifier.pt")),
     })
 
 
-def load_classifier(storage: TesseraStorage) -> tuple[Classifier, str]:
+def upstream_path(context: AssetExecutionContext, asset: str) -> Path:
+    """The file an upstream unpartitioned asset wrote (its `path` metadata): in this run when it ran
+    here, else its latest materialisation. Each run writes its own files, so two few-shot runs at
+    once never read each other's samples or classifier."""
+    key = AssetKey(asset)
+    here = [e.asset_materialization for e in context.instance.all_logs(
+        context.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION) if e.asset_materialization.asset_key == key]
+    if here:
+        latest = here[-1]
+    else:
+        event = context.instance.get_latest_materialization_event(key)
+        latest = event.asset_materialization if event else None
+    if latest is None or "path" not in latest.metadata:
+        raise PartitionNotMaterialisedError(f"{asset} is not materialised: materialise it first")
+    return Path(latest.metadata["path"].value)
+
+
+def load_classifier(context: AssetExecutionContext) -> tuple[Classifier, str]:
     """The fitted head and the encoder whose embeddings it was trained on."""
-    saved = torch.load(storage.path("fewshot", "classifier.pt"), weights_only=False)
+    saved = torch.load(upstream_path(context, "fewshot_classifier"), weights_only=False)
     return saved["classifier"], saved.get("encoder_id", "unknown")
 
 
@@ -165,7 +184,7 @@ def load_classifier(storage: TesseraStorage) -> tuple[Classifier, str]:
 def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> MaterializeResult:
     """The class and the classifier's confidence for every pixel, and the area of each class."""
     year, region = year_and_region(context)
-    classifier, encoder_id = load_classifier(storage)
+    classifier, encoder_id = load_classifier(context)
     embeddings = storage.open_embeddings(year, region)
     if embeddings.encoder_id != encoder_id:
         raise EncoderMismatchError(
