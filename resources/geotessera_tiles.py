@@ -280,33 +280,20 @@ def covering_tiles(source: TileRoot, year: int, bbox: tuple[float, float, float,
     return report
 
 
-def import_tiles(source: TileRoot, year: int, grid: RegionGrid, bbox: tuple[float, float, float, float],
-                 writer_folder: Path, block: int = 1024, progress=None) -> ImportReport:
-    """Fill a region grid from the tiles, block by block, into an embeddings partition folder."""
-    report = covering_tiles(source, year, bbox)
-    by_index = {tuple(int(v) for v in tile_of(t.lon, t.lat)): t for t in report.tiles}
-    writer = EmbeddingWriter(writer_folder, grid, report.dim)
+def fill_region(grid: RegionGrid, folder: Path, report: ImportReport, fill_block, block: int,
+                progress=None) -> None:
+    """The block loop of every import: for each block of the region grid, `fill_block(lon, lat,
+    vectors, scales)` writes what the source holds at the pixel centres (lon/lat arrays) into
+    no-data-initialised arrays, which go into an embeddings partition folder; the report counts
+    pixels and those with data. Memory is one block, whatever the region's size."""
+    writer = EmbeddingWriter(folder, grid, report.dim)
     try:
         blocks = grid.blocks(block)
         for n, window in enumerate(blocks, start=1):
             h, w = int(window.height), int(window.width)
             vectors = np.zeros((h, w, report.dim), np.int8)
             scales = np.full((h, w), np.nan, np.float32)
-            lon, lat = _pixel_lonlat(grid, window)
-            ix, iy = tile_of(lon, lat)
-            for key in set(zip(ix.ravel().tolist(), iy.ravel().tolist())):
-                tile = by_index.get(key)
-                if tile is None:
-                    continue
-                sel = np.nonzero((ix == key[0]) & (iy == key[1]))
-                tx, ty = warp_transform("EPSG:4326", tile.grid.crs, lon[sel], lat[sel])
-                tr, tc = rowcol(tile.grid.transform, tx, ty, op=math.floor)
-                tr, tc = np.asarray(tr), np.asarray(tc)
-                inside = (tr >= 0) & (tr < tile.grid.height) & (tc >= 0) & (tc < tile.grid.width)
-                rows, cols = sel[0][inside], sel[1][inside]
-                order = np.lexsort((tc[inside], tr[inside]))  # memory-mapped reads in file order
-                vectors[rows[order], cols[order]] = tile.vectors[tr[inside][order], tc[inside][order]]
-                scales[rows, cols] = tile.scales[tr[inside], tc[inside]]
+            fill_block(*_pixel_lonlat(grid, window), vectors, scales)
             writer.write(window, vectors, scales)
             report.pixels += h * w
             report.filled += int(np.isfinite(scales).sum())
@@ -314,6 +301,31 @@ def import_tiles(source: TileRoot, year: int, grid: RegionGrid, bbox: tuple[floa
                 progress(f"imported {n}/{len(blocks)} blocks")
     finally:
         writer.close()
+
+
+def import_tiles(source: TileRoot, year: int, grid: RegionGrid, bbox: tuple[float, float, float, float],
+                 writer_folder: Path, block: int = 1024, progress=None) -> ImportReport:
+    """Fill a region grid from the tiles, block by block, into an embeddings partition folder."""
+    report = covering_tiles(source, year, bbox)
+    by_index = {tuple(int(v) for v in tile_of(t.lon, t.lat)): t for t in report.tiles}
+
+    def fill_block(lon: np.ndarray, lat: np.ndarray, vectors: np.ndarray, scales: np.ndarray) -> None:
+        ix, iy = tile_of(lon, lat)
+        for key in set(zip(ix.ravel().tolist(), iy.ravel().tolist())):
+            tile = by_index.get(key)
+            if tile is None:
+                continue
+            sel = np.nonzero((ix == key[0]) & (iy == key[1]))
+            tx, ty = warp_transform("EPSG:4326", tile.grid.crs, lon[sel], lat[sel])
+            tr, tc = rowcol(tile.grid.transform, tx, ty, op=math.floor)
+            tr, tc = np.asarray(tr), np.asarray(tc)
+            inside = (tr >= 0) & (tr < tile.grid.height) & (tc >= 0) & (tc < tile.grid.width)
+            rows, cols = sel[0][inside], sel[1][inside]
+            order = np.lexsort((tc[inside], tr[inside]))  # memory-mapped reads in file order
+            vectors[rows[order], cols[order]] = tile.vectors[tr[inside][order], tc[inside][order]]
+            scales[rows, cols] = tile.scales[tr[inside], tc[inside]]
+
+    fill_region(grid, writer_folder, report, fill_block, block, progress)
     report.used = {t.files[0].parent.name: t.sha256 for t in report.tiles}
     return report
 

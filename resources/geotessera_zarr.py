@@ -23,9 +23,9 @@ from rasterio.crs import CRS
 from rasterio.warp import transform as warp_transform
 
 from resources.errors import TileSourceError
-from resources.geotessera_tiles import Dataset, ImportReport
+from resources.geotessera_tiles import Dataset, ImportReport, fill_region
 from resources.regions import PIXEL_SIZE_M, RegionGrid
-from resources.storage import EmbeddingPartition, EmbeddingWriter
+from resources.storage import EmbeddingPartition
 
 ZONE_X = (160_000.0, 840_000.0)  # eastings every zone group spans
 ZONE_Y = (9_400_000.0, -10_000_000.0)  # northings, top to bottom (southern ones minus 10,000,000)
@@ -99,43 +99,29 @@ class ZarrStore:
         store lacks stay no data."""
         report = ImportReport(dim=int(self.group.attrs.get("geoemb:dimensions", 128)))
         zones: dict[int, tuple[zarr.Group, int] | None] = {}
-        writer = EmbeddingWriter(folder, grid, report.dim)
-        try:
-            blocks = grid.blocks(block)
-            for n, window in enumerate(blocks, start=1):
-                h, w = int(window.height), int(window.width)
-                vectors = np.zeros((h, w, report.dim), np.int8)
-                scales = np.full((h, w), np.nan, np.float32)
-                rows, cols = np.mgrid[0:h, 0:w]
-                xs = grid.transform.c + (cols + int(window.col_off) + 0.5) * grid.transform.a
-                ys = grid.transform.f + (rows + int(window.row_off) + 0.5) * grid.transform.e
-                lon, lat = (np.asarray(v).reshape(xs.shape) for v in warp_transform(grid.crs, "EPSG:4326", xs.ravel(), ys.ravel()))
-                point_zones = zone_of(lon)
-                for number in np.unique(point_zones).tolist():
-                    if number not in zones:
-                        zones[number] = self._zone_year(number, year, report)
-                    if zones[number] is None:
-                        continue
-                    group, t = zones[number]
-                    sel = np.nonzero(point_zones == number)
-                    e, nn = warp_transform("EPSG:4326", CRS.from_epsg(32600 + number), lon[sel], lat[sel])
-                    xi = np.rint((np.asarray(e) - ZONE_X[0]) / PIXEL_SIZE_M - 0.5).astype(np.int64)
-                    yi = np.rint((ZONE_Y[0] - np.asarray(nn)) / PIXEL_SIZE_M - 0.5).astype(np.int64)
-                    y0, y1, x0, x1 = yi.min(), yi.max() + 1, xi.min(), xi.max() + 1
-                    zone_scales = group["scales"][t, y0:y1, x0:x1]
-                    zone_vectors = group["embeddings"][t, :, y0:y1, x0:x1]
-                    got = zone_scales[yi - y0, xi - x0]
-                    keep = np.isfinite(got)  # NaN water and +inf never written stay no data
-                    r, c = sel[0][keep], sel[1][keep]
-                    vectors[r, c] = zone_vectors[:, yi[keep] - y0, xi[keep] - x0].T
-                    scales[r, c] = got[keep]
-                writer.write(window, vectors, scales)
-                report.pixels += h * w
-                report.filled += int(np.isfinite(scales).sum())
-                if progress and (n % 10 == 0 or n == len(blocks)):
-                    progress(f"imported {n}/{len(blocks)} blocks")
-        finally:
-            writer.close()
+
+        def fill_block(lon: np.ndarray, lat: np.ndarray, vectors: np.ndarray, scales: np.ndarray) -> None:
+            point_zones = zone_of(lon)
+            for number in np.unique(point_zones).tolist():
+                if number not in zones:
+                    zones[number] = self._zone_year(number, year, report)
+                if zones[number] is None:
+                    continue
+                group, t = zones[number]
+                sel = np.nonzero(point_zones == number)
+                e, nn = warp_transform("EPSG:4326", CRS.from_epsg(32600 + number), lon[sel], lat[sel])
+                xi = np.rint((np.asarray(e) - ZONE_X[0]) / PIXEL_SIZE_M - 0.5).astype(np.int64)
+                yi = np.rint((ZONE_Y[0] - np.asarray(nn)) / PIXEL_SIZE_M - 0.5).astype(np.int64)
+                y0, y1, x0, x1 = yi.min(), yi.max() + 1, xi.min(), xi.max() + 1
+                zone_scales = group["scales"][t, y0:y1, x0:x1]
+                zone_vectors = group["embeddings"][t, :, y0:y1, x0:x1]
+                got = zone_scales[yi - y0, xi - x0]
+                keep = np.isfinite(got)  # NaN water and +inf never written stay no data
+                r, c = sel[0][keep], sel[1][keep]
+                vectors[r, c] = zone_vectors[:, yi[keep] - y0, xi[keep] - x0].T
+                scales[r, c] = got[keep]
+
+        fill_region(grid, folder, report, fill_block, block, progress)
         if not report.used:
             raise TileSourceError(f"the Zarr store {self.root} holds no zone with {year} over the region "
                                   f"(looked for {', '.join(report.missing)})")

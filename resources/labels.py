@@ -117,7 +117,7 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
     if not features:
         raise LabelsError(f"labels file has no features: {path}")
     for f in features:
-        for lon, lat in _coordinates(f.geometry):
+        for lon, lat in coordinates(f.geometry):
             if not (-180 <= lon <= 180 and -90 <= lat <= 90):
                 raise LabelsError(f"{path}: feature {f.index} has coordinates ({lon}, {lat}) outside lon/lat range; "
                                   "is it in a projected CRS?")
@@ -142,7 +142,8 @@ def _group(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _coordinates(geometry: dict):
+def coordinates(geometry: dict):
+    """Every vertex of a Point, Polygon or MultiPolygon."""
     coords = geometry["coordinates"]
     if geometry["type"] == "Point":
         yield coords

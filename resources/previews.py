@@ -10,7 +10,7 @@ import rasterio
 from dagster import MetadataValue
 
 from resources.sentinel import tessera_units_to_db
-from resources.storage import EMBEDDINGS_FILE, SCALES_FILE, RawPartition
+from resources.storage import EmbeddingPartition, RawPartition
 
 PREVIEW_MAX_PX = 384
 
@@ -131,12 +131,10 @@ def loss_curve(losses: list[float], path: Path, title: str) -> Path:
 
 def embedding_preview(folder: Path, path: Path) -> Path:
     """PCA false colour of an embeddings partition, read at preview resolution."""
-    with rasterio.open(folder / SCALES_FILE) as src:
-        h, w = preview_shape(src.height, src.width)
-        scales = src.read(1, out_shape=(h, w))
-    with rasterio.open(folder / EMBEDDINGS_FILE) as src:
-        vectors = np.moveaxis(src.read(out_shape=(src.count, h, w)), 0, -1).astype(np.float32)
-    return save_png(pca_false_colour(vectors * scales[..., None]), path)
+    partition = EmbeddingPartition(folder)
+    grid = partition.grid
+    vectors, scales, _ = partition.read_overview(*preview_shape(grid.height, grid.width))
+    return save_png(pca_false_colour(vectors.astype(np.float32) * scales[..., None]), path)
 
 
 def similarity_png(raster: Path, path: Path, marker: tuple[int, int] | None = None) -> Path:

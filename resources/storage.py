@@ -296,6 +296,16 @@ class EmbeddingPartition:
         with rasterio.open(self.folder / SCALES_FILE) as src:
             return sum(int(np.isfinite(src.read(1, window=w)).sum()) for _, w in src.block_windows(1))
 
+    def read_overview(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray, Affine]:
+        """int8 vectors (height, width, dim) and scales of the whole partition read at a reduced size
+        (previews, map layers), with the transform of that size."""
+        with rasterio.open(self.folder / SCALES_FILE) as src:
+            scales = src.read(1, out_shape=(height, width))
+            transform = src.transform @ Affine.scale(src.width / width, src.height / height)
+        with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
+            vectors = np.moveaxis(src.read(out_shape=(src.count, height, width)), 0, -1)
+        return vectors, scales, transform
+
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """int8 vectors (h, w, dim) and scales (h, w)."""
         with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:

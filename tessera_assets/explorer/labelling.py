@@ -19,7 +19,7 @@ import numpy as np
 import rasterio
 
 from model.fewshot import HEADS, Classifier
-from resources.labels import LabelFeature, LabelsError, labelled_pixels, spatial_group
+from resources.labels import LabelFeature, LabelsError, coordinates, labelled_pixels, spatial_group
 from resources.storage import TesseraStorage, atomic_directory, write_class_map
 from tessera_assets.explorer.layers import partition_vectors
 
@@ -45,8 +45,7 @@ def _check_geometry(geometry: dict) -> dict:
     kind = geometry.get("type") if isinstance(geometry, dict) else None
     if kind not in ("Point", "Polygon"):
         raise LabelsError(f"a label is a Point or a Polygon, not {kind or 'nothing'}")
-    points = [geometry["coordinates"]] if kind == "Point" else [p for ring in geometry["coordinates"] for p in ring]
-    for point in points:
+    for point in coordinates(geometry):
         if len(point) < 2 or not (-180 <= float(point[0]) <= 180 and -90 <= float(point[1]) <= 90):
             raise LabelsError(f"coordinates {point} are not lon/lat in WGS84")
     if kind == "Polygon" and len(geometry["coordinates"][0]) < 4:

@@ -23,7 +23,7 @@ from affine import Affine
 from model.quantise import dequantise
 from resources.errors import PartitionNotMaterialisedError
 from resources.previews import median_composite, pca_false_colour, preview_shape, stretch
-from resources.storage import EMBEDDINGS_FILE, SCALES_FILE, EmbeddingPartition, TesseraStorage
+from resources.storage import EmbeddingPartition, TesseraStorage
 from tessera_assets.explorer.tiles import DISPLAY_MAX_PX, Raster
 
 # categorical colours for classes 1..n (0 is no data); Tableau 10, then repeated
@@ -72,11 +72,6 @@ class Layers:
                 self._cache.popitem(last=False)
         return value
 
-    def _display(self, partition: EmbeddingPartition) -> tuple[tuple[int, int], Affine]:
-        grid = partition.grid
-        h, w = preview_shape(grid.height, grid.width, DISPLAY_MAX_PX)
-        return (h, w), grid.transform * Affine.scale(grid.width / w, grid.height / h)
-
     def true_colour(self, year: int, region: str) -> Raster:
         def make() -> Raster:
             raw = self.storage.open_raw("s2", year, region)
@@ -84,7 +79,7 @@ class Layers:
             grid = raw.grid
             h, w = rgb.shape[:2]
             return Raster(_rgba(stretch(rgb), np.isfinite(rgb).all(-1)),
-                          grid.transform * Affine.scale(grid.width / w, grid.height / h), grid.crs)
+                          grid.transform @ Affine.scale(grid.width / w, grid.height / h), grid.crs)
         return self.cached(("true_colour", year, region), make)
 
     def display_vectors(self, year: int, region: str) -> tuple[np.ndarray, np.ndarray, Affine]:
@@ -92,12 +87,8 @@ class Layers:
         transform: read once, shared by the PCA layer and every query's similarity layer."""
         def make():
             partition = self.storage.open_embeddings(year, region)
-            (h, w), transform = self._display(partition)
-            with rasterio.open(partition.folder / SCALES_FILE) as src:
-                scales = src.read(1, out_shape=(h, w))
-            with rasterio.open(partition.folder / EMBEDDINGS_FILE) as src:
-                q = np.moveaxis(src.read(out_shape=(src.count, h, w)), 0, -1)
-            return q, scales, transform
+            grid = partition.grid
+            return partition.read_overview(*preview_shape(grid.height, grid.width, DISPLAY_MAX_PX))
         return self.cached(("vectors", year, region), make)
 
     def _crs(self, year: int, region: str):
