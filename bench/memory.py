@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.checkpoint is None:
         storage = TesseraStorage(root=".tessera/data")
-        args.checkpoint = str(storage.encoder_dir(storage.current_encoder_id()) / "encoder.pt")
+        args.checkpoint = str(storage.encoder_checkpoint(storage.current_encoder_id()))
     started = time.perf_counter()
     report = {}
     for name, side in (("demo_size", args.pixels), ("four_times_area", args.pixels * 2)):

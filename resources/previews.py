@@ -75,7 +75,7 @@ def median_composite(partition: RawPartition, bands: tuple[int, ...], max_px: in
     h, w = preview_shape(grid.height, grid.width, max_px)
     stack = np.full((len(partition.observations), h, w, len(bands)), np.nan, np.float32)
     for t, obs in enumerate(partition.observations):
-        with rasterio.open(partition.folder / obs["file"]) as src:
+        with partition.folder.open(obs["file"]) as src:
             data = src.read([b + 1 for b in bands], out_shape=(len(bands), h, w)).astype(np.float32)
             valid = src.read_masks(1, out_shape=(h, w)) > 0
         data[:, ~valid] = np.nan

@@ -20,6 +20,7 @@ from pystac_client import ItemSearch
 from pystac_client.stac_api_io import StacApiIO
 
 from resources.errors import CatalogError
+from resources.gdal_env import endpoint_options
 
 Sensor = Literal["s2", "s1"]
 
@@ -284,9 +285,7 @@ class StacCatalog(ConfigurableResource):
                 raise CatalogError("s3_access_key_id is set without s3_secret_access_key")
             options = {"AWS_ACCESS_KEY_ID": self.s3_access_key_id, "AWS_SECRET_ACCESS_KEY": self.s3_secret_access_key}
         if self.s3_endpoint:
-            scheme, _, host = self.s3_endpoint.rpartition("://")
-            options |= {"AWS_S3_ENDPOINT": host.rstrip("/"), "AWS_HTTPS": "NO" if scheme == "http" else "YES",
-                        "AWS_VIRTUAL_HOSTING": "FALSE"}
+            options |= endpoint_options(self.s3_endpoint)
         return options
 
     def static_root(self) -> str | None:

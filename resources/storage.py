@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,17 +23,20 @@ import numpy as np
 import rasterio
 from affine import Affine
 from dagster import ConfigurableResource
+from pydantic import PrivateAttr
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from model.encoder import TesseraEncoder
 from model.quantise import dequantise
-from resources.errors import PartitionNotMaterialisedError
+from resources.errors import ConfigurationError, PartitionNotMaterialisedError
+from resources.object_store import ObjectRoot, is_object_uri, new_version
 from resources.regions import RegionGrid
 
 INDEX_FILE = "index.json"
 ENCODER_CHECKPOINT = "encoder.pt"
-CURRENT_ENCODER = "current.json"
+CURRENT_ENCODER = "current.json"  # models/current.json: the pointer to the current encoder
+DOWNLOADED = ".downloaded"  # in a cached copy of an object-store version: every file is there
 ENCODER_FILE = "encoder.json"  # in an embeddings partition: the identity of the encoder that made it
 
 
@@ -95,84 +99,161 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 
 class TesseraStorage(ConfigurableResource):
-    """The data root: raw partitions, embeddings, the demo catalog."""
+    """The data root: raw partitions, embeddings, checkpoints, maps, few-shot outputs. A local folder
+    (partitions replaced by folder swaps) or an object-store prefix such as `s3://bucket/prefix`
+    (partitions published by pointer; `resources.object_store`), used through the same calls."""
 
     root: str = ".tessera/data"
+    # object-store settings, LanceDB's keys (aws_endpoint, aws_region, allow_http, ...); keys are
+    # best left to the environment (AWS_ACCESS_KEY_ID, ...), which obstore, LanceDB and GDAL all read
+    storage_options: dict[str, str] = {}
+    # local room for an object-store root: staging before upload, downloaded checkpoints, the
+    # explorer's labels (default: <root>/.cache for a folder root, the system temp dir otherwise)
+    cache: str | None = None
+    _remote: ObjectRoot | None = PrivateAttr(default=None)
+
+    @property
+    def remote(self) -> ObjectRoot | None:
+        """The object store, or None for a local root."""
+        if self._remote is None and is_object_uri(self.root):
+            self._remote = ObjectRoot(self.root, self.storage_options)
+        return self._remote
 
     def path(self, *parts: str) -> Path:
+        """A path under a local root (its on-disk layout: `raw/s2/2022/demo/...`)."""
+        if self.remote is not None:
+            raise ConfigurationError(f"{self.root} is an object store: its partitions are read through folder()")
         return Path(self.root).joinpath(*parts)
 
-    def raw_dir(self, sensor: str, year: int, region: str) -> Path:
-        return self.path("raw", sensor, str(year), region)
+    def local(self, *parts: str) -> Path:
+        """Local working room (created): the data root itself when it is a folder, else the cache."""
+        base = Path(self.cache) if self.cache else (
+            Path(tempfile.gettempdir(), "tessera-cache") if self.remote is not None else Path(self.root, ".cache"))
+        folder = base.joinpath(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
-    def embeddings_dir(self, year: int, region: str) -> Path:
-        return self.path("embeddings", str(year), region)
+    def workspace(self, *parts: str) -> Path:
+        """Where a local tool keeps its own files (the explorer's labels and maps): under a folder
+        root, else in the cache."""
+        if self.remote is None:
+            folder = self.path(*parts)
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        return self.local(*parts)
 
-    def model_path(self, name: str) -> Path:
-        return self.path("models", name)
+    # -- partitions ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def publish(self, *parts: str | int) -> Iterator[Path]:
+        """A fresh local folder to write a partition into; when the block ends without an error it
+        replaces the published partition in one step, else it vanishes and the old one stays."""
+        parts = tuple(str(p) for p in parts)
+        if self.remote is None:
+            with atomic_directory(self.path(*parts)) as tmp:
+                yield tmp
+            return
+        version = new_version()  # taken at the start: the last run to start wins
+        staged = self.local("staging") / "partition"
+        _remove_leftovers(staged)
+        tmp = staged.with_name(f".{staged.name}-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            yield tmp
+            self.remote.publish(tmp, "/".join(parts), version)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
-    def encoder_dir(self, encoder_id: str) -> Path:
-        """One folder per encoder identity: a checkpoint is never overwritten by another encoder."""
-        return self.path("models", encoder_id)
-
-    def keep_encoder(self, encoder: TesseraEncoder) -> Path:
-        """The checkpoint under its identity (written once: the same id means the same weights)."""
-        checkpoint = self.encoder_dir(encoder.identity.id) / ENCODER_CHECKPOINT
-        if not checkpoint.exists():
-            encoder.save(checkpoint)
-        return checkpoint
-
-    def publish_encoder(self, encoder: TesseraEncoder, extra: dict[str, Any] | None = None) -> Path:
-        """Keep the checkpoint and make it current with one small pointer write (a temporary file
-        renamed over the pointer), so readers see the old or the new encoder, never neither."""
-        identity = encoder.identity
-        checkpoint = self.keep_encoder(encoder)
-        pointer = self.path("models", CURRENT_ENCODER)
-        tmp = pointer.with_name(f".{pointer.name}-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(identity.to_dict() | {"checkpoint": str(checkpoint)} | (extra or {}), indent=1))
-        tmp.replace(pointer)
-        return checkpoint
-
-    def current_encoder_id(self) -> str:
-        pointer = self.path("models", CURRENT_ENCODER)
-        if not pointer.exists():
-            raise PartitionNotMaterialisedError(f"no encoder yet (no {pointer}): materialise encoder_checkpoint first")
-        return json.loads(pointer.read_text())["id"]
-
-    def load_encoder(self, encoder_id: str | None = None) -> TesseraEncoder:
-        """The current encoder, or a kept one by id."""
-        encoder_id = encoder_id or self.current_encoder_id()
-        checkpoint = self.encoder_dir(encoder_id) / ENCODER_CHECKPOINT
-        if not checkpoint.exists():
-            kept = sorted(p.parent.name for p in self.path("models").glob(f"*/{ENCODER_CHECKPOINT}"))
-            raise PartitionNotMaterialisedError(f"no kept encoder {encoder_id!r} (kept: {', '.join(kept) or 'none'})")
-        return TesseraEncoder.from_checkpoint(checkpoint)
-
-    def open_embeddings(self, year: int, region: str) -> "EmbeddingPartition":
-        folder = self.embeddings_dir(year, region)
-        if not (folder / SCALES_FILE).exists():
-            raise PartitionNotMaterialisedError(
-                f"embeddings for year {year}, region {region!r} are not materialised (looked in {folder})"
-            )
-        return EmbeddingPartition(folder)
+    def folder(self, *parts: str | int) -> Folder | None:
+        """The published partition folder, or None."""
+        parts = tuple(str(p) for p in parts)
+        if self.remote is None:
+            path = self.path(*parts)
+            return Folder(str(path)) if is_published(path) else None
+        key = self.remote.published("/".join(parts))
+        return Folder(self.remote.uri(key), self.remote, key) if key else None
 
     def partitions(self, *product: str) -> list[tuple[int, str]]:
         """(year, region) of every published partition of a product (`raw/s2`, `embeddings`, ...),
-        never a hidden in-progress or replaced folder."""
+        never a hidden in-progress or replaced folder, never an unpublished version."""
+        if self.remote is not None:
+            keys = [k.rsplit("/", 2)[-2:] for k in self.remote.published_keys("/".join(product))]
+            return sorted((int(year), name) for year, name in keys if year.isdigit())
         return sorted((int(folder.parent.name), folder.name) for folder in self.path(*product).glob("*/*")
                       if is_published(folder) and folder.parent.name.isdigit())
 
-    def region_folders(self, region: str) -> list[Path]:
-        """Every partition folder of a region, all years and products (`.../<year>/<region>`)."""
-        products = [("raw", "s2"), ("raw", "s1"), ("embeddings",), ("similarity",), ("land_cover",)]
-        return sorted(self.path(*product, str(year), name) for product in products
-                      for year, name in self.partitions(*product) if name == region)
-
     def raw_partitions(self) -> list[tuple[int, str]]:
         """(year, region) of every raw partition materialised for both sensors."""
-        return [(year, region) for year, region in self.partitions("raw", "s2")
-                if (self.raw_dir("s2", year, region) / INDEX_FILE).exists()
-                and (self.raw_dir("s1", year, region) / INDEX_FILE).exists()]
+        return sorted(set(self.partitions("raw", "s2")) & set(self.partitions("raw", "s1")))
+
+    def delete_region(self, region: str) -> int:
+        """Remove every partition of a region, all years and products; returns how many."""
+        products = [("raw", "s2"), ("raw", "s1"), ("embeddings",), ("similarity",), ("land_cover",)]
+        found = [(*product, str(year), name) for product in products
+                 for year, name in self.partitions(*product) if name == region]
+        for parts in found:
+            if self.remote is None:
+                shutil.rmtree(self.path(*parts))
+            else:
+                self.remote.unpublish("/".join(parts))
+        return len(found)
+
+    def fetch(self, *parts: str) -> Path:
+        """A published file as a local path (for readers that need one: parquet, torch): the file
+        itself under a folder root, else a cached download of the immutable version."""
+        *folder_parts, name = parts
+        folder = self.folder(*folder_parts)
+        if folder is None or not folder.exists(name):
+            raise PartitionNotMaterialisedError(f"no {'/'.join(parts)} under {self.root}")
+        if folder.store is None:
+            return Path(folder / name)
+        cached = self.local("downloads", folder.key) / name  # a version never changes: cached copies stay true
+        return cached if cached.exists() else folder.store.download(f"{folder.key}/{name}", cached)
+
+    def location(self, *parts: str | int) -> str:
+        """Where a published partition is, for people (metadata `path`): a folder or a version URI."""
+        return str(self.folder(*parts) or "/".join((self.root, *map(str, parts))))
+
+    def read_file(self, relative: str) -> bytes:
+        """A file of a published partition by its logical path (`raw/s2/2022/demo/preview.png`),
+        whatever version is current: what the explorer serves for links in the Dagster UI."""
+        folder_key, _, name = relative.rpartition("/")
+        if self.remote is None and not self.path(relative).resolve().is_relative_to(Path(self.root).resolve()):
+            raise FileNotFoundError(f"{relative} leads out of the data root")
+        folder = self.folder(*folder_key.split("/")) if folder_key else None
+        data = folder.read_bytes(name) if folder is not None else None
+        if data is None:
+            raise FileNotFoundError(f"no file {relative} under the data root")
+        return data
+
+    def open_embeddings(self, year: int, region: str) -> "EmbeddingPartition":
+        folder = self.folder("embeddings", year, region)
+        if folder is None or not folder.exists(SCALES_FILE):
+            raise PartitionNotMaterialisedError(
+                f"embeddings for year {year}, region {region!r} are not materialised (looked in "
+                f"{self.root}/embeddings/{year}/{region})")
+        return EmbeddingPartition(folder)
+
+    def open_raw(self, sensor: str, year: int, region: str) -> "RawPartition":
+        """A raw partition; from an object store, a local copy of it: the encoder reads every file
+        whole, which is 1.6x faster downloaded first than read in place (`bench/object_store.py`)."""
+        folder = self.folder("raw", sensor, year, region)
+        if folder is None or not folder.exists(INDEX_FILE):
+            raise PartitionNotMaterialisedError(
+                f"{sensor}_raw for year {year}, region {region!r} is not materialised (looked in "
+                f"{self.root}/raw/{sensor}/{year}/{region})")
+        return RawPartition(folder if folder.store is None else self._local_copy(folder))
+
+    def _local_copy(self, folder: Folder) -> Folder:
+        """A published version on local disk, downloaded once (a version never changes); other
+        versions of the partition are dropped from the cache."""
+        target = self.local("downloads", folder.key)
+        if not (target / DOWNLOADED).exists():
+            for older in target.parent.iterdir():
+                if older != target:
+                    shutil.rmtree(older, ignore_errors=True)
+            folder.store.download_prefix(folder.key, target)
+            (target / DOWNLOADED).touch()
+        return Folder(str(target))
 
     def observation_counts(self, sensor: str, year: int, region: str, shape: tuple[int, int]) -> np.ndarray:
         """Valid observations per pixel of the raw partition; zeros (not known) where there is none,
@@ -182,13 +263,98 @@ class TesseraStorage(ConfigurableResource):
         except PartitionNotMaterialisedError:
             return np.zeros(shape, np.uint16)
 
-    def open_raw(self, sensor: str, year: int, region: str) -> "RawPartition":
-        folder = self.raw_dir(sensor, year, region)
-        if not (folder / INDEX_FILE).exists():
-            raise PartitionNotMaterialisedError(
-                f"{sensor}_raw for year {year}, region {region!r} is not materialised (looked in {folder})"
-            )
-        return RawPartition(folder)
+    # -- encoders --------------------------------------------------------------------------------
+    def keep_encoder(self, encoder: TesseraEncoder, files: dict[str, Path] | None = None) -> str:
+        """The checkpoint (and `files` beside it, e.g. its loss curve) published once under its
+        identity, never overwritten (the same id means the same weights); returns where it is."""
+        parts = ("models", encoder.identity.id)
+        if self.folder(*parts) is None:
+            with self.publish(*parts) as tmp:
+                encoder.save(tmp / ENCODER_CHECKPOINT)
+                for name, path in (files or {}).items():
+                    shutil.copyfile(path, tmp / name)
+        return self.folder(*parts) / ENCODER_CHECKPOINT
+
+    def publish_encoder(self, encoder: TesseraEncoder, extra: dict[str, Any] | None = None,
+                        files: dict[str, Path] | None = None) -> str:
+        """Keep the checkpoint and make it current with one small pointer write, so readers see the
+        old or the new encoder, never neither (two runs at once: the last write wins)."""
+        checkpoint = self.keep_encoder(encoder, files)
+        body = json.dumps(encoder.identity.to_dict() | {"checkpoint": checkpoint} | (extra or {}), indent=1)
+        if self.remote is not None:
+            self.remote.put(f"models/{CURRENT_ENCODER}", body.encode())
+            return checkpoint
+        pointer = self.path("models", CURRENT_ENCODER)
+        tmp = pointer.with_name(f".{pointer.name}-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(body)
+        tmp.replace(pointer)
+        return checkpoint
+
+    def current_encoder_id(self) -> str:
+        if self.remote is not None:
+            pointer = self.remote.get(f"models/{CURRENT_ENCODER}")
+        else:
+            path = self.path("models", CURRENT_ENCODER)
+            pointer = path.read_bytes() if path.exists() else None
+        if pointer is None:
+            raise PartitionNotMaterialisedError(f"no encoder yet (no models/{CURRENT_ENCODER} under {self.root}): "
+                                                "materialise encoder_checkpoint first")
+        return json.loads(pointer)["id"]
+
+    def kept_encoders(self) -> list[str]:
+        if self.remote is not None:
+            return [key.rsplit("/", 1)[-1] for key in self.remote.published_keys("models")]
+        return sorted(p.parent.name for p in self.path("models").glob(f"*/{ENCODER_CHECKPOINT}"))
+
+    def encoder_checkpoint(self, encoder_id: str) -> Path:
+        """A kept checkpoint as a local file (from an object store, downloaded once per version)."""
+        try:
+            return self.fetch("models", encoder_id, ENCODER_CHECKPOINT)
+        except PartitionNotMaterialisedError:
+            raise PartitionNotMaterialisedError(f"no kept encoder {encoder_id!r} "
+                                                f"(kept: {', '.join(self.kept_encoders()) or 'none'})") from None
+
+    def load_encoder(self, encoder_id: str | None = None) -> TesseraEncoder:
+        """The current encoder, or a kept one by id."""
+        return TesseraEncoder.from_checkpoint(self.encoder_checkpoint(encoder_id or self.current_encoder_id()))
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A published partition folder as readers use it: a local directory, or a version prefix on an
+    object store (then `store` and `key` say where). `folder / name` is what GDAL opens."""
+
+    location: str
+    store: ObjectRoot | None = None
+    key: str = ""
+
+    def __truediv__(self, name: str) -> str:
+        return f"{self.location}/{name}"
+
+    def __str__(self) -> str:
+        return self.location
+
+    def read_bytes(self, name: str) -> bytes | None:
+        if self.store is not None:
+            return self.store.get(f"{self.key}/{name}")
+        path = Path(self / name)
+        return path.read_bytes() if path.is_file() else None
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(f"{self.key}/{name}") if self.store is not None else Path(self / name).exists()
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[rasterio.io.DatasetReader]:
+        if self.store is not None:
+            with self.store.open_raster(f"{self.key}/{name}") as src:
+                yield src
+        else:
+            with rasterio.open(self / name) as src:
+                yield src
+
+
+def as_folder(folder: Folder | Path | str) -> Folder:
+    return folder if isinstance(folder, Folder) else Folder(str(folder))
 
 
 def grid_to_json(grid: RegionGrid) -> dict[str, Any]:
@@ -203,12 +369,15 @@ def grid_from_json(data: dict[str, Any]) -> RegionGrid:
 class RawPartition:
     """A materialised raw partition: one GeoTIFF per observation (bands + GDAL valid mask), and an index."""
 
-    folder: Path
+    folder: Folder
+
+    def __post_init__(self) -> None:
+        self.folder = as_folder(self.folder)
 
     @property
     def index(self) -> dict[str, Any]:
         if not hasattr(self, "_index"):
-            self._index = json.loads((self.folder / INDEX_FILE).read_text())
+            self._index = json.loads(self.folder.read_bytes(INDEX_FILE))
         return self._index
 
     @property
@@ -229,13 +398,13 @@ class RawPartition:
         values = np.zeros((len(self.observations), count, int(window.height), int(window.width)), self.index["dtype"])
         valid = np.zeros((len(self.observations), int(window.height), int(window.width)), bool)
         for t, obs in enumerate(self.observations):
-            with rasterio.open(self.folder / obs["file"]) as src:
+            with self.folder.open(obs["file"]) as src:
                 values[t] = src.read(window=window)
                 valid[t] = src.read_masks(1, window=window) > 0
         return values, valid
 
     def valid_count(self) -> np.ndarray:
-        with rasterio.open(self.folder / "valid_count.tif") as src:
+        with self.folder.open("valid_count.tif") as src:
             return src.read(1)
 
 
@@ -268,24 +437,27 @@ class EmbeddingWriter:
 class EmbeddingPartition:
     """A materialised embeddings partition in TESSERA's int8 + scale format, on the region grid."""
 
-    folder: Path
+    folder: Folder
+
+    def __post_init__(self) -> None:
+        self.folder = as_folder(self.folder)
 
     @property
     def grid(self) -> RegionGrid:
-        with rasterio.open(self.folder / SCALES_FILE) as src:
+        with self.folder.open(SCALES_FILE) as src:
             return RegionGrid(src.crs, src.transform, src.width, src.height)
 
     @property
     def dim(self) -> int:
-        with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
+        with self.folder.open(EMBEDDINGS_FILE) as src:
             return src.count
 
     @property
     def encoder(self) -> dict[str, Any]:
         """The identity of the encoder that made these vectors (`id` "unknown" for partitions
         written before identities were recorded)."""
-        path = self.folder / ENCODER_FILE
-        return json.loads(path.read_text()) if path.exists() else {"id": "unknown"}
+        data = self.folder.read_bytes(ENCODER_FILE)
+        return json.loads(data) if data else {"id": "unknown"}
 
     @property
     def encoder_id(self) -> str:
@@ -293,24 +465,24 @@ class EmbeddingPartition:
 
     def valid_pixels(self) -> int:
         """Pixels with a vector (finite scale), from the scales alone."""
-        with rasterio.open(self.folder / SCALES_FILE) as src:
+        with self.folder.open(SCALES_FILE) as src:
             return sum(int(np.isfinite(src.read(1, window=w)).sum()) for _, w in src.block_windows(1))
 
     def read_overview(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray, Affine]:
         """int8 vectors (height, width, dim) and scales of the whole partition read at a reduced size
         (previews, map layers), with the transform of that size."""
-        with rasterio.open(self.folder / SCALES_FILE) as src:
+        with self.folder.open(SCALES_FILE) as src:
             scales = src.read(1, out_shape=(height, width))
             transform = src.transform @ Affine.scale(src.width / width, src.height / height)
-        with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
+        with self.folder.open(EMBEDDINGS_FILE) as src:
             vectors = np.moveaxis(src.read(out_shape=(src.count, height, width)), 0, -1)
         return vectors, scales, transform
 
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """int8 vectors (h, w, dim) and scales (h, w)."""
-        with rasterio.open(self.folder / EMBEDDINGS_FILE) as src:
+        with self.folder.open(EMBEDDINGS_FILE) as src:
             vectors = np.moveaxis(src.read(window=window), 0, -1)
-        with rasterio.open(self.folder / SCALES_FILE) as src:
+        with self.folder.open(SCALES_FILE) as src:
             scales = src.read(1, window=window)
         return vectors, scales
 

@@ -15,8 +15,12 @@ TESSERA_S1_ASSET_KEYS (`B04=red,SCL=scl`) its asset keys; TESSERA_S2_MASK=cloud 
 that carry no SCL. s3:// hrefs are read through TESSERA_S2_S3_ENDPOINT / TESSERA_S1_S3_ENDPOINT (CDSE's
 is preset) with the keys in TESSERA_S3_ACCESS_KEY_ID and TESSERA_S3_SECRET_ACCESS_KEY, passed as
 Dagster EnvVars: resolved when a run starts, never written into run config. The same fields show in
-the Dagster launchpad under `s2_catalog` and `s1_catalog`. TESSERA_HOME moves the data root,
-TESSERA_REGIONS the regions file, TESSERA_LANCEDB_URI the embedding table.
+the Dagster launchpad under `s2_catalog` and `s1_catalog`. TESSERA_HOME moves the local state (the
+demo catalog, the Dagster home, caches); TESSERA_DATA_URI puts every product (raw, embeddings,
+checkpoints, maps, few-shot outputs, and the embedding table unless TESSERA_LANCEDB_URI says
+otherwise) in another folder or on an object store (`s3://bucket/prefix`, with the AWS_* variables
+that obstore, LanceDB and GDAL read: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and
+AWS_ENDPOINT_URL plus AWS_ALLOW_HTTP=true for MinIO); TESSERA_REGIONS the regions file.
 
 The other resources are imported where they are built: a one-off `tessera search` needs only the
 vector store, and importing the raster and model stack would triple its start-up."""
@@ -47,8 +51,14 @@ def tessera_home() -> str:
     return os.environ.get("TESSERA_HOME", ".tessera")
 
 
+def data_uri() -> str:
+    """Where every product lives: TESSERA_DATA_URI (a folder or `s3://bucket/prefix`), by default
+    the data folder under TESSERA_HOME."""
+    return os.environ.get("TESSERA_DATA_URI", f"{tessera_home()}/data").rstrip("/")
+
+
 def vector_store() -> VectorStore:
-    return VectorStore(uri=os.environ.get("TESSERA_LANCEDB_URI", f"{tessera_home()}/data/lancedb"))
+    return VectorStore(uri=os.environ.get("TESSERA_LANCEDB_URI", f"{data_uri()}/lancedb"))
 
 
 def official_tiles():
@@ -65,11 +75,13 @@ def official_tiles():
 
 def build_resources(deployment: str | None = None) -> dict[str, Any]:
     from resources.compute import ComputeDevice
+    from resources.object_store import is_object_uri
     from resources.regions import RegionCatalog
     from resources.storage import TesseraStorage
 
     home = tessera_home()
-    storage = TesseraStorage(root=f"{home}/data")
+    data = data_uri()
+    storage = TesseraStorage(root=data, cache=f"{home}/cache" if is_object_uri(data) else None)
     regions = RegionCatalog(path=os.environ.get("TESSERA_REGIONS", "regions.yaml"))
     catalogs = {f"{sensor}_catalog": catalog for sensor, catalog in zip(("s2", "s1"), scene_catalogs(deployment))}
     tiles = official_tiles()

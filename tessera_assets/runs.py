@@ -78,7 +78,7 @@ def _example_search(resources: dict, regions: list[Region], year: int) -> None:
     print(format_results(results))
     home = Path(tessera_home())
     written = write_results(results, str(home / f"search_{name}.geojson"))
-    png = resources["storage"].path("similarity", str(year), origin["region"], f"{name}.png")
+    png = resources["storage"].location("similarity", year, origin["region"]) + f"/{name}.png"
     print(f"results: {written}; similarity map: {png}")
 
 
@@ -88,7 +88,7 @@ def _fewshot_report(results: dict, resources: dict, region: str, year: int) -> N
         return
     print(f"\nfew-shot ({classifier['head']} head, {classifier['samples']} labelled pixels, {classifier['draws']} draws a k):")
     print(classifier["scores"])
-    print(f"class map: {resources['storage'].path('land_cover', str(year), region, 'classes.png')}")
+    print(f"class map: {resources['storage'].location('land_cover', year, region)}/classes.png")
 
 
 def _print_summary(results: dict[tuple[str, str], dict]) -> None:
@@ -257,11 +257,9 @@ def run_command(args) -> int:
             instance.delete_dynamic_partition(region_partitions.name, region.name)
         print(f"removed {region.name} from {catalog.path} and its partitions from the Dagster instance")
         if args.purge:
-            folders = resources["storage"].region_folders(region.name)
-            for folder in folders:
-                shutil.rmtree(folder)
+            partitions = resources["storage"].delete_region(region.name)
             rows = resources["vectors"].delete_region(region.name)
-            print(f"purged {len(folders)} partition folders and {rows} rows of the embedding table")
+            print(f"purged {partitions} partitions and {rows} rows of the embedding table")
         else:
             print("its data stays (tessera regions remove --purge deletes it)")
     elif args.regions_command == "add":

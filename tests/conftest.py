@@ -87,7 +87,7 @@ def embedded_env(demo_env):
         instance.add_dynamic_partitions("region", [TINY_REGION])
         keys = [year_region_key(year, TINY_REGION) for year in (TINY_YEAR - 1, TINY_YEAR)]
         for key in keys:
-            if not demo_env.resources["storage"].raw_dir("s2", int(key.keys_by_dimension["year"]), TINY_REGION).exists():
+            if demo_env.resources["storage"].folder("raw", "s2", key.keys_by_dimension["year"], TINY_REGION) is None:
                 assert materialize([s2_raw, s1_raw], partition_key=key, instance=instance, resources=demo_env.resources).success
         trained = materialize([encoder_checkpoint], instance=instance, resources=demo_env.resources,
                               run_config=TRAIN_RUN_CONFIG)

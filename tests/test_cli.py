@@ -65,7 +65,7 @@ def test_run_materialises_any_region_through_the_instance(tmp_path, monkeypatch,
     assert main(["regions", "remove", "elsewhere"]) == 0
     assert "its data stays" in capsys.readouterr().out
     assert main(["regions", "remove", TINY_REGION, "--purge"]) == 0
-    assert "purged 2 partition folders and 0 rows" in capsys.readouterr().out
+    assert "purged 2 partitions and 0 rows" in capsys.readouterr().out
     assert not (tmp_path / "home" / "data" / "raw" / "s2" / str(TINY_YEAR) / TINY_REGION).exists()
     assert not yaml.safe_load(regions.read_text())["regions"], "both regions are out of the file"
     assert TINY_REGION not in instance.get_dynamic_partitions("region")

@@ -78,7 +78,7 @@ def test_pixels_without_data_have_no_embedding(embedded):
 
 def test_rematerialising_gives_identical_bytes(embedded):
     env, instance, _, _ = embedded
-    folder = env.resources["storage"].embeddings_dir(TINY_YEAR, TINY_REGION)
+    folder = env.resources["storage"].path("embeddings", str(TINY_YEAR), TINY_REGION)
     before = {name: (folder / name).read_bytes() for name in ("embeddings.tif", "scales.tif")}
     key = year_region_key(TINY_YEAR, TINY_REGION)
     assert materialize([embeddings], partition_key=key, instance=instance, resources=env.resources).success
@@ -87,7 +87,7 @@ def test_rematerialising_gives_identical_bytes(embedded):
 
 def test_blocks_read_ahead_on_several_threads_give_the_same_bytes(embedded):
     env, instance, _, _ = embedded
-    folder = env.resources["storage"].embeddings_dir(TINY_YEAR, TINY_REGION)
+    folder = env.resources["storage"].path("embeddings", str(TINY_YEAR), TINY_REGION)
     key = year_region_key(TINY_YEAR, TINY_REGION)
     written = []
     for readers in (1, 3):
@@ -102,7 +102,9 @@ def test_v1_0_random_sampling_is_seeded_and_differs_from_evenly_spaced(embedded)
     env, instance, _, _ = embedded
     storage = env.resources["storage"]
     key = year_region_key(TINY_YEAR, TINY_REGION)
-    v1 = storage.keep_encoder(TesseraEncoder.from_preset("tessera-small")).parent.name  # kept, not made current
+    small = TesseraEncoder.from_preset("tessera-small")
+    storage.keep_encoder(small)  # kept, not made current
+    v1 = small.identity.id
 
     def run(**config):
         run_config = {"ops": {"embeddings": {"config": {"encoder_id": v1, **config}}}}
@@ -139,7 +141,9 @@ def test_matryoshka_prefix_is_stored_alone(embedded):
     short = dequantise(q[valid], scales[valid])
     assert (np.abs(short - full) <= full_scales[valid, None] + scales[valid, None]).all()
     assert (np.abs(q[valid]).max(axis=1) == 127).all()  # quantised over the prefix's own range
-    v1 = storage.keep_encoder(TesseraEncoder.from_preset("tessera-small")).parent.name
+    small = TesseraEncoder.from_preset("tessera-small")
+    storage.keep_encoder(small)
+    v1 = small.identity.id
     config = {"ops": {"embeddings": {"config": {"dimensions": 32, "encoder_id": v1}}}}
     refused = materialize([embeddings], partition_key=key, instance=instance, resources=env.resources,
                           run_config=config, raise_on_error=False)
@@ -175,7 +179,7 @@ def test_a_new_encoder_marks_embeddings_stale(embedded, tmp_path):
 
     env, instance, _, _ = embedded
     storage = env.resources["storage"]
-    current = storage.encoder_dir(storage.current_encoder_id()) / "encoder.pt"
+    current = storage.encoder_checkpoint(storage.current_encoder_id())
     other = TesseraEncoder.from_preset("tessera-demo").save(tmp_path / "other.pt")
     key = year_region_key(TINY_YEAR, TINY_REGION)
 
@@ -187,7 +191,7 @@ def test_a_new_encoder_marks_embeddings_stale(embedded, tmp_path):
 
     assert load(current) == StaleStatus.FRESH  # the same weights again: the same identity
     assert load(other) == StaleStatus.STALE
-    assert storage.encoder_dir(TesseraEncoder.from_checkpoint(other).identity.id).exists()
+    assert TesseraEncoder.from_checkpoint(other).identity.id in storage.kept_encoders()
     assert current.exists(), "the earlier encoder is kept"
     assert load(current) == StaleStatus.FRESH
 

@@ -100,8 +100,8 @@ def test_killed_raw_and_embeddings_writers_leave_the_partition_whole(work):
     from tessera_assets.raw.assets import s2_raw
 
     for asset, folder, pattern, definition in (
-            ("s2_raw", storage.raw_dir("s2", TINY_YEAR, TINY_REGION), "obs/*.tif", s2_raw),
-            ("embeddings", storage.embeddings_dir(TINY_YEAR, TINY_REGION), "scales.tif", embeddings)):
+            ("s2_raw", storage.path("raw", "s2", str(TINY_YEAR), TINY_REGION), "obs/*.tif", s2_raw),
+            ("embeddings", storage.path("embeddings", str(TINY_YEAR), TINY_REGION), "scales.tif", embeddings)):
         before = _arrays(folder)
         _kill_when(asset, _in_progress(folder.parent, folder.name, pattern))
         assert _same(_arrays(folder), before), f"{asset}: the published partition is untouched by the killed run"

@@ -18,7 +18,7 @@ from tessera_assets.raw.assets import s1_raw, s2_raw
 @pytest.fixture(scope="module")
 def pool(demo_env):
     storage = demo_env.resources["storage"]
-    if not storage.raw_dir("s2", TINY_YEAR, TINY_REGION).exists():
+    if storage.folder("raw", "s2", TINY_YEAR, TINY_REGION) is None:
         with instance_for_test() as instance:
             instance.add_dynamic_partitions("region", [TINY_REGION])
             materialize([s2_raw, s1_raw], partition_key=year_region_key(TINY_YEAR, TINY_REGION),

@@ -157,7 +157,7 @@ def test_value_stats_count_what_falls_outside_the_range():
 
 def test_rematerialising_replaces_cleanly(ingested):
     env, instance, _ = ingested
-    folder = env.resources["storage"].raw_dir("s2", TINY_YEAR, TINY_REGION)
+    folder = env.resources["storage"].path("raw", "s2", str(TINY_YEAR), TINY_REGION)
     before = (folder / "index.json").read_text()
     files_before = sorted(p.name for p in (folder / "obs").iterdir())
     assert _materialize(env, instance).success
@@ -199,7 +199,7 @@ def test_corrupt_cog_is_skipped_and_reported(tmp_path, demo_env):
     assert victim.name in meta["skipped_reasons"]
     s2 = env.resources["storage"].open_raw("s2", TINY_YEAR, TINY_REGION)
     assert all(victim.name not in o["scenes"] for o in s2.observations)
-    index = json.loads((s2.folder / "index.json").read_text())
+    index = json.loads(s2.folder.read_bytes("index.json"))
     assert any(s["id"] == victim.name and ("corrupt" in s["reason"] or "unreadable" in s["reason"])
                for s in index["skipped"])
 

@@ -2,6 +2,7 @@
 
 import json
 import resource
+import shutil
 import time
 
 import numpy as np
@@ -30,7 +31,7 @@ from model.series import PixelSeries
 from resources.compute import ComputeDevice
 from resources.pixel_series import sample_pixels
 from resources.previews import embedding_preview, loss_curve
-from resources.storage import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage, atomic_directory
+from resources.storage import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage
 from tessera_assets.embeddings.streaming import embed_block, stream_partition
 from tessera_assets.explorer import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
@@ -73,7 +74,7 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
         path = storage.publish_encoder(encoder, {"source": config.checkpoint_path})
         context.log.info(f"loaded {encoder.identity.family} encoder {encoder.identity.id} from {config.checkpoint_path}")
         return MaterializeResult(data_version=DataVersion(encoder.identity.id), metadata={
-            **_identity_metadata(encoder), "source": config.checkpoint_path, "path": MetadataValue.path(str(path)),
+            **_identity_metadata(encoder), "source": config.checkpoint_path, "path": MetadataValue.path(path),
             "seconds": round(time.perf_counter() - started, 2),
         })
     partitions = storage.raw_partitions()
@@ -94,19 +95,20 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
             context.log.info(f"step {step}/{train.steps}: loss {loss:.3f}")
 
     model_config = preset(config.preset)
-    encoder = pretrain(pool, model_config, train, storage.model_path("pretrain-state.pt"), device, progress,
+    scratch = storage.local("pretrain")  # the resumable state, on this machine
+    encoder = pretrain(pool, model_config, train, scratch / "state.pt", device, progress,
                        preset_normalisation(model_config, config.data_source))
     encoder.metadata["partitions"] = [f"{r}|{y}" for y, r in partitions]
-    path = storage.publish_encoder(encoder, {"source": "pretrained"})
-    storage.model_path("pretrain-state.pt").unlink(missing_ok=True)
     losses = encoder.metadata["losses"]
-    curve = loss_curve(losses, path.parent / "loss.png", f"{config.preset} Barlow Twins loss")
+    curve = loss_curve(losses, scratch / "loss.png", f"{config.preset} Barlow Twins loss")
+    path = storage.publish_encoder(encoder, {"source": "pretrained"}, files={"loss.png": curve})
+    previews = preview_metadata("loss_curve", curve, f"models/{encoder.identity.id}/loss.png", "loss curve")
+    shutil.rmtree(scratch)
     return MaterializeResult(data_version=DataVersion(encoder.identity.id), metadata={
         **_identity_metadata(encoder), "steps": len(losses),
         "pixels": len(pool), "partitions": len(partitions), "device": str(device), "precision": precision,
         "first_loss": round(losses[0], 3), "final_loss": round(float(np.mean(losses[-10:])), 3),
-        "seconds": round(time.perf_counter() - started, 1), "path": MetadataValue.path(str(path)),
-        **preview_metadata("loss_curve", curve, storage.root, "loss curve"),
+        "seconds": round(time.perf_counter() - started, 1), "path": MetadataValue.path(path), **previews,
     })
 
 
@@ -145,8 +147,8 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     dims = matryoshka_prefix(encoder.config, config.dimensions, matryoshka_dims(encoder.metadata, encoder.config))
     grid = s2.grid
     batch, readers = compute.batch_for(device), compute.readers_for(device)
-    final = storage.embeddings_dir(year, region)
-    with atomic_directory(final) as tmp:
+    parts = ("embeddings", str(year), region)
+    with storage.publish(*parts) as tmp:
         writer = EmbeddingWriter(tmp, grid, dims)
         try:
             stats = stream_partition(encoder, s2, s1, writer, compute.block_size, config.sampling, config.seed,
@@ -156,7 +158,8 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
         (tmp / ENCODER_FILE).write_text(json.dumps(encoder.identity.to_dict() | {
             "preset": encoder.config.name, "dimensions": dims, "sampling": resolve_mode(encoder.config, config.sampling),
         }, indent=1))
-        embedding_preview(tmp, tmp / "preview.png")
+        previews = preview_metadata("pca_preview", embedding_preview(tmp, tmp / "preview.png"),
+                                    "/".join((*parts, "preview.png")), "PCA of embeddings")
         checks = _checks(EmbeddingPartition(tmp), encoder, s2, s1, config, compute.block_size, batch, precision, dims)
     return MaterializeResult(
         metadata={
@@ -170,8 +173,8 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
             **_identity_metadata(encoder), "dimensions": dims,
             "sampling": resolve_mode(encoder.config, config.sampling),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "path": MetadataValue.path(str(final)), "explorer": MetadataValue.url(explorer_url(year, region)),
-            **preview_metadata("pca_preview", final / "preview.png", storage.root, "PCA of embeddings"),
+            "path": MetadataValue.path(storage.location(*parts)), "explorer": MetadataValue.url(explorer_url(year, region)),
+            **previews,
         },
         check_results=checks,
     )

@@ -13,7 +13,7 @@ from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, Metadat
 from resources.geotessera_tiles import OfficialTiles
 from resources.previews import embedding_preview
 from resources.regions import RegionCatalog
-from resources.storage import ENCODER_FILE, EmbeddingPartition, TesseraStorage, atomic_directory
+from resources.storage import ENCODER_FILE, EmbeddingPartition, TesseraStorage
 from tessera_assets.embeddings.assets import READBACK_CHECKS, readback_checks
 from tessera_assets.explorer import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
@@ -34,13 +34,14 @@ def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage,
     region = regions.get(region_name)
     source, dataset = tiles.open()
     started = time.perf_counter()
-    final = storage.embeddings_dir(year, region_name)
-    with atomic_directory(final) as tmp:
+    parts = ("embeddings", str(year), region_name)
+    with storage.publish(*parts) as tmp:
         report = source.import_into(year, region.grid, region.bbox, tmp, progress=context.log.info)
         (tmp / ENCODER_FILE).write_text(json.dumps(dataset.identity() | {
             "dimensions": report.dim, "source": f"official embeddings at {source.root}"}, indent=1))
         seconds = time.perf_counter() - started
-        embedding_preview(tmp, tmp / "preview.png")
+        previews = preview_metadata("pca_preview", embedding_preview(tmp, tmp / "preview.png"),
+                                    "/".join((*parts, "preview.png")), "PCA of embeddings")
         checks = readback_checks(EmbeddingPartition(tmp))
     used = "\n".join(f"| {name} | {', '.join(f'{k}: {v[:16]}' for k, v in digests.items())} |"
                      for name, digests in report.used.items())
@@ -56,8 +57,8 @@ def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage,
             "pixels": report.pixels, "pixels_with_data": report.filled,
             "no_data_fraction": round(1 - report.filled / max(report.pixels, 1), 4),
             "seconds": round(seconds, 2), "pixels_per_second": round(report.pixels / max(seconds, 1e-9)),
-            "path": MetadataValue.path(str(final)), "explorer": MetadataValue.url(explorer_url(year, region_name)),
-            **preview_metadata("pca_preview", final / "preview.png", storage.root, "PCA of embeddings"),
+            "path": MetadataValue.path(storage.location(*parts)),
+            "explorer": MetadataValue.url(explorer_url(year, region_name)), **previews,
         },
         check_results=checks,
     )

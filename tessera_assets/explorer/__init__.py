@@ -17,8 +17,8 @@ def explorer_url(year: int, region: str) -> str:
     return f"{_base()}/#year={year}&region={region}"
 
 
-def preview_metadata(key: str, png: Path, data_root: str | Path, alt: str) -> dict[str, MetadataValue]:
-    """A PNG for the Dagster UI: its thumbnail inline under `key`, and under `{key}_full` a link to
-    the full-size file, which the explorer serves from the data root."""
-    relative = Path(png).resolve().relative_to(Path(data_root).resolve())
-    return {key: markdown_image(png, alt), f"{key}_full": MetadataValue.url(f"{_base()}/files/{relative.as_posix()}")}
+def preview_metadata(key: str, png: Path, published: str, alt: str) -> dict[str, MetadataValue]:
+    """A PNG for the Dagster UI: its thumbnail (from the file as written) inline under `key`, and under
+    `{key}_full` a link to the full-size file by its path in the data root (`raw/s2/2022/demo/preview.png`),
+    which the explorer serves from the partition's current version, on a local disk or an object store."""
+    return {key: markdown_image(png, alt), f"{key}_full": MetadataValue.url(f"{_base()}/files/{published}")}

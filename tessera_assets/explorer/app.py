@@ -60,7 +60,7 @@ class Explorer:
         self.storage, self.regions, self.vectors = storage, regions, vectors
         self.dagster_url = dagster_url.rstrip("/")
         self.layers = Layers(storage)
-        self.session = LabelSession(storage.path("explorer", "labels.geojson"))
+        self.session = LabelSession(storage.workspace("explorer") / "labels.geojson")
         self.queries: OrderedDict[str, Query] = OrderedDict()
         self._ids = itertools.count(1)
         self._similarity: Similarity | None = None
@@ -176,16 +176,13 @@ class Explorer:
             raise BadRequest(f"unknown layer {layer!r}: use one of {', '.join(LAYERS)}")
         return render(raster, z, x, y)
 
-    def data_file(self, relative: str) -> Path:
-        """A PNG under the data root (partition previews, maps, curves, linked from the Dagster UI);
-        any other file, or a path that leads out of the root, is refused."""
-        root = Path(self.storage.root).resolve()
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root) or path.suffix != ".png":
-            raise BadRequest(f"{relative}: only PNG files under the data root are served")
-        if not path.is_file():
-            raise FileNotFoundError(f"no file {relative} under the data root")
-        return path
+    def data_file(self, relative: str) -> bytes:
+        """A PNG of a published partition (previews, maps, curves, linked from the Dagster UI), from
+        its current version on a local disk or an object store; any other file is refused."""
+        parts = relative.split("/")
+        if not relative.endswith(".png") or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+            raise BadRequest(f"{relative}: only PNG files of published partitions are served")
+        return self.storage.read_file(relative)
 
     # -- labels ------------------------------------------------------------------------------------
     def add_label(self, body: dict) -> dict:
@@ -303,8 +300,7 @@ def create_app(explorer: Explorer) -> Starlette:
         return JSONResponse({"removed": request.path_params["label_id"]})
 
     async def files(request: Request):
-        return FileResponse(await run_in_threadpool(explorer.data_file, request.path_params["path"]),
-                            media_type="image/png")
+        return Response(await run_in_threadpool(explorer.data_file, request.path_params["path"]), media_type="image/png")
 
     async def train(request: Request):
         return JSONResponse(await run_in_threadpool(explorer.train, await _body(request)))

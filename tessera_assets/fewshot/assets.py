@@ -1,5 +1,6 @@
 """Few-shot classification: labels joined with embeddings, an honestly evaluated classifier, class maps."""
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -16,21 +17,34 @@ from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError
 from resources.labels import LabelsError, labelled_pixels, read_labels
 from resources.pixel_series import read_window
 from resources.previews import class_map_png, learning_curve_png
-from resources.storage import TesseraStorage, atomic_directory, write_class_map
+from resources.object_store import ObjectRoot, is_object_uri
+from resources.storage import TesseraStorage, write_class_map
 from tessera_assets.explorer import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 LABEL_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
+SAMPLES_FILE = "samples.parquet"
+CLASSIFIER_FILE = "classifier.pt"
 
 
 class LabelsConfig(Config):
-    labels_path: str = Field("labels", description="a labels file, or a folder of them")
+    labels_path: str = Field("labels", description="a labels file, or a folder of them (local, or s3://...)")
     year: int | None = Field(None, description="year of labels that carry none")
     label_field: str = "label"
     encoder_id: str | None = Field(None, description="use the partitions of this encoder (needed when several made them)")
 
 
-def _label_files(path: str) -> list[Path]:
+def _label_files(path: str, storage: TesseraStorage) -> list[Path]:
+    """The labels files at a path or folder, local or on the object store (`s3://...`, with the
+    data root's settings)."""
+    if is_object_uri(path):
+        parent, _, name = path.rstrip("/").rpartition("/")
+        cache = storage.local("downloads", "labels", hashlib.sha1(path.encode()).hexdigest()[:16])
+        files = ObjectRoot(parent, storage.storage_options).fetch_all(name, cache)
+        files = [p for p in files if p.suffix.lower() in LABEL_SUFFIXES]
+        if not files:
+            raise LabelsError(f"no labels files (.geojson, .csv, .parquet) at {path}")
+        return sorted(files)
     target = Path(path)
     files = sorted(p for p in target.iterdir() if p.suffix.lower() in LABEL_SUFFIXES) if target.is_dir() else [target]
     if not files:
@@ -41,7 +55,7 @@ def _label_files(path: str) -> list[Path]:
 @asset(deps=[AssetKey("embeddings")], group_name="fewshot", kinds={"parquet"}, code_version="samples-2")
 def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storage: TesseraStorage) -> MaterializeResult:
     """Every labelled pixel with its embedding and a raw-input baseline feature vector."""
-    features = [f for file in _label_files(config.labels_path) for f in read_labels(file, config.label_field)]
+    features = [f for file in _label_files(config.labels_path, storage) for f in read_labels(file, config.label_field)]
     partitions = storage.partitions("embeddings")
     grids = {key: storage.open_embeddings(*key).grid for key in partitions}
     missing_year = [f for f in features if (f.year or config.year) is None]
@@ -100,16 +114,14 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     table = pa.table({k: (pa.array([None if v is None else v.tolist() for v in vals], pa.list_(pa.float32()))
                           if k in ("embedding", "baseline") else pa.array(vals)) for k, vals in columns.items()})
     table = table.replace_schema_metadata({b"encoder_id": encoder_id.encode()})
-    path = storage.path("fewshot", "samples", f"{context.run_id}.parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    parts = ("fewshot", "samples", context.run_id)
+    with storage.publish(*parts) as tmp:
+        pq.write_table(table, tmp / SAMPLES_FILE)
     return MaterializeResult(metadata={
         "samples": table.num_rows, "labels_read": len(features), "labels_outside_partitions": outside,
         "encoder_id": encoder_id,
         "classes": MetadataValue.json({str(k): int(v) for k, v in zip(labels, counts)}),
-        "path": MetadataValue.path(str(path)),
+        "path": MetadataValue.path(storage.location(*parts) + f"/{SAMPLES_FILE}"),
     })
 
 
@@ -124,7 +136,7 @@ class ClassifierConfig(Config):
 def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig, storage: TesseraStorage) -> MaterializeResult:
     """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every label."""
     started = time.perf_counter()
-    table = pq.read_table(upstream_path(context, "fewshot_samples"))
+    table = pq.read_table(storage.fetch("fewshot", "samples", upstream_run(context, "fewshot_samples"), SAMPLES_FILE))
     y = np.array(table["label"].to_pylist())
     groups = np.array(table["group"].to_pylist())
     x_embedding = np.array(table["embedding"].to_pylist(), np.float32)
@@ -137,11 +149,12 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
         for point in curve:
             context.log.info(f"{name} k={point['k']}: macro-F1 {point['macro_f1']:.3f} ± {point['macro_f1_std']:.3f}")
     model = Classifier(config.head).fit(x_embedding, y, seed=config.seed)
-    folder = storage.path("fewshot", "classifiers", context.run_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    parts = ("fewshot", "classifiers", context.run_id)
     encoder_id = table.schema.metadata.get(b"encoder_id", b"unknown").decode()
-    torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id}, folder / "classifier.pt")
-    png = learning_curve_png(curves, folder / "learning_curve.png", config.head)
+    with storage.publish(*parts) as tmp:
+        torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id}, tmp / CLASSIFIER_FILE)
+        previews = preview_metadata("learning_curve", learning_curve_png(curves, tmp / "learning_curve.png", config.head),
+                                    "/".join((*parts, "learning_curve.png")), "learning curve")
     baseline = curves.get("baseline") or [None] * len(curves["embeddings"])
     table_md = "| k | embeddings macro-F1 | baseline macro-F1 | embeddings accuracy |\n|---|---|---|---|\n" + "\n".join(
         f"| {e['k']} | {e['macro_f1']:.3f} ± {e['macro_f1_std']:.3f} | "
@@ -150,32 +163,29 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
     return MaterializeResult(metadata={
         "head": config.head, "samples": len(y), "classes": len(np.unique(y)), "draws": config.draws,
         "encoder_id": encoder_id,
-        **preview_metadata("learning_curve", png, storage.root, "learning curve"), "scores": MetadataValue.md(table_md),
+        **previews, "scores": MetadataValue.md(table_md),
         "curves": MetadataValue.json(curves), "seconds": round(time.perf_counter() - started, 1),
-        "path": MetadataValue.path(str(folder / "classifier.pt")),
+        "path": MetadataValue.path(storage.location(*parts) + f"/{CLASSIFIER_FILE}"),
     })
 
 
-def upstream_path(context: AssetExecutionContext, asset: str) -> Path:
-    """The file an upstream unpartitioned asset wrote (its `path` metadata): in this run when it ran
-    here, else its latest materialisation. Each run writes its own files, so two few-shot runs at
-    once never read each other's samples or classifier."""
+def upstream_run(context: AssetExecutionContext, asset: str) -> str:
+    """The run whose output of an upstream unpartitioned asset to read: this run when it made one,
+    else its latest materialisation. Each run writes under its own id, so two few-shot runs at once
+    never read each other's samples or classifier."""
     key = AssetKey(asset)
-    here = [e.asset_materialization for e in context.instance.all_logs(
-        context.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION) if e.asset_materialization.asset_key == key]
-    if here:
-        latest = here[-1]
-    else:
-        event = context.instance.get_latest_materialization_event(key)
-        latest = event.asset_materialization if event else None
-    if latest is None or "path" not in latest.metadata:
+    here = [e for e in context.instance.all_logs(context.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+            if e.asset_materialization.asset_key == key]
+    latest = here[-1] if here else context.instance.get_latest_materialization_event(key)
+    if latest is None:
         raise PartitionNotMaterialisedError(f"{asset} is not materialised: materialise it first")
-    return Path(latest.metadata["path"].value)
+    return latest.run_id
 
 
-def load_classifier(context: AssetExecutionContext) -> tuple[Classifier, str]:
+def load_classifier(context: AssetExecutionContext, storage: TesseraStorage) -> tuple[Classifier, str]:
     """The fitted head and the encoder whose embeddings it was trained on."""
-    saved = torch.load(upstream_path(context, "fewshot_classifier"), weights_only=False)
+    run = upstream_run(context, "fewshot_classifier")
+    saved = torch.load(storage.fetch("fewshot", "classifiers", run, CLASSIFIER_FILE), weights_only=False)
     return saved["classifier"], saved.get("encoder_id", "unknown")
 
 
@@ -184,19 +194,20 @@ def load_classifier(context: AssetExecutionContext) -> tuple[Classifier, str]:
 def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> MaterializeResult:
     """The class and the classifier's confidence for every pixel, and the area of each class."""
     year, region = year_and_region(context)
-    classifier, encoder_id = load_classifier(context)
+    classifier, encoder_id = load_classifier(context, storage)
     embeddings = storage.open_embeddings(year, region)
     if embeddings.encoder_id != encoder_id:
         raise EncoderMismatchError(
             f"the classifier was trained on embeddings of encoder {encoder_id}, but {region}|{year} was embedded by "
             f"{embeddings.encoder_id}: re-materialise the partition's embeddings or the few-shot assets")
-    final = storage.path("land_cover", str(year), region)
-    with atomic_directory(final) as tmp:
+    parts = ("land_cover", str(year), region)
+    with storage.publish(*parts) as tmp:
         counts = write_class_map(embeddings, classifier.predict_proba, len(classifier.classes), tmp)
-        class_map_png(tmp / "classes.tif", list(classifier.classes), tmp / "classes.png")
+        previews = preview_metadata("map", class_map_png(tmp / "classes.tif", list(classifier.classes), tmp / "classes.png"),
+                                    "/".join((*parts, "classes.png")), "land cover")
     hectares = {str(c): round(float(n) * 0.01, 2) for c, n in zip(classifier.classes, counts)}
     return MaterializeResult(metadata={
         "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)), "encoder_id": encoder_id,
-        **preview_metadata("map", final / "classes.png", storage.root, "land cover"), "path": MetadataValue.path(str(final)),
+        **previews, "path": MetadataValue.path(storage.location(*parts)),
         "explorer": MetadataValue.url(explorer_url(year, region)),
     })

@@ -22,7 +22,7 @@ from resources.previews import s1_composite, s2_true_colour
 from resources.raw_ingest import ingest
 from resources.regions import RegionCatalog
 from resources.stac import Sensor, StacCatalog
-from resources.storage import RawPartition, TesseraStorage, atomic_directory
+from resources.storage import RawPartition, TesseraStorage
 from tessera_assets.explorer import preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
@@ -106,8 +106,8 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
                + ", ".join(f"{r.name} ({', '.join(f'{v:.4f}' for v in r.bbox)})" for r in demo_regions)
                if catalog.provider == "demo" else "")
         )
-    final_dir = storage.raw_dir(sensor, year, region_name)
-    with atomic_directory(final_dir) as tmp:
+    parts = ("raw", sensor, str(year), region_name)
+    with storage.publish(*parts) as tmp:
         report = ingest(sensor, found.scenes, grid, tmp, progress=context.log.info, valid_range=PHYSICAL_RANGE[sensor],
                         workers=catalog.read_workers, sign=catalog.signer(), gdal_options=catalog.gdal_options(),
                         cloud_clear_below=catalog.cloud_clear_below)
@@ -118,7 +118,8 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
                 f"read (more than max_lost_fraction {catalog.max_lost_fraction:.0%}; the partition is left as it "
                 f"was): {lost}")
         partition = RawPartition(tmp)
-        (s2_true_colour if sensor == "s2" else s1_composite)(partition, tmp / "preview.png")
+        preview = (s2_true_colour if sensor == "s2" else s1_composite)(partition, tmp / "preview.png")
+        previews = preview_metadata("preview", preview, "/".join((*parts, "preview.png")), f"{sensor} composite")
         counts = partition.valid_count()
     need = MIN_OBSERVATIONS[sensor]
     covered = float((counts >= need).mean())
@@ -143,8 +144,7 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
         **({"s2_mask": catalog.s2_mask + (f" (clear below {catalog.cloud_clear_below:g})"
                                           if catalog.s2_mask == "cloud" else "")} if sensor == "s2" else {}),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "path": MetadataValue.path(str(final_dir)),
-        **preview_metadata("preview", final_dir / "preview.png", storage.root, f"{sensor} composite"),
+        "path": MetadataValue.path(storage.location(*parts)), **previews,
     }
     severity = AssetCheckSeverity.WARN
     return MaterializeResult(

@@ -12,7 +12,7 @@ from pydantic import Field
 from resources.errors import EncoderMismatchError
 from resources.previews import similarity_png
 from resources.similarity import Similarity
-from resources.storage import TesseraStorage, atomic_directory, write_similarity_raster
+from resources.storage import TesseraStorage, write_similarity_raster
 from resources.table_rows import pixel_rows
 from resources.vector_store import VectorStore
 from tessera_assets.explorer import preview_metadata
@@ -104,8 +104,8 @@ def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage
     partition = storage.open_embeddings(year, region)
     similarity = Similarity(vectors)
     metadata = {"queries": len(queries)}
-    final = storage.path("similarity", str(year), region)
-    with atomic_directory(final) as tmp:
+    parts = ("similarity", str(year), region)
+    with storage.publish(*parts) as tmp:
         for name, spec in sorted(queries.items()):
             query, origin = similarity.vector_at(float(spec["lon"]), float(spec["lat"]), int(spec["year"]))
             if origin["encoder_id"] != partition.encoder_id:
@@ -117,7 +117,7 @@ def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage
                            if origin["region"] == region and origin["year"] == year else None)
             metadata[f"{name}_mean_similarity"] = round(stats["mean"], 4)
             metadata[f"{name}_fraction_above_0.9"] = round(stats["above_0.9"], 4)
-    for name in sorted(queries):
-        metadata |= preview_metadata(f"{name}_map", final / f"{name}.png", storage.root, f"similarity to {name}")
-    metadata["path"] = MetadataValue.path(str(final))
+            metadata |= preview_metadata(f"{name}_map", tmp / f"{name}.png", "/".join((*parts, f"{name}.png")),
+                                         f"similarity to {name}")
+    metadata["path"] = MetadataValue.path(storage.location(*parts))
     return MaterializeResult(metadata=metadata)
