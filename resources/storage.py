@@ -107,8 +107,8 @@ class TesseraStorage(ConfigurableResource):
     # object-store settings, LanceDB's keys (aws_endpoint, aws_region, allow_http, ...); keys are
     # best left to the environment (AWS_ACCESS_KEY_ID, ...), which obstore, LanceDB and GDAL all read
     storage_options: dict[str, str] = {}
-    # local room for an object-store root: staging before upload, downloaded checkpoints, the
-    # explorer's labels (default: <root>/.cache for a folder root, the system temp dir otherwise)
+    # local room beside an object-store root: staging before upload, downloaded checkpoints and
+    # raw partitions, the explorer's labels (default: the system temp dir; a folder root is its own)
     cache: str | None = None
     _remote: ObjectRoot | None = PrivateAttr(default=None)
 
@@ -126,21 +126,13 @@ class TesseraStorage(ConfigurableResource):
         return Path(self.root).joinpath(*parts)
 
     def local(self, *parts: str) -> Path:
-        """Local working room (created): the data root itself when it is a folder, else the cache."""
-        base = Path(self.cache) if self.cache else (
-            Path(tempfile.gettempdir(), "tessera-cache") if self.remote is not None else Path(self.root, ".cache"))
+        """A local folder (created) for what is not a product: scratch, downloads, the explorer's
+        labels. Under a folder root, in it; beside an object-store root, in the cache."""
+        base = Path(self.cache or Path(tempfile.gettempdir(), "tessera-cache")) if self.remote is not None \
+            else Path(self.root)
         folder = base.joinpath(*parts)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
-
-    def workspace(self, *parts: str) -> Path:
-        """Where a local tool keeps its own files (the explorer's labels and maps): under a folder
-        root, else in the cache."""
-        if self.remote is None:
-            folder = self.path(*parts)
-            folder.mkdir(parents=True, exist_ok=True)
-            return folder
-        return self.local(*parts)
 
     # -- partitions ------------------------------------------------------------------------------
     @contextlib.contextmanager

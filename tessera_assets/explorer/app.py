@@ -60,7 +60,7 @@ class Explorer:
         self.storage, self.regions, self.vectors = storage, regions, vectors
         self.dagster_url = dagster_url.rstrip("/")
         self.layers = Layers(storage)
-        self.session = LabelSession(storage.workspace("explorer") / "labels.geojson")
+        self.session = LabelSession(storage.local("explorer") / "labels.geojson")
         self.queries: OrderedDict[str, Query] = OrderedDict()
         self._ids = itertools.count(1)
         self._similarity: Similarity | None = None

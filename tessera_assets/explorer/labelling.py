@@ -125,7 +125,7 @@ class LabelSession:
             raise LabelsError(f"label pixels of at least two classes in {region}|{year} (labelled here: "
                               f"{', '.join(f'{n} ({c})' for n, c in zip(names, counts)) or 'none'})")
         classifier = Classifier(head).fit(x, y)
-        folder = storage.workspace("explorer", "class_maps", str(year)) / region
+        folder = storage.local("explorer", "class_maps", str(year)) / region
         with atomic_directory(folder) as tmp:
             write_class_map(partition, classifier.predict_proba, len(classifier.classes), tmp)
         with rasterio.open(folder / "classes.tif") as src:
