@@ -99,6 +99,23 @@ class ObjectRoot:
             return False
         return True
 
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """An object and its ETag (None, None when missing): the base of a conditional replace."""
+        try:
+            found = obstore.get(self.store, key)
+        except FileNotFoundError:
+            return None, None
+        return bytes(found.bytes()), found.meta["e_tag"]
+
+    def replace_if(self, key: str, data: bytes, etag: str | None) -> bool:
+        """Write `key` only if it is still the version read (`etag`; None: only if still missing);
+        False when another writer came first (read again and retry)."""
+        try:
+            obstore.put(self.store, key, data, mode={"e_tag": etag} if etag else "create")
+        except (PreconditionError, AlreadyExistsError):
+            return False
+        return True
+
     def download(self, key: str, target: Path) -> Path:
         """An object into a local file, written under a temporary name and moved into place."""
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -158,20 +175,14 @@ class ObjectRoot:
         pointer = self._pointer(key)
         body = json.dumps({"version": version, "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "host": os.uname().nodename, "pid": os.getpid()}).encode()
-        while True:
-            try:
-                current = obstore.get(self.store, pointer)
-                etag, previous = current.meta["e_tag"], json.loads(bytes(current.bytes()))["version"]
-            except FileNotFoundError:
-                etag, previous = None, None
+        while True:  # until our pointer write lands on the pointer we read (else another writer came between)
+            current, etag = self.read_versioned(pointer)
+            previous = json.loads(current)["version"] if current else None
             if previous is not None and previous > version:
                 self.delete_prefix(f"{key}/{version}")
                 return False
-            try:
-                obstore.put(self.store, pointer, body, mode={"e_tag": etag} if etag else "create")
+            if self.replace_if(pointer, body, etag):
                 break
-            except (PreconditionError, AlreadyExistsError):
-                continue  # another writer published in between: look again
         for old in self.children(key):  # older publishes, killed writers, and runs that started earlier and lose
             if old.startswith("v") and old < version and old != previous:
                 self.delete_prefix(f"{key}/{old}")

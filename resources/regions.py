@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import io
 import math
 import os
 import re
@@ -31,6 +32,7 @@ from resources.errors import (
     UnknownRegionError,
     YearOutOfRangeError,
 )
+from resources.object_store import ObjectRoot, is_object_uri
 
 FIRST_YEAR = 2017
 PIXEL_SIZE_M = 10.0
@@ -178,16 +180,31 @@ def make_region(name: str, bbox: list[float] | tuple[float, ...], max_area_km2: 
 
 
 class RegionCatalog(ConfigurableResource):
-    """Regions defined in a YAML file (`regions: {name: {bbox: [W, S, E, N], demo: bool}}`)."""
+    """Regions defined in a YAML file (`regions: {name: {bbox: [W, S, E, N], demo: bool}}`): a local
+    file, or an object on the store (`s3://bucket/regions.yaml`) that every pod of a deployment reads."""
 
     path: str = "regions.yaml"
     max_area_km2: float = 2500.0
 
-    def _read(self) -> dict[str, dict]:
+    def _object(self) -> tuple[ObjectRoot, str] | None:
+        """(the store holding it, its name) for an object-store path; None for a local file."""
+        if not is_object_uri(self.path):
+            return None
+        parent, _, name = self.path.rpartition("/")
+        return ObjectRoot(parent), name
+
+    def _text(self) -> tuple[str | None, str | None]:
+        """The file's text (None when missing) and, on an object store, its ETag."""
+        remote = self._object()
+        if remote is not None:
+            data, etag = remote[0].read_versioned(remote[1])
+            return (data.decode() if data is not None else None), etag
         path = Path(self.path)
-        if not path.exists():
-            return {}
-        document = yaml.safe_load(path.read_text()) or {}
+        return (path.read_text() if path.exists() else None), None
+
+    def _read(self) -> dict[str, dict]:
+        text, _ = self._text()
+        document = yaml.safe_load(text or "") or {}
         return dict(document.get("regions") or {})
 
     def all(self) -> list[Region]:
@@ -226,23 +243,39 @@ class RegionCatalog(ConfigurableResource):
         return region
 
     def _edit(self, change) -> None:
-        """Read, change and rewrite the file under an exclusive lock, so concurrent edits (the CLI, a
-        second terminal) never lose one another; comments, order and layout are kept (round-trip
-        YAML), and the file is replaced atomically, so a crash never leaves it half-written."""
+        """Read, change and rewrite the file so concurrent edits (the CLI, a second terminal, another
+        machine) never lose one another: locally under an exclusive lock, replaced atomically; on an
+        object store by a conditional write, retried on the new text when another edit came first.
+        Comments, order and layout are kept (round-trip YAML)."""
+        remote = self._object()
+        if remote is not None:
+            store, name = remote
+            while True:
+                text, etag = self._text()
+                if store.replace_if(name, _changed(text, change).encode(), etag):
+                    return
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        yaml_rt = YAML()
-        yaml_rt.preserve_quotes = True
         with open(path.with_name(f".{path.name}-lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            document = (yaml_rt.load(path.read_text()) if path.exists() else None) or CommentedMap()
-            if document.get("regions") is None:
-                document["regions"] = CommentedMap()
-            change(document["regions"])
+            text = _changed(path.read_text() if path.exists() else None, change)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             with os.fdopen(fd, "w") as handle:
-                yaml_rt.dump(document, handle)
+                handle.write(text)
             os.replace(tmp, path)
+
+
+def _changed(text: str | None, change) -> str:
+    """The regions document with `change` applied to its `regions` mapping, layout kept."""
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    document = (yaml_rt.load(text) if text else None) or CommentedMap()
+    if document.get("regions") is None:
+        document["regions"] = CommentedMap()
+    change(document["regions"])
+    out = io.StringIO()
+    yaml_rt.dump(document, out)
+    return out.getvalue()
 
 
 def _flow(values: list[float]):

@@ -160,3 +160,28 @@ def test_a_demo_partition_end_to_end_on_s3(s3_user_env, s3_endpoint):
     for got, want in zip(storage.open_embeddings(TINY_YEAR, TINY_REGION).read(), here.read()):
         np.testing.assert_array_equal(got, want)
     assert time.perf_counter() - started < 600
+
+
+def test_the_regions_file_on_the_object_store_takes_concurrent_edits(s3_endpoint, monkeypatch):
+    """Every pod reads one regions file; edits from several machines at once all land (conditional
+    writes, retried), and a bad edit changes nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resources.errors import InvalidRegionNameError
+    from resources.regions import RegionCatalog
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": s3_endpoint.url, "AWS_ALLOW_HTTP": "true"}.items():
+        monkeypatch.setenv(name, value)
+    catalog = RegionCatalog(path="s3://tessera/config/regions.yaml")
+    assert catalog.all() == []
+    bboxes = {f"field-{i}": [5.0 + 0.01 * i, 51.2, 5.005 + 0.01 * i, 51.204] for i in range(6)}
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda item: catalog.add(*item), bboxes.items()))
+    assert [r.name for r in catalog.all()] == sorted(bboxes), "no concurrent edit is lost"
+    before = s3_endpoint.client.get_object(Bucket="tessera", Key="config/regions.yaml")["Body"].read()
+    with pytest.raises(InvalidRegionNameError, match="already exists"):
+        catalog.add("field-1", bboxes["field-1"])
+    assert s3_endpoint.client.get_object(Bucket="tessera", Key="config/regions.yaml")["Body"].read() == before
+    catalog.remove("field-0")
+    assert catalog.get("field-5").bbox == tuple(bboxes["field-5"]) and len(catalog.all()) == 5
