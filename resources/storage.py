@@ -78,24 +78,32 @@ def _remove_leftovers(final: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of `final`; on success it replaces `final`, on error it vanishes
-    (and what a killed writer left is removed by the next one)."""
+def temporary_sibling(final: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside `final`, named by this process (so the next writer removes it
+    if this one is killed), removed when the block ends."""
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(final)
     tmp = final.with_name(f".{final.name}-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of `final`; on success it replaces `final`, on error it vanishes
+    (and what a killed writer left is removed by the next one)."""
+    with temporary_sibling(final) as tmp:
+        yield tmp
         if final.exists() and _exchange(tmp, final):
-            return  # the old partition is now at `tmp`, removed below
+            return  # the old partition is now at `tmp`, removed on leaving
         old = final.with_name(f".{final.name}-old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if final.exists():
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class TesseraStorage(ConfigurableResource):
@@ -145,15 +153,9 @@ class TesseraStorage(ConfigurableResource):
                 yield tmp
             return
         version = new_version()  # taken at the start: the last run to start wins
-        staged = self.local("staging") / "partition"
-        _remove_leftovers(staged)
-        tmp = staged.with_name(f".{staged.name}-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        try:
+        with temporary_sibling(self.local("staging") / "partition") as tmp:
             yield tmp
             self.remote.publish(tmp, "/".join(parts), version)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def folder(self, *parts: str | int) -> Folder | None:
         """The published partition folder, or None."""
@@ -225,14 +227,18 @@ class TesseraStorage(ConfigurableResource):
                 f"{self.root}/embeddings/{year}/{region})")
         return EmbeddingPartition(folder)
 
-    def open_raw(self, sensor: str, year: int, region: str) -> "RawPartition":
-        """A raw partition; from an object store, a local copy of it: the encoder reads every file
-        whole, which is 1.6x faster downloaded first than read in place (`bench/object_store.py`)."""
+    def _raw_folder(self, sensor: str, year: int, region: str) -> Folder:
         folder = self.folder("raw", sensor, year, region)
         if folder is None or not folder.exists(INDEX_FILE):
             raise PartitionNotMaterialisedError(
                 f"{sensor}_raw for year {year}, region {region!r} is not materialised (looked in "
                 f"{self.root}/raw/{sensor}/{year}/{region})")
+        return folder
+
+    def open_raw(self, sensor: str, year: int, region: str) -> "RawPartition":
+        """A raw partition; from an object store, a local copy of it: the encoder reads every file
+        whole, which is 1.6x faster downloaded first than read in place (`bench/object_store.py`)."""
+        folder = self._raw_folder(sensor, year, region)
         return RawPartition(folder if folder.store is None else self._local_copy(folder))
 
     def _local_copy(self, folder: Folder) -> Folder:
@@ -248,10 +254,11 @@ class TesseraStorage(ConfigurableResource):
         return Folder(str(target))
 
     def observation_counts(self, sensor: str, year: int, region: str, shape: tuple[int, int]) -> np.ndarray:
-        """Valid observations per pixel of the raw partition; zeros (not known) where there is none,
-        as for embeddings read from official tiles."""
+        """Valid observations per pixel of the raw partition (one small raster, read in place, never
+        a download of the partition); zeros (not known) where there is none, as for embeddings read
+        from official tiles."""
         try:
-            return self.open_raw(sensor, year, region).valid_count()
+            return RawPartition(self._raw_folder(sensor, year, region)).valid_count()
         except PartitionNotMaterialisedError:
             return np.zeros(shape, np.uint16)
 

@@ -102,7 +102,7 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
     losses = encoder.metadata["losses"]
     curve = loss_curve(losses, scratch / "loss.png", f"{config.preset} Barlow Twins loss")
     path = storage.publish_encoder(encoder, {"source": "pretrained"}, files={"loss.png": curve})
-    previews = preview_metadata("loss_curve", curve, f"models/{encoder.identity.id}/loss.png", "loss curve")
+    previews = preview_metadata("loss_curve", curve, ("models", encoder.identity.id), "loss curve")
     shutil.rmtree(scratch)
     return MaterializeResult(data_version=DataVersion(encoder.identity.id), metadata={
         **_identity_metadata(encoder), "steps": len(losses),
@@ -159,7 +159,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
             "preset": encoder.config.name, "dimensions": dims, "sampling": resolve_mode(encoder.config, config.sampling),
         }, indent=1))
         previews = preview_metadata("pca_preview", embedding_preview(tmp, tmp / "preview.png"),
-                                    "/".join((*parts, "preview.png")), "PCA of embeddings")
+                                    parts, "PCA of embeddings")
         checks = _checks(EmbeddingPartition(tmp), encoder, s2, s1, config, compute.block_size, batch, precision, dims)
     return MaterializeResult(
         metadata={

@@ -41,7 +41,7 @@ def imported_embeddings(context: AssetExecutionContext, storage: TesseraStorage,
             "dimensions": report.dim, "source": f"official embeddings at {source.root}"}, indent=1))
         seconds = time.perf_counter() - started
         previews = preview_metadata("pca_preview", embedding_preview(tmp, tmp / "preview.png"),
-                                    "/".join((*parts, "preview.png")), "PCA of embeddings")
+                                    parts, "PCA of embeddings")
         checks = readback_checks(EmbeddingPartition(tmp))
     used = "\n".join(f"| {name} | {', '.join(f'{k}: {v[:16]}' for k, v in digests.items())} |"
                      for name, digests in report.used.items())

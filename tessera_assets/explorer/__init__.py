@@ -17,8 +17,10 @@ def explorer_url(year: int, region: str) -> str:
     return f"{_base()}/#year={year}&region={region}"
 
 
-def preview_metadata(key: str, png: Path, published: str, alt: str) -> dict[str, MetadataValue]:
-    """A PNG for the Dagster UI: its thumbnail (from the file as written) inline under `key`, and under
-    `{key}_full` a link to the full-size file by its path in the data root (`raw/s2/2022/demo/preview.png`),
-    which the explorer serves from the partition's current version, on a local disk or an object store."""
+def preview_metadata(key: str, png: Path, parts: tuple[str, ...], alt: str) -> dict[str, MetadataValue]:
+    """A PNG for the Dagster UI, written into the partition `parts` under its own name: its thumbnail
+    inline under `key`, and under `{key}_full` a link to the full-size file by its path in the data
+    root (`raw/s2/2022/demo/preview.png`), which the explorer serves from the partition's current
+    version, on a local disk or an object store."""
+    published = "/".join((*parts, png.name))
     return {key: markdown_image(png, alt), f"{key}_full": MetadataValue.url(f"{_base()}/files/{published}")}

@@ -40,16 +40,14 @@ def _label_files(path: str, storage: TesseraStorage) -> list[Path]:
     if is_object_uri(path):
         parent, _, name = path.rstrip("/").rpartition("/")
         cache = storage.local("downloads", "labels", hashlib.sha1(path.encode()).hexdigest()[:16])
-        files = ObjectRoot(parent, storage.storage_options).fetch_all(name, cache)
-        files = [p for p in files if p.suffix.lower() in LABEL_SUFFIXES]
-        if not files:
-            raise LabelsError(f"no labels files (.geojson, .csv, .parquet) at {path}")
-        return sorted(files)
-    target = Path(path)
-    files = sorted(p for p in target.iterdir() if p.suffix.lower() in LABEL_SUFFIXES) if target.is_dir() else [target]
+        files = [p for p in ObjectRoot(parent, storage.storage_options).fetch_all(name, cache)
+                 if p.suffix.lower() in LABEL_SUFFIXES]
+    else:
+        target = Path(path)
+        files = [p for p in target.iterdir() if p.suffix.lower() in LABEL_SUFFIXES] if target.is_dir() else [target]
     if not files:
-        raise LabelsError(f"no labels files (.geojson, .csv, .parquet) in {target}")
-    return files
+        raise LabelsError(f"no labels files (.geojson, .csv, .parquet) in {path}")
+    return sorted(files)
 
 
 @asset(deps=[AssetKey("embeddings")], group_name="fewshot", kinds={"parquet"}, code_version="samples-2")
@@ -154,7 +152,7 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
     with storage.publish(*parts) as tmp:
         torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id}, tmp / CLASSIFIER_FILE)
         previews = preview_metadata("learning_curve", learning_curve_png(curves, tmp / "learning_curve.png", config.head),
-                                    "/".join((*parts, "learning_curve.png")), "learning curve")
+                                    parts, "learning curve")
     baseline = curves.get("baseline") or [None] * len(curves["embeddings"])
     table_md = "| k | embeddings macro-F1 | baseline macro-F1 | embeddings accuracy |\n|---|---|---|---|\n" + "\n".join(
         f"| {e['k']} | {e['macro_f1']:.3f} ± {e['macro_f1_std']:.3f} | "
@@ -204,7 +202,7 @@ def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> M
     with storage.publish(*parts) as tmp:
         counts = write_class_map(embeddings, classifier.predict_proba, len(classifier.classes), tmp)
         previews = preview_metadata("map", class_map_png(tmp / "classes.tif", list(classifier.classes), tmp / "classes.png"),
-                                    "/".join((*parts, "classes.png")), "land cover")
+                                    parts, "land cover")
     hectares = {str(c): round(float(n) * 0.01, 2) for c, n in zip(classifier.classes, counts)}
     return MaterializeResult(metadata={
         "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)), "encoder_id": encoder_id,

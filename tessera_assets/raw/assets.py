@@ -119,7 +119,7 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
                 f"was): {lost}")
         partition = RawPartition(tmp)
         preview = (s2_true_colour if sensor == "s2" else s1_composite)(partition, tmp / "preview.png")
-        previews = preview_metadata("preview", preview, "/".join((*parts, "preview.png")), f"{sensor} composite")
+        previews = preview_metadata("preview", preview, parts, f"{sensor} composite")
         counts = partition.valid_count()
     need = MIN_OBSERVATIONS[sensor]
     covered = float((counts >= need).mean())

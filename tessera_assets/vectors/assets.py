@@ -117,7 +117,7 @@ def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage
                            if origin["region"] == region and origin["year"] == year else None)
             metadata[f"{name}_mean_similarity"] = round(stats["mean"], 4)
             metadata[f"{name}_fraction_above_0.9"] = round(stats["above_0.9"], 4)
-            metadata |= preview_metadata(f"{name}_map", tmp / f"{name}.png", "/".join((*parts, f"{name}.png")),
+            metadata |= preview_metadata(f"{name}_map", tmp / f"{name}.png", parts,
                                          f"similarity to {name}")
     metadata["path"] = MetadataValue.path(storage.location(*parts))
     return MaterializeResult(metadata=metadata)
