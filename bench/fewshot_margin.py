@@ -1,0 +1,71 @@
+"""The demo's few-shot margin for one pretraining setting: pretrain the demo encoder, embed the
+labelled partition and run the few-shot protocol, as `make demo` does; prints JSON.
+
+    .venv/bin/python bench/fewshot_margin.py [--steps 200] [--learning-rate 1e-3] [--seed 0]
+
+Needs the demo's raw partitions (`make demo`). Everything is written into a fresh temporary data
+root that links to them, so the demo's own encoder and partitions are untouched. The seed moves the
+margin more than the training length does, so compare settings over several seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+from dagster import instance_for_test, materialize  # noqa: E402
+
+from resources.compute import ComputeDevice  # noqa: E402
+from resources.regions import RegionCatalog  # noqa: E402
+from resources.storage import TesseraStorage  # noqa: E402
+from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint  # noqa: E402
+from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples  # noqa: E402
+from tessera_assets.partitions import year_region_key  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", default=".tessera")
+    parser.add_argument("--region", default="demo")
+    parser.add_argument("--year", type=int, default=2022)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    data = Path(args.home, "data").resolve()
+    labels = data / "demo_catalog" / "ground_truth" / args.region / "labels.geojson"
+    if not (data / "raw").is_dir() or not labels.exists():
+        sys.exit(f"no demo raw partitions or labels under {data}: run `make demo` first")
+    with tempfile.TemporaryDirectory() as tmp, instance_for_test() as instance:
+        (Path(tmp) / "raw").symlink_to(data / "raw")
+        resources = {"storage": TesseraStorage(root=tmp), "regions": RegionCatalog(path=str(ROOT / "regions.yaml")),
+                     "compute": ComputeDevice()}
+        instance.add_dynamic_partitions("region", [args.region])
+        started = time.perf_counter()
+        train = {"steps": args.steps, "learning_rate": args.learning_rate, "seed": args.seed}
+        assert materialize([encoder_checkpoint], instance=instance, resources=resources,
+                           run_config={"ops": {"encoder_checkpoint": {"config": train}}}).success
+        pretrain_s = time.perf_counter() - started
+        assert materialize([embeddings], partition_key=year_region_key(args.year, args.region), instance=instance,
+                           resources=resources).success
+        result = materialize([fewshot_samples, fewshot_classifier], instance=instance, resources=resources,
+                             run_config={"ops": {"fewshot_samples": {"config": {"labels_path": str(labels),
+                                                                                "year": args.year}}}})
+        curves = next(e.event_specific_data.materialization.metadata["curves"].value
+                      for e in result.get_asset_materialization_events()
+                      if e.event_specific_data.materialization.asset_key.to_user_string() == "fewshot_classifier")
+    print(json.dumps({**train, "pretrain_s": round(pretrain_s, 1), "macro_f1": {
+        str(e["k"]): {"embeddings": round(e["macro_f1"], 3), "baseline": round(b["macro_f1"], 3),
+                      "margin": round(e["macro_f1"] - b["macro_f1"], 3)}
+        for e, b in zip(curves["embeddings"], curves["baseline"])}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
