@@ -34,7 +34,8 @@ from torch import nn
 from model.config import ModelConfig, preset, preset_normalisation
 from model.dense import dense, pack_for_cpu
 from model.encoder import TesseraEncoder
-from model.inference import cpu_supports_bf16, prepare_for_inference
+from model.dense import cpu_bf16_kernels
+from model.inference import prepare_for_inference
 from model.reference import reference_embed, reference_embed_series
 from model.selection import EncoderInputs, SequenceGroup, select_inputs
 from model.series import series_from_arrays
@@ -279,7 +280,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    precisions = ["fp32", "bf16"] if cuda or cpu_supports_bf16() else ["fp32"]
+    precisions = ["fp32", "bf16"] if cuda or cpu_bf16_kernels() else ["fp32"]
     gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in precisions}
     report: dict = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),

@@ -25,12 +25,26 @@ def _identity(weight: torch.Tensor) -> tuple:
     return weight.data_ptr(), weight.dtype, weight.device, version
 
 
+def cpu_bf16_kernels() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU: AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, as oneDNN
+    itself checks. Without them (e.g. AVX2-only EPYCs), `_reorder_linear_weight` aborts with
+    "bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq", so bf16
+    runs through ATen's portable kernels instead, unpacked."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def onednn_packing_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """Prepacked bf16 weights: a oneDNN build with the reorder op, on a CPU with its bf16 kernels."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and cpu_bf16_kernels())
 
 
 def pack_for_cpu(module: nn.Module, rows_hint: int) -> int:
-    """Prepack every bf16 CPU weight of `module`'s linear and attention layers; returns how many."""
+    """Prepack every bf16 CPU weight of `module`'s linear and attention layers; returns how many
+    (none where the CPU lacks oneDNN's bf16 kernels: `dense` then uses the plain ones)."""
     if not onednn_packing_available():
         return 0
     weights = []

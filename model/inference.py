@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from model.dense import pack_for_cpu
+from model.dense import cpu_bf16_kernels, pack_for_cpu
 from model.encoder import TesseraEncoder
 from model.layers import CPU_INFERENCE_ROWS
 from model.selection import select_inputs
@@ -45,14 +45,6 @@ def available_cpus() -> int:
     return count
 
 
-def cpu_supports_bf16() -> bool:
-    """Native bf16 matrix units (avx512_bf16 or AMX); elsewhere bf16 on CPU is slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def best_precision(device: torch.device, requested: str = "auto") -> Precision:
     if requested in ("fp32", "bf16"):
         return requested  # type: ignore[return-value]
@@ -60,7 +52,7 @@ def best_precision(device: torch.device, requested: str = "auto") -> Precision:
         raise ValueError(f"unknown precision {requested!r}: use auto, fp32 or bf16")
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    return "bf16" if cpu_bf16_kernels() else "fp32"  # elsewhere bf16 runs on slower portable kernels
 
 
 def prepare_for_inference(encoder: TesseraEncoder, device: torch.device, precision: Precision,

@@ -8,10 +8,12 @@ import torch
 
 from conftest import fixtures_dir
 from model.config import preset
+from model import dense as dense_module
+from model import inference as inference_module
 from model.dense import dense, onednn_packing_available, pack_for_cpu
 from model.encoder import TesseraEncoder
 from model.errors import CheckpointError
-from model.inference import prepare_for_inference
+from model.inference import best_precision, prepare_for_inference
 from model.reference import reference_embed
 
 
@@ -145,13 +147,14 @@ def test_bf16_autocast_over_fp32_weights_stays_close_to_fp32():
     assert cosine.min() > 0.999
 
 
-@pytest.mark.skipif(not onednn_packing_available(), reason="this PyTorch build has no oneDNN weight packing")
-def test_prepacked_bf16_layers_equal_plain_ones_and_stay_close_to_fp32():
+def _packed_bf16_layers_equal_plain_ones_and_stay_close_to_fp32(packing: bool):
+    """With oneDNN's bf16 kernels, weights are packed once and give the plain kernels' result; without
+    them (AVX2-only CPUs), nothing is packed and bf16 runs on the plain kernels, never crashing."""
     layer = torch.nn.Linear(64, 256).to(torch.bfloat16)
     x = torch.randn(40, 64, dtype=torch.bfloat16)
     with torch.inference_mode():
         plain = dense(x, layer.weight, layer.bias, relu=True)
-        assert pack_for_cpu(layer, 40) == 1
+        assert pack_for_cpu(layer, 40) == (1 if packing else 0)
         assert torch.equal(dense(x, layer.weight, layer.bias, relu=True), plain)
         layer.weight.mul_(2)  # a changed weight must not be served from its stale packed copy
         assert torch.equal(dense(x, layer.weight, layer.bias), torch.nn.functional.linear(x, layer.weight, layer.bias))
@@ -161,3 +164,17 @@ def test_prepacked_bf16_layers_equal_plain_ones_and_stay_close_to_fp32():
     packed = prepare_for_inference(_randomised("tessera-small"), torch.device("cpu"), "bf16").embed(s2, s1, precision="bf16")
     cosine = (fp32 * packed).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(packed, axis=1)
     assert cosine.min() > 0.999
+
+
+def test_bf16_layers_on_this_cpu():
+    """Whichever kind of CPU this is: packed where oneDNN has bf16 kernels for it, plain elsewhere."""
+    _packed_bf16_layers_equal_plain_ones_and_stay_close_to_fp32(onednn_packing_available())
+
+
+def test_bf16_layers_without_onednn_bf16_kernels(monkeypatch):
+    """The AVX2-only path, run on any CPU: explicit bf16 packs nothing and still embeds."""
+    monkeypatch.setattr(dense_module, "cpu_bf16_kernels", lambda: False)
+    monkeypatch.setattr(inference_module, "cpu_bf16_kernels", lambda: False)
+    assert not onednn_packing_available()
+    assert best_precision(torch.device("cpu")) == "fp32", "auto precision is fp32 without bf16 kernels"
+    _packed_bf16_layers_equal_plain_ones_and_stay_close_to_fp32(False)
