@@ -47,7 +47,7 @@ def run_serve(args) -> int:
     explorer = Explorer(resources["storage"], resources["regions"], resources["vectors"], args.dagster_url)
     print(f"tessera explorer on http://{args.host}:{args.port}/ ({len(explorer.partitions())} partitions)")
     threading.Thread(target=explorer.warm, daemon=True).start()
-    uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(explorer, args.host), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

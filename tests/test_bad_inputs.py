@@ -125,7 +125,7 @@ def explorer_request(method: str, path: str, **kwargs) -> str:
 
     resources = build_resources()
     app = create_app(Explorer(resources["storage"], resources["regions"], resources["vectors"], "http://x"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8765") as client:
         response = client.request(method, path, **kwargs)
     assert response.status_code in (400, 404), response.status_code
     return response.json()["error"]

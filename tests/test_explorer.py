@@ -100,8 +100,9 @@ def test_bad_requests_are_400_with_the_clis_message(server, body, message):
 
 def test_oversized_and_malformed_bodies_are_refused(server):
     running, _ = server
-    assert "not JSON" in running.client.post("/api/search", content=b"{").json()["error"]
-    big = running.client.post("/api/search", content=b"[" + b"0," * 600_000 + b"0]")
+    as_json = {"content-type": "application/json"}
+    assert "not JSON" in running.client.post("/api/search", content=b"{", headers=as_json).json()["error"]
+    big = running.client.post("/api/search", content=b"[" + b"0," * 600_000 + b"0]", headers=as_json)
     assert big.status_code == 400 and "larger than" in big.json()["error"]
 
 
@@ -171,6 +172,9 @@ def _chromium() -> str:
     return path
 
 
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
 def test_the_page_in_a_real_browser(server, tmp_path):
     """Load the page, click a pixel and get results, label pixels of two classes, train, see the
     class layer; screenshots are saved in the test's temp dir."""
@@ -193,23 +197,60 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert "results in" in page.locator("#status").inner_text()
         page.screenshot(path=str(tmp_path / "search.png"))
         page.check("input[name=mode][value=label]")
-        for name, dx in (("meadow", -60), ("wood", 60)):
+        for name, dx in (("meadow", -60), ("wood", 60), (HOSTILE, 0)):
             page.fill("#class-name", name)
             for dy in (-40, 0, 40):
                 page.mouse.click(centre[0] + dx, centre[1] + dy)
                 page.wait_for_function("document.getElementById('status').textContent.includes('labels')")
-        page.wait_for_function("document.querySelectorAll('.leaflet-interactive').length >= 6")
+        page.wait_for_function("document.querySelectorAll('.leaflet-interactive').length >= 9")
+        page.on("dialog", lambda dialog: (errors.append(f"a dialog opened: {dialog.message}"), dialog.dismiss()))
         page.click("#train")
-        page.wait_for_selector("#legend li >> nth=1")
+        page.wait_for_selector("#legend li >> nth=2")
         page.wait_for_function("[...document.querySelectorAll('img.leaflet-tile')].some(i => i.src.includes('/tiles/classes/'))")
         page.screenshot(path=str(tmp_path / "classes.png"))
         legend = page.locator("#legend").inner_text()
+        planted = page.locator("#legend img, .leaflet-tooltip img").count()
+        page.mouse.move(centre[0], centre[1] + 40)  # the hostile label's tooltip, shown as text
+        page.wait_for_selector(".leaflet-tooltip")
+        tooltip = page.locator(".leaflet-tooltip").inner_text()
         browser.close()
     assert "meadow: 3 labelled" in legend and "wood: 3 labelled" in legend
-    assert errors == []
+    assert f"{HOSTILE}: 3 labelled" in legend and tooltip == HOSTILE, "a hostile class name is shown as text"
+    assert planted == 0 and errors == [], "no script ran, no element was planted"
     assert (tmp_path / "search.png").stat().st_size > 10_000 and (tmp_path / "classes.png").stat().st_size > 10_000
     saved = json.loads(running.client.get("/api/labels").content)
-    assert len(saved["features"]) == 6
+    assert len(saved["features"]) == 9
+    assert set(saved["colours"]) == {"meadow", "wood", HOSTILE}
+
+
+def test_other_sites_cannot_change_the_explorer(server):
+    """A cross-origin "simple" POST (text/plain, which browsers send without asking), a JSON POST or
+    a DELETE from another origin, and any request under a foreign Host name (DNS rebinding) are
+    refused with 403, and nothing is stored; the page's own requests still work."""
+    running, _ = server
+    client = running.client
+    client.delete("/api/labels")
+    label = json.dumps({"label": HOSTILE, "lon": 0.0, "lat": 0.0})
+    refused = [
+        client.post("/api/labels", content=label, headers={"content-type": "text/plain", "origin": "http://evil.example"}),
+        client.post("/api/labels", content=label, headers={"content-type": "text/plain"}),
+        client.post("/api/labels", content=label, headers={"content-type": "application/json",
+                                                          "origin": "http://evil.example"}),
+        client.post("/api/labels", content=label, headers={"content-type": "application/json",
+                                                          "sec-fetch-site": "cross-site"}),
+        client.delete("/api/labels", headers={"origin": "http://evil.example"}),
+        client.get("/api/labels", headers={"host": "evil.example:8765"}),
+        client.post("/api/train", content="{}", headers={"content-type": "application/json",
+                                                         "host": f"evil.example:{running.port}",
+                                                         "origin": f"http://evil.example:{running.port}"}),
+    ]
+    assert [r.status_code for r in refused] == [403] * len(refused), [r.text for r in refused]
+    assert "own page" in refused[0].json()["error"] and "application/json" in refused[1].json()["error"]
+    assert client.get("/api/labels").json()["features"] == []
+    own = client.post("/api/labels", content=label, headers={"content-type": "application/json",
+                                                            "origin": running.url})
+    assert own.status_code == 201 and len(client.get("/api/labels").json()["features"]) == 1
+    client.delete("/api/labels", headers={"origin": running.url})
 
 
 def test_previews_linked_from_the_dagster_ui_are_served_and_nothing_outside_the_data_root(server, embedded_env):

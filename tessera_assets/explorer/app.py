@@ -32,7 +32,7 @@ from resources.similarity import SearchFilter, Similarity, search_report, write_
 from resources.storage import TesseraStorage
 from resources.vector_store import VectorStore
 from tessera_assets.explorer.labelling import LabelSession
-from tessera_assets.explorer.layers import Layers, class_colour, has_raw
+from tessera_assets.explorer.layers import Layers, has_raw
 from tessera_assets.explorer.tiles import render
 
 STATIC = Path(__file__).parent / "static"
@@ -171,7 +171,8 @@ class Explorer:
             if made is None:
                 raise PartitionNotMaterialisedError(f"no class map of {region}|{year} yet: label and train first")
             raster = self.layers.cached(("classes", year, region, made.version),
-                                        lambda: self.layers.classes(year, region, made.labels, made.confidence))
+                                        lambda: self.layers.classes(year, region, made.labels, made.confidence,
+                                                                            made.colours))
         else:
             raise BadRequest(f"unknown layer {layer!r}: use one of {', '.join(LAYERS)}")
         return render(raster, z, x, y)
@@ -194,7 +195,7 @@ class Explorer:
         made = self.session.train(self.storage, validate_year(_int(body, "year")),
                                   validate_region_name(str(body.get("region", ""))), str(body.get("head", "logistic")))
         return {"year": made.year, "region": made.region, "version": made.version, "encoder_id": made.encoder_id,
-                "classes": [{"name": name, "colour": class_colour(i), "samples": made.samples.get(name, 0),
+                "classes": [{"name": name, "colour": made.colours[i], "samples": made.samples.get(name, 0),
                              "pixels": int((made.labels == i + 1).sum())} for i, name in enumerate(made.classes)]}
 
 
@@ -247,11 +248,50 @@ async def _body(request: Request) -> dict:
     return body
 
 
-def create_app(explorer: Explorer) -> Starlette:
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_hosts(bind_host: str) -> tuple[str, ...] | None:
+    """The Host names a request may carry: loopback names, and the bind address when it is a
+    specific one; None (any) when bound to every interface. Checking Host stops DNS rebinding, by
+    which a page on another site reaches a loopback server under its own name."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        return None
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, bind_host.strip("[]"), f"[{bind_host.strip('[]')}]")))
+
+
+def refusal(method: str, headers, hosts: tuple[str, ...] | None) -> str | None:
+    """Why a request must be refused, or None. Every request names an allowed Host; a state-changing
+    one comes from this server's own origin (Origin, or Sec-Fetch-Site, as browsers send them) and,
+    with a body, as JSON: a cross-origin page can send a "simple" text/plain POST without asking,
+    but never one of JSON type, so together these close the explorer to other sites' scripts."""
+    host = headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if hosts is not None and name not in hosts:
+        return f"Host {host!r} is not a name of this explorer"
+    if method not in STATE_CHANGING:
+        return None
+    origin = headers.get("origin")
+    if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+        return f"a {method} from origin {origin!r}: the explorer takes changes only from its own page"
+    if origin is None and headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
+        return f"a cross-site {method}: the explorer takes changes only from its own page"
+    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    if method != "DELETE" and kind != "application/json":
+        return f"a {method} body must be sent as application/json, not {kind or 'no content type'}"
+    return None
+
+
+def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
     handled = (TesseraError, LabelsError, BadRequest, ValueError, FileNotFoundError)
+    hosts = allowed_hosts(bind_host)
 
     def answer(fn):
         async def endpoint(request: Request):
+            problem = refusal(request.method, request.headers, hosts)
+            if problem:
+                return JSONResponse({"error": problem}, status_code=403)
             try:
                 return await fn(request)
             except handled as exc:
@@ -291,7 +331,8 @@ def create_app(explorer: Explorer) -> Starlette:
         if request.method == "DELETE":
             await run_in_threadpool(explorer.session.clear)
             return JSONResponse({"removed": "all"})
-        return JSONResponse(explorer.session.geojson(), media_type="application/geo+json",
+        return JSONResponse(explorer.session.geojson() | {"colours": explorer.session.colours()},
+                            media_type="application/geo+json",
                             headers={"content-disposition": 'attachment; filename="labels.geojson"'}
                             if request.query_params.get("download") else None)
 
@@ -314,7 +355,7 @@ def create_app(explorer: Explorer) -> Starlette:
                             filename=f"classes-{key[1]}-{key[0]}.tif")
 
     return Starlette(routes=[
-        Route("/", page),
+        Route("/", answer(page)),
         Route("/api/partitions", answer(partitions)),
         Route("/api/regions", answer(regions)),
         Route("/api/search", answer(search), methods=["POST"]),

@@ -21,7 +21,7 @@ import rasterio
 from model.fewshot import HEADS, Classifier
 from resources.labels import LabelFeature, LabelsError, coordinates, labelled_pixels, spatial_group
 from resources.storage import TesseraStorage, atomic_directory, write_class_map
-from tessera_assets.explorer.layers import partition_vectors
+from tessera_assets.explorer.layers import class_colours, partition_vectors
 
 MAX_LABELS = 5000
 
@@ -36,6 +36,7 @@ class ClassMap:
     labels: np.ndarray  # uint8, 0 no data, 1 + class index
     confidence: np.ndarray  # float32
     samples: dict[str, int]
+    colours: list[str]  # of each class, from the session's palette
     encoder_id: str
     folder: Path  # classes.tif and confidence.tif
     version: int
@@ -95,6 +96,10 @@ class LabelSession:
     def geojson(self) -> dict:
         return {"type": "FeatureCollection", "features": list(self.features)}
 
+    def colours(self) -> dict[str, str]:
+        """Each class of the session in its colour (`class_colours`)."""
+        return class_colours(f["properties"]["label"] for f in self.features)
+
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -133,7 +138,8 @@ class LabelSession:
         with rasterio.open(folder / "confidence.tif") as src:
             confidence = src.read(1)
         made = ClassMap(year, region, [str(c) for c in classifier.classes], labels, confidence,
-                        {str(n): int(c) for n, c in zip(names, counts)}, partition.encoder_id, folder,
+                        {str(n): int(c) for n, c in zip(names, counts)},
+                        [self.colours()[str(c)] for c in classifier.classes], partition.encoder_id, folder,
                         time.time_ns())
         self.maps[(year, region)] = made
         return made

@@ -31,9 +31,19 @@ PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)
                     (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)], np.uint8)
 
 
-def class_colour(index: int) -> str:
-    r, g, b = PALETTE[index % len(PALETTE)]
-    return f"#{r:02x}{g:02x}{b:02x}"
+def class_colours(names) -> dict[str, str]:
+    """The colour of every class, by its place among all class names sorted: the one palette the
+    map, the legend and the page's label marks share (the page gets it from the API, never its own
+    copy), so a class keeps its colour when another class has no pixels in a partition."""
+    colours = {}
+    for i, name in enumerate(sorted(set(names))):
+        r, g, b = PALETTE[i % len(PALETTE)]
+        colours[name] = f"#{r:02x}{g:02x}{b:02x}"
+    return colours
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
 @lru_cache(maxsize=1)
@@ -122,10 +132,13 @@ class Layers:
         visible = finite & (np.nan_to_num(values, nan=-2) >= threshold)
         return Raster(_rgba(rgb, visible, 210), transform, self._crs(year, region))
 
-    def classes(self, year: int, region: str, labels: np.ndarray, confidence: np.ndarray) -> Raster:
-        """A class raster (0 no data, 1 + class index) with its confidence, as the partition's grid."""
+    def classes(self, year: int, region: str, labels: np.ndarray, confidence: np.ndarray,
+                colours: list[str]) -> Raster:
+        """A class raster (0 no data, 1 + class index) with its confidence, as the partition's grid;
+        class i in `colours[i]`."""
         grid = self.storage.open_embeddings(year, region).grid
-        rgb = PALETTE[(np.maximum(labels, 1) - 1) % len(PALETTE)]
+        table = np.array([_rgb(c) for c in colours], np.uint8)
+        rgb = table[np.clip(labels.astype(int) - 1, 0, len(table) - 1)]
         alpha = (80 + 175 * np.nan_to_num(confidence, nan=0)).astype(np.uint8)
         return Raster(_rgba(rgb, labels > 0, alpha), grid.transform, grid.crs)
 

@@ -1,8 +1,6 @@
 "use strict";
 // The tessera explorer: one page over the JSON API and tiles of `tessera serve`. No build step.
 
-const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                 "#bcbd22", "#17becf"];  // the server's class colours, in sorted class-name order
 const $ = (id) => document.getElementById(id);
 const state = { partitions: [], current: null, positives: [], negatives: [], query: null, drawing: null };
 const map = L.map("map", { doubleClickZoom: false, boxZoom: false, maxZoom: 20 });
@@ -11,6 +9,14 @@ const results = L.layerGroup().addTo(map);
 const examples = L.layerGroup().addTo(map);
 const labelMarks = L.layerGroup().addTo(map);
 let labels = [];
+let colours = {};  // class name -> colour, from the server's one palette (GET /api/labels)
+
+// Every string a user or the data chose (class and region names) goes into the page as text, never as HTML.
+function text(value) {
+  const span = document.createElement("span");
+  span.textContent = String(value);
+  return span;
+}
 
 async function api(path, options = {}) {
   const response = await fetch(path, {
@@ -50,8 +56,7 @@ async function init() {
   const wanted = state.partitions.findIndex((p) => p.region === hash.get("region") && String(p.year) === hash.get("year"));
   $("partition").value = Math.max(0, wanted);
   show(state.partitions[$("partition").value]);
-  labels = (await api("/api/labels")).features;
-  drawLabels();
+  await loadLabels();
 }
 
 function show(p) {
@@ -128,7 +133,7 @@ function drawResults(features) {
     const [lon, lat] = f.geometry.coordinates;
     const pr = f.properties;
     L.circleMarker([lat, lon], { radius: 5, color: "#00e5ff", weight: 2, fillOpacity: 0.2 })
-      .bindTooltip(`#${pr.rank} ${pr.similarity.toFixed(3)} ${pr.region} ${pr.year}`).addTo(results);
+      .bindTooltip(text(`#${pr.rank} ${pr.similarity.toFixed(3)} ${pr.region} ${pr.year}`)).addTo(results);
     const item = document.createElement("li");
     item.className = "result";
     item.textContent = `${pr.similarity.toFixed(3)} ${pr.region} ${pr.year} (${lon.toFixed(5)}, ${lat.toFixed(5)})`;
@@ -141,7 +146,11 @@ function similarityLayer() {
   if (!state.query) return;
   const threshold = Number($("threshold").value);
   $("threshold-value").textContent = threshold.toFixed(2);
-  replace("similarity", tiles("similarity", `?query=${state.query}&threshold=${threshold}`));
+  const p = state.current;
+  const url = `/tiles/similarity/${p.year}/${p.region}/{z}/{x}/{y}.png?query=${state.query}&threshold=${threshold}`;
+  // one layer per query: the slider only points it at new tiles (a layer per input event piled up requests)
+  if (layers.similarity && layers.similarity.options.query === state.query) layers.similarity.setUrl(url);
+  else replace("similarity", L.tileLayer(url, { maxZoom: 20, tileSize: 256, query: state.query }));
 }
 
 $("threshold").addEventListener("input", similarityLayer);
@@ -161,8 +170,15 @@ $("clear-examples").addEventListener("click", () => {
 });
 
 // -- labels ----------------------------------------------------------------------------------------
-function classNames() { return [...new Set(labels.map((f) => f.properties.label))].sort(); }
-function colourOf(name) { return PALETTE[classNames().indexOf(name) % PALETTE.length]; }
+function classNames() { return Object.keys(colours).sort(); }
+function colourOf(name) { return colours[name] || "#ffffff"; }
+
+async function loadLabels() {
+  const saved = await api("/api/labels");
+  labels = saved.features;
+  colours = saved.colours;
+  drawLabels();
+}
 
 function drawLabels() {
   labelMarks.clearLayers();
@@ -172,12 +188,11 @@ function drawLabels() {
       ? L.circleMarker([f.geometry.coordinates[1], f.geometry.coordinates[0]], { radius: 5, color: "#fff", weight: 1,
                                                                                  fillColor: colour, fillOpacity: 1 })
       : L.polygon(f.geometry.coordinates[0].map(([lon, lat]) => [lat, lon]), { color: colour, weight: 2 });
-    mark.bindTooltip(f.properties.label);
+    mark.bindTooltip(text(f.properties.label));
     mark.on("contextmenu", async (e) => {
       L.DomEvent.preventDefault(e.originalEvent);
       await api(`/api/labels/${f.id}`, { method: "DELETE" });
-      labels = labels.filter((g) => g.id !== f.id);
-      drawLabels();
+      await loadLabels();
     });
     mark.addTo(labelMarks);
   }
@@ -186,10 +201,9 @@ function drawLabels() {
 
 async function addLabel(geometry) {
   try {
-    const feature = await api("/api/labels", { method: "POST", body: {
+    await api("/api/labels", { method: "POST", body: {
       label: $("class-name").value, geometry, year: state.current.year } });
-    labels.push(feature);
-    drawLabels();
+    await loadLabels();
     status(`${labels.length} labels`);
   } catch (error) {
     status(error.message, true);
@@ -223,8 +237,9 @@ $("train").addEventListener("click", async () => {
     replace("classes", tiles("classes", `?v=${made.version}`));
     $("legend").replaceChildren(...made.classes.map((c) => {
       const item = document.createElement("li");
-      item.innerHTML = `<span style="background:${c.colour}"></span>${c.name}: ${c.samples} labelled, ` +
-                       `${(c.pixels / 100).toFixed(1)} ha`;
+      const swatch = document.createElement("span");
+      swatch.style.background = c.colour;
+      item.append(swatch, text(`${c.name}: ${c.samples} labelled, ${(c.pixels / 100).toFixed(1)} ha`));
       return item;
     }));
     $("dl-classes").hidden = false;
