@@ -11,10 +11,12 @@ the field a survey point was taken in); otherwise a point's group is its H3 cell
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h3
 import numpy as np
@@ -22,8 +24,15 @@ from rasterio.features import rasterize
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_geom
 
+from dagster import ConfigurableResource
+from pydantic import Field
+
 from resources.errors import TesseraError
+from resources.object_store import ObjectRoot, is_object_uri
 from resources.regions import RegionGrid
+
+if TYPE_CHECKING:
+    from resources.storage import TesseraStorage
 
 WGS84_NAMES = {"EPSG:4326", "OGC:CRS84", "urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:EPSG::4326"}
 
@@ -189,3 +198,43 @@ def labelled_pixels(features: list[LabelFeature], grid: RegionGrid, where: str) 
                 pixels.append((r, c, f.group, f.label))
     return pixels, hits
 
+
+LABEL_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
+
+
+class LabelSource(ConfigurableResource):
+    """Where the labels are: a file or a folder of them, local or on the object store (`s3://...`,
+    read with the data root's settings). TESSERA_LABELS sets it for a deployment; the launchpad can
+    point one run elsewhere."""
+
+    path: str = Field("labels", description="a labels file, or a folder of them (local, or s3://...)")
+    label_field: str = Field("label", description="the property or column that holds each label's class")
+
+    def files(self, storage: "TesseraStorage", path: str | None = None) -> list[Path]:
+        """The labels files at `path` (default: this source's), as local files."""
+        return label_files(path or self.path, storage)
+
+
+def label_files(path: str, storage: "TesseraStorage") -> list[Path]:
+    """The labels files at a path or folder, local or on the object store."""
+    if is_object_uri(path):
+        parent, _, name = path.rstrip("/").rpartition("/")
+        cache = storage.local("downloads", "labels", hashlib.sha1(path.encode()).hexdigest()[:16])
+        files = [p for p in ObjectRoot(parent, storage.storage_options).fetch_all(name, cache)
+                 if p.suffix.lower() in LABEL_SUFFIXES]
+    else:
+        target = Path(path)
+        if not target.exists():
+            raise LabelsError(f"no labels at {path}: a labels file or folder (.geojson, .csv, .parquet)")
+        files = [p for p in target.iterdir() if p.suffix.lower() in LABEL_SUFFIXES] if target.is_dir() else [target]
+    if not files:
+        raise LabelsError(f"no labels files (.geojson, .csv, .parquet) in {path}")
+    return sorted(files)
+
+
+def labels_digest(files: list[Path]) -> str:
+    """sha256 over every file's name and bytes: changes whenever a file is edited, added or removed."""
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()

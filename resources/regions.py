@@ -91,6 +91,30 @@ def validate_region_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True, order=True)
+class PartitionId:
+    """One year of one region: the unit every per-region product is made in. Written as Dagster's
+    multi-partition key prints it (dimensions sorted by name, so region first): `demo|2022`."""
+
+    year: int
+    region: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "year", validate_year(self.year))
+        object.__setattr__(self, "region", validate_region_name(self.region))
+
+    def __str__(self) -> str:
+        return f"{self.region}|{self.year}"
+
+    @classmethod
+    def parse(cls, key: str) -> "PartitionId":
+        """From `region|year`; anything else is an error naming the key."""
+        region, sep, year = str(key).partition("|")
+        if not sep:
+            raise InvalidRegionNameError(f"partition key {key!r} is not region|year (e.g. demo|2022)")
+        return cls(year, region)
+
+
 @dataclass(frozen=True)
 class RegionGrid:
     """The 10 m pixel grid of a region in its UTM zone; every raster of the region lives on it."""

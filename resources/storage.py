@@ -157,6 +157,18 @@ class TesseraStorage(ConfigurableResource):
             yield tmp
             self.remote.publish(tmp, "/".join(parts), version)
 
+    def publish_file(self, data: bytes, *parts: str | int, name: str) -> str:
+        """A file added to a published partition (or a new one): the partition is published again
+        whole, with the file, by the same protocol as every product; returns where the file is."""
+        current = self.folder(*parts)
+        with self.publish(*parts) as tmp:
+            if current is not None and current.store is None:
+                shutil.copytree(str(current), tmp, dirs_exist_ok=True)
+            elif current is not None:
+                current.store.download_prefix(current.key, tmp)
+            (tmp / name).write_bytes(data)
+        return f"{self.location(*parts)}/{name}"
+
     def folder(self, *parts: str | int) -> Folder | None:
         """The published partition folder, or None."""
         parts = tuple(str(p) for p in parts)

@@ -1,35 +1,44 @@
-"""The code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
+"""The code location: `dagster dev -w workspace.yaml` loads `defs` from here; `tessera` commands build
+the same definitions with `build_definitions`, for the environment they run in."""
 
 from __future__ import annotations
 
 from dagster import Definitions, define_asset_job, load_assets_from_modules, multiprocess_executor
 
-from tessera_assets.partitions import year_region_partitions
 from tessera_assets.embeddings import assets as embedding_assets
 from tessera_assets.embeddings import imported
 from tessera_assets.fewshot import assets as fewshot_assets
+from tessera_assets.fewshot import labels
+from tessera_assets.lineage import embeddings_imported
+from tessera_assets.partitions import year_region_partitions
 from tessera_assets.raw import assets as raw_assets
-from tessera_assets.vectors import assets as vector_assets
-from tessera_assets.resources_by_deployment import build_resources, official_tiles
+from tessera_assets.resources_by_deployment import build_resources
 from tessera_assets.sensors import region_partitions_sensor
+from tessera_assets.vectors import assets as vector_assets
 
-downstream = load_assets_from_modules([vector_assets, fewshot_assets])
 # on Kubernetes (deploy/helm) the run pods of `embed` ask for a GPU and are counted by the run queue
 GPU_RUN_TAGS = {"tessera/gpu": "1", "dagster-k8s/config": {"container_config": {"resources": {
     "limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}}
-if official_tiles() is None:  # embeddings computed from raw partitions by our encoder
-    all_assets = load_assets_from_modules([raw_assets, embedding_assets]) + downstream
-    jobs = [define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"], partitions_def=year_region_partitions),
-            define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions,
-                             tags=GPU_RUN_TAGS)]
-else:  # embeddings read from official tiles: no raw data, no encoder, no GPU
-    all_assets = [imported.geotessera_tiles, imported.imported_embeddings] + downstream
-    jobs = [define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)]
 
-defs = Definitions(
-    assets=all_assets,
-    jobs=jobs,
-    sensors=[region_partitions_sensor, vector_assets.index_after_writes],
-    resources=build_resources(),
-    executor=multiprocess_executor.configured({"max_concurrent": 2}),
-)
+
+def build_definitions() -> Definitions:
+    """The assets, jobs, sensors and resources of this deployment (TESSERA_* variables)."""
+    downstream = load_assets_from_modules([vector_assets, fewshot_assets, labels])
+    if not embeddings_imported():  # embeddings computed from raw partitions by our encoder
+        assets = load_assets_from_modules([raw_assets, embedding_assets]) + downstream
+        jobs = [define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"], partitions_def=year_region_partitions),
+                define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions,
+                                 tags=GPU_RUN_TAGS)]
+    else:  # embeddings read from official tiles: no raw data, no encoder, no GPU
+        assets = [imported.geotessera_tiles, imported.imported_embeddings] + downstream
+        jobs = [define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)]
+    return Definitions(
+        assets=assets,
+        jobs=jobs,
+        sensors=[region_partitions_sensor, vector_assets.index_after_writes],
+        resources=build_resources(),
+        executor=multiprocess_executor.configured({"max_concurrent": 2}),
+    )
+
+
+defs = build_definitions()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dagster import DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
 
-from resources.regions import FIRST_YEAR, last_year, validate_region_name, validate_year
+from resources.regions import FIRST_YEAR, PartitionId, last_year
 
 year_partitions = StaticPartitionsDefinition([str(y) for y in range(FIRST_YEAR, last_year() + 1)])
 region_partitions = DynamicPartitionsDefinition(name="region")
@@ -15,10 +15,20 @@ year_region_partitions = MultiPartitionsDefinition({"year": year_partitions, "re
 
 
 def year_region_key(year: int | str, region: str) -> MultiPartitionKey:
-    return MultiPartitionKey({"year": str(validate_year(year)), "region": validate_region_name(region)})
+    partition = PartitionId(year, region)
+    return MultiPartitionKey({"year": str(partition.year), "region": partition.region})
 
 
 def year_and_region(context) -> tuple[int, str]:
     """The validated (year, region) of the partition an asset is materialising."""
     keys = context.partition_key.keys_by_dimension
-    return validate_year(keys["year"]), validate_region_name(keys["region"])
+    partition = PartitionId(keys["year"], keys["region"])
+    return partition.year, partition.region
+
+
+def materialised_partitions(instance, asset: str) -> list[PartitionId]:
+    """The partitions of an asset that the Dagster instance has materialised, sorted: what exists is
+    what Dagster recorded, not whatever folders a data root holds."""
+    from dagster import AssetKey
+
+    return sorted(PartitionId.parse(key) for key in instance.get_materialized_partitions(AssetKey(asset)))

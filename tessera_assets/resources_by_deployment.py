@@ -20,7 +20,8 @@ demo catalog, the Dagster home, caches); TESSERA_DATA_URI puts every product (ra
 checkpoints, maps, few-shot outputs, and the embedding table unless TESSERA_LANCEDB_URI says
 otherwise) in another folder or on an object store (`s3://bucket/prefix`, with the AWS_* variables
 that obstore, LanceDB and GDAL read: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and
-AWS_ENDPOINT_URL plus AWS_ALLOW_HTTP=true for MinIO); TESSERA_REGIONS the regions file.
+AWS_ENDPOINT_URL plus AWS_ALLOW_HTTP=true for MinIO); TESSERA_REGIONS the regions file;
+TESSERA_LABELS the labels file or folder the `labels` asset observes (default `labels`).
 
 The other resources are imported where they are built: a one-off `tessera search` needs only the
 vector store, and importing the raster and model stack would triple its start-up."""
@@ -75,6 +76,7 @@ def official_tiles():
 
 def build_resources(deployment: str | None = None) -> dict[str, Any]:
     from resources.compute import ComputeDevice
+    from resources.labels import LabelSource
     from resources.object_store import is_object_uri
     from resources.regions import RegionCatalog
     from resources.storage import TesseraStorage
@@ -86,6 +88,7 @@ def build_resources(deployment: str | None = None) -> dict[str, Any]:
     catalogs = {f"{sensor}_catalog": catalog for sensor, catalog in zip(("s2", "s1"), scene_catalogs(deployment))}
     tiles = official_tiles()
     return {"storage": storage, "regions": regions, "compute": ComputeDevice(), "vectors": vector_store(), **catalogs,
+            "label_source": LabelSource(path=os.environ.get("TESSERA_LABELS", "labels")),
             **({"tiles": tiles} if tiles else {})}
 
 

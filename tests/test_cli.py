@@ -50,7 +50,7 @@ def test_run_materialises_any_region_through_the_instance(tmp_path, monkeypatch,
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     assert main(["run", "--region", TINY_REGION, "--years", str(TINY_YEAR), "--until", "raw"]) == 0
     out = capsys.readouterr().out
-    assert f"s2_raw, s1_raw {TINY_REGION}|{TINY_YEAR}" in out
+    assert f"s1_raw, s2_raw {TINY_REGION}|{TINY_YEAR}: done" in out, "one run made both raw assets"
     for sensor in ("s2", "s1"):
         assert (tmp_path / "home" / "data" / "raw" / sensor / str(TINY_YEAR) / TINY_REGION / "index.json").exists()
     instance = DagsterInstance.get()

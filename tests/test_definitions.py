@@ -53,7 +53,7 @@ def test_the_dagster_cli_loads_the_workspace(tmp_path):
 def test_the_cli_and_make_dev_share_one_instance_config_with_pools(tmp_path, monkeypatch):
     """`tessera` and `make dev` put deploy/dagster.yaml into a fresh DAGSTER_HOME: runs queue, and
     each pool (gpu, lancedb) runs one step at a time."""
-    from tessera_assets.runs import INSTANCE_FILE, dagster_instance
+    from tessera_assets.cli.commands import INSTANCE_FILE, dagster_instance
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     instance = dagster_instance()

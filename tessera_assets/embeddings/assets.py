@@ -29,12 +29,13 @@ from model.pretrain import PretrainConfig, pretrain
 from model.quantise import dequantise, quantise
 from model.series import PixelSeries
 from resources.compute import ComputeDevice
+from resources.errors import PartitionNotMaterialisedError
 from resources.pixel_series import sample_pixels
 from resources.previews import embedding_preview, loss_curve
 from resources.storage import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage
 from tessera_assets.embeddings.streaming import embed_block, stream_partition
-from tessera_assets.explorer import explorer_url, preview_metadata
-from tessera_assets.partitions import year_and_region, year_region_partitions
+from tessera_assets.metadata import explorer_url, preview_metadata
+from tessera_assets.partitions import materialised_partitions, year_and_region, year_region_partitions
 
 
 class EncoderConfig(Config):
@@ -77,7 +78,8 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
             **_identity_metadata(encoder), "source": config.checkpoint_path, "path": MetadataValue.path(path),
             "seconds": round(time.perf_counter() - started, 2),
         })
-    partitions = storage.raw_partitions()
+    both = set(materialised_partitions(context.instance, "s2_raw")) & set(materialised_partitions(context.instance, "s1_raw"))
+    partitions = [(p.year, p.region) for p in sorted(both)]
     if not partitions:
         raise ValueError("no raw partitions with both s2_raw and s1_raw to pretrain on: materialise some first")
     rng = np.random.default_rng(config.seed)
@@ -98,7 +100,7 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
     scratch = storage.local("pretrain")  # the resumable state, on this machine
     encoder = pretrain(pool, model_config, train, scratch / "state.pt", device, progress,
                        preset_normalisation(model_config, config.data_source))
-    encoder.metadata["partitions"] = [f"{r}|{y}" for y, r in partitions]
+    encoder.metadata["partitions"] = [str(p) for p in sorted(both)]
     losses = encoder.metadata["losses"]
     curve = loss_curve(losses, scratch / "loss.png", f"{config.preset} Barlow Twins loss")
     path = storage.publish_encoder(encoder, {"source": "pretrained"}, files={"loss.png": curve})
@@ -110,6 +112,16 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
         "first_loss": round(losses[0], 3), "final_loss": round(float(np.mean(losses[-10:])), 3),
         "seconds": round(time.perf_counter() - started, 1), "path": MetadataValue.path(path), **previews,
     })
+
+
+def current_encoder_id(instance) -> str:
+    """The one current encoder: the one `encoder_checkpoint`'s latest materialisation recorded. The
+    `models/current.json` pointer in the data root is written from the same materialisation, for
+    readers without the instance (the explorer, a one-off search)."""
+    event = instance.get_latest_materialization_event(AssetKey("encoder_checkpoint"))
+    if event is None:
+        raise PartitionNotMaterialisedError("no encoder yet: materialise encoder_checkpoint first")
+    return str(event.asset_materialization.metadata["encoder_id"].value)
 
 
 class EmbeddingsConfig(Config):
@@ -143,7 +155,8 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     year, region = year_and_region(context)
     s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
     device, precision = compute.resolve()
-    encoder = prepare_for_inference(storage.load_encoder(config.encoder_id), device, precision, compute.threads)
+    encoder_id = config.encoder_id or current_encoder_id(context.instance)
+    encoder = prepare_for_inference(storage.load_encoder(encoder_id), device, precision, compute.threads)
     dims = matryoshka_prefix(encoder.config, config.dimensions, matryoshka_dims(encoder.metadata, encoder.config))
     grid = s2.grid
     batch, readers = compute.batch_for(device), compute.readers_for(device)

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from resources.errors import PartitionNotMaterialisedError, TesseraError
 from resources.labels import LabelsError
-from resources.regions import RegionCatalog, validate_region_name, validate_year
+from resources.regions import PartitionId, RegionCatalog, validate_region_name, validate_year
 from resources.similarity import SearchFilter, Similarity, search_report, write_results
 from resources.storage import TesseraStorage
 from resources.vector_store import VectorStore
@@ -94,7 +94,7 @@ class Explorer:
             found.append({
                 "year": year, "region": region, "bbox": bbox, "encoder_id": partition.encoder_id,
                 "layers": [*(["true_colour"] if has_raw(self.storage, year, region) else []), "pca"],
-                "dagster": f"{self.dagster_url}/assets/embeddings?partition={region}|{year}",
+                "dagster": f"{self.dagster_url}/assets/embeddings?partition={PartitionId(year, region)}",
             })
         return found
 
@@ -169,7 +169,7 @@ class Explorer:
         elif layer == "classes":
             made = self.session.maps.get((year, region))
             if made is None:
-                raise PartitionNotMaterialisedError(f"no class map of {region}|{year} yet: label and train first")
+                raise PartitionNotMaterialisedError(f"no class map of {PartitionId(year, region)} yet: label and train first")
             raster = self.layers.cached(("classes", year, region, made.version),
                                         lambda: self.layers.classes(year, region, made.labels, made.confidence,
                                                                             made.colours))
@@ -350,7 +350,7 @@ def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
         key = (validate_year(request.path_params["year"]), validate_region_name(request.path_params["region"]))
         made = explorer.session.maps.get(key)
         if made is None:
-            raise PartitionNotMaterialisedError(f"no class map of {key[1]}|{key[0]} yet: label and train first")
+            raise PartitionNotMaterialisedError(f"no class map of {PartitionId(*key)} yet: label and train first")
         return FileResponse(made.folder / "classes.tif", media_type="image/tiff",
                             filename=f"classes-{key[1]}-{key[0]}.tif")
 

@@ -20,6 +20,7 @@ import rasterio
 
 from model.fewshot import HEADS, Classifier
 from resources.labels import LabelFeature, LabelsError, coordinates, labelled_pixels, spatial_group
+from resources.regions import PartitionId
 from resources.storage import TesseraStorage, atomic_directory, write_class_map
 from tessera_assets.explorer.layers import class_colours, partition_vectors
 
@@ -118,7 +119,7 @@ class LabelSession:
             feature = LabelFeature(f["properties"]["label"], f["geometry"], year, i, "")
             feature.group = spatial_group(feature)
             features.append(feature)
-        pixels, _ = labelled_pixels(features, partition.grid, f"{region}|{year}")
+        pixels, _ = labelled_pixels(features, partition.grid, str(PartitionId(year, region)))
         rows = np.array([p[0] for p in pixels], int)
         cols = np.array([p[1] for p in pixels], int)
         x = partition_vectors(partition, rows, cols)
@@ -127,7 +128,7 @@ class LabelSession:
         x, y = x[ok], y[ok]
         names, counts = np.unique(y, return_counts=True)
         if len(names) < 2:
-            raise LabelsError(f"label pixels of at least two classes in {region}|{year} (labelled here: "
+            raise LabelsError(f"label pixels of at least two classes in {PartitionId(year, region)} (labelled here: "
                               f"{', '.join(f'{n} ({c})' for n, c in zip(names, counts)) or 'none'})")
         classifier = Classifier(head).fit(x, y)
         folder = storage.local("explorer", "class_maps", str(year)) / region

@@ -1,8 +1,6 @@
 """Few-shot classification: labels joined with embeddings, an honestly evaluated classifier, class maps."""
 
-import hashlib
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,44 +15,33 @@ from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError
 from resources.labels import LabelsError, labelled_pixels, read_labels
 from resources.pixel_series import read_window
 from resources.previews import class_map_png, learning_curve_png
-from resources.object_store import ObjectRoot, is_object_uri
+from resources.regions import PartitionId
 from resources.storage import TesseraStorage, write_class_map
-from tessera_assets.explorer import explorer_url, preview_metadata
-from tessera_assets.partitions import year_and_region, year_region_partitions
+from tessera_assets.fewshot.labels import LabelSource, labels, labels_digest
+from tessera_assets.lineage import RAW_INPUTS
+from tessera_assets.metadata import explorer_url, preview_metadata
+from tessera_assets.partitions import materialised_partitions, year_and_region, year_region_partitions
 
-LABEL_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
 SAMPLES_FILE = "samples.parquet"
 CLASSIFIER_FILE = "classifier.pt"
 
 
 class LabelsConfig(Config):
-    labels_path: str = Field("labels", description="a labels file, or a folder of them (local, or s3://...)")
+    labels_path: str | None = Field(None, description=(
+        "read these labels files instead of the `labels` asset's (a file or folder, local or s3://...)"))
     year: int | None = Field(None, description="year of labels that carry none")
-    label_field: str = "label"
     encoder_id: str | None = Field(None, description="use the partitions of this encoder (needed when several made them)")
 
 
-def _label_files(path: str, storage: TesseraStorage) -> list[Path]:
-    """The labels files at a path or folder, local or on the object store (`s3://...`, with the
-    data root's settings)."""
-    if is_object_uri(path):
-        parent, _, name = path.rstrip("/").rpartition("/")
-        cache = storage.local("downloads", "labels", hashlib.sha1(path.encode()).hexdigest()[:16])
-        files = [p for p in ObjectRoot(parent, storage.storage_options).fetch_all(name, cache)
-                 if p.suffix.lower() in LABEL_SUFFIXES]
-    else:
-        target = Path(path)
-        files = [p for p in target.iterdir() if p.suffix.lower() in LABEL_SUFFIXES] if target.is_dir() else [target]
-    if not files:
-        raise LabelsError(f"no labels files (.geojson, .csv, .parquet) in {path}")
-    return sorted(files)
-
-
-@asset(deps=[AssetKey("embeddings")], group_name="fewshot", kinds={"parquet"}, code_version="samples-2")
-def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storage: TesseraStorage) -> MaterializeResult:
-    """Every labelled pixel with its embedding and a raw-input baseline feature vector."""
-    features = [f for file in _label_files(config.labels_path, storage) for f in read_labels(file, config.label_field)]
-    partitions = storage.partitions("embeddings")
+@asset(deps=[AssetKey("embeddings"), labels, *RAW_INPUTS], group_name="fewshot", kinds={"parquet"},
+       code_version="samples-2")
+def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storage: TesseraStorage,
+                    label_source: LabelSource) -> MaterializeResult:
+    """Every labelled pixel of the materialised embeddings partitions with its embedding and, where
+    the raw partitions exist, a raw-input baseline feature vector."""
+    files = label_source.files(storage, config.labels_path)
+    features = [f for file in files for f in read_labels(file, label_source.label_field)]
+    partitions = [(p.year, p.region) for p in materialised_partitions(context.instance, "embeddings")]
     grids = {key: storage.open_embeddings(*key).grid for key in partitions}
     missing_year = [f for f in features if (f.year or config.year) is None]
     if missing_year:
@@ -64,13 +51,13 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     covered = [0] * len(features)
     for (y, region), grid in grids.items():
         of_year = [i for i, f in enumerate(features) if (f.year or config.year) == y]
-        wanted[(y, region)], hits = labelled_pixels([features[i] for i in of_year], grid, f"{region}|{y}")
+        wanted[(y, region)], hits = labelled_pixels([features[i] for i in of_year], grid, str(PartitionId(y, region)))
         for i, n in zip(of_year, hits):
             covered[i] += n
     outside = sum(n == 0 for n in covered)
     if not any(wanted.values()):
         raise LabelsError(f"none of the {len(features)} labels falls in a materialised embeddings partition "
-                          f"({', '.join(f'{r}|{y}' for y, r in partitions) or 'none materialised'})")
+                          f"({', '.join(str(PartitionId(*p)) for p in partitions) or 'none materialised'})")
     encoders = {key: storage.open_embeddings(*key).encoder_id for key, pixels in wanted.items() if pixels}
     encoder_id = single_encoder(set(encoders.values()), config.encoder_id, "the labelled embeddings partitions")
     wanted = {key: pixels for key, pixels in wanted.items() if encoders.get(key) == encoder_id}
@@ -116,7 +103,8 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     with storage.publish(*parts) as tmp:
         pq.write_table(table, tmp / SAMPLES_FILE)
     return MaterializeResult(metadata={
-        "samples": table.num_rows, "labels_read": len(features), "labels_outside_partitions": outside,
+        "samples": table.num_rows, "labels_read": len(features), "labels_files": len(files),
+        "labels_sha256": labels_digest(files)[:16], "labels_outside_partitions": outside,
         "encoder_id": encoder_id,
         "classes": MetadataValue.json({str(k): int(v) for k, v in zip(labels, counts)}),
         "path": MetadataValue.path(storage.location(*parts) + f"/{SAMPLES_FILE}"),
@@ -196,7 +184,7 @@ def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> M
     embeddings = storage.open_embeddings(year, region)
     if embeddings.encoder_id != encoder_id:
         raise EncoderMismatchError(
-            f"the classifier was trained on embeddings of encoder {encoder_id}, but {region}|{year} was embedded by "
+            f"the classifier was trained on embeddings of encoder {encoder_id}, but {PartitionId(year, region)} was embedded by "
             f"{embeddings.encoder_id}: re-materialise the partition's embeddings or the few-shot assets")
     parts = ("land_cover", str(year), region)
     with storage.publish(*parts) as tmp:

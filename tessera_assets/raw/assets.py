@@ -23,7 +23,7 @@ from resources.raw_ingest import ingest
 from resources.regions import RegionCatalog
 from resources.stac import Sensor, StacCatalog
 from resources.storage import RawPartition, TesseraStorage
-from tessera_assets.explorer import preview_metadata
+from tessera_assets.metadata import preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 # Most of the region must have this many valid observations for an embedding worth having.

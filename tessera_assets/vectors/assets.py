@@ -10,21 +10,24 @@ from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, As
 from pydantic import Field
 
 from resources.errors import EncoderMismatchError
+from resources.regions import PartitionId
 from resources.previews import similarity_png
 from resources.similarity import Similarity
 from resources.storage import TesseraStorage, write_similarity_raster
 from resources.table_rows import pixel_rows
 from resources.vector_store import VectorStore
-from tessera_assets.explorer import preview_metadata
+from tessera_assets.lineage import RAW_INPUTS
+from tessera_assets.metadata import preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
 
-@asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings")], group_name="search",
+@asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), *RAW_INPUTS], group_name="search",
        pool="lancedb", kinds={"lancedb"}, code_version="table-layout-2",
        check_specs=[AssetCheckSpec("rows_match_embedded_pixels", asset="embedding_table", blocking=True,
                                    description="the table holds exactly one row per embedded pixel of the partition")])
 def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vectors: VectorStore) -> MaterializeResult:
-    """One row per embedded pixel of the partition in the shared LanceDB table, replacing exactly
+    """One row per embedded pixel of the partition in the shared LanceDB table, with the raw
+    partitions' valid-observation counts where there are raw partitions, replacing exactly
     this partition's rows in one commit. Searchable at once (new rows by exact scan); the
     `embedding_index` asset folds them into the vector index."""
     year, region = year_and_region(context)
@@ -93,7 +96,7 @@ def load_queries(path: str) -> dict[str, dict]:
 
 
 @asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), AssetKey("embedding_table")],
-       group_name="search", kinds={"geotiff"}, code_version="similarity-1")
+       group_name="search", kinds={"geotiff"}, code_version="similarity-1", tags={"tessera/needs": "queries"})
 def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage: TesseraStorage,
                    vectors: VectorStore) -> MaterializeResult:
     """Cosine similarity of every pixel of the partition to each saved query pixel (any year)."""
@@ -110,7 +113,7 @@ def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage
             query, origin = similarity.vector_at(float(spec["lon"]), float(spec["lat"]), int(spec["year"]))
             if origin["encoder_id"] != partition.encoder_id:
                 raise EncoderMismatchError(
-                    f"saved query {name!r} is a vector of encoder {origin['encoder_id']}, but {region}|{year} was "
+                    f"saved query {name!r} is a vector of encoder {origin['encoder_id']}, but {PartitionId(year, region)} was "
                     f"embedded by {partition.encoder_id}: re-materialise one of them with the same encoder")
             stats = write_similarity_raster(partition, query, tmp / f"{name}.tif")
             similarity_png(tmp / f"{name}.tif", tmp / f"{name}.png", marker=(origin["row"], origin["col"])

@@ -1,7 +1,8 @@
 """The `tessera` command line: one-off searches, the demo pipeline, few-shot maps, exports, regions.
 
 Commands import what they use: a search needs only the embedding table, and starts without the
-raster, model and orchestration stack that the materialising commands (`tessera_assets.runs`) load.
+raster, model and orchestration stack that the materialising commands (`tessera_assets.cli.commands`)
+load. What those run, and in which order, is Dagster's asset graph (`tessera_assets.cli.pipeline`).
 """
 
 from __future__ import annotations
@@ -57,11 +58,18 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="materialise the demo pipeline end to end")
     demo.add_argument("--years", type=int, nargs="+", default=None, help="years to run (default: the demo years)")
     demo.add_argument("--regions", nargs="+", default=None, help="demo regions to run (default: all)")
-    run = commands.add_parser("run", help="materialise the pipeline for any region, up to a stage")
-    run.add_argument("--region", required=True, help="a region of the regions file (tessera regions add)")
+    run = commands.add_parser("run", help="materialise the pipeline for regions and years, up to an asset or group")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--region", type=lambda v: [v], dest="regions", help="a region of the regions file")
+    where.add_argument("--regions", type=lambda v: [r for r in v.split(",") if r],
+                       help="comma-separated regions of the regions file, or all")
     run.add_argument("--years", required=True, type=lambda v: [int(y) for y in v.split(",")],
                      help="comma-separated, e.g. 2021,2022")
-    run.add_argument("--until", default="table", choices=["raw", "embeddings", "table", "maps"])
+    run.add_argument("--until", default=None, help=(
+        "an asset or group of the definitions and what it needs (raw, embeddings, table, maps, or e.g. "
+        "embedding_table); default: every asset that needs no labels (and saved queries only if there are any)"))
+    run.add_argument("--refresh", action="store_true",
+                     help="make unpartitioned assets that feed others (the encoder) again, even if materialised")
     export = commands.add_parser("export", help="write embeddings in the official geotessera layouts")
     export.add_argument("--format", choices=["tiles", "zarr"], default="tiles",
                         help="tiles: .npy tiles, landmasks and registries (geotessera 0.7.5 and 0.11); zarr: the "
@@ -111,9 +119,20 @@ def main(argv: list[str] | None = None) -> int:
             return run_search(args)
         if args.command == "serve":
             return run_serve(args)
-        from tessera_assets import runs
+        from tessera_assets.cli import commands
+        from resources.regions import validate_year
 
-        return runs.run_command(args)
+        if args.command == "demo":
+            from resources.demo_catalog import DEFAULT_YEARS
+
+            return commands.run_demo([validate_year(y) for y in args.years or DEFAULT_YEARS], args.regions)
+        if args.command == "run":
+            return commands.run_region(args.regions, [validate_year(y) for y in args.years], args.until, args.refresh)
+        if args.command == "classify":
+            return commands.run_classify(args)
+        if args.command == "export":
+            return commands.run_export(args)
+        return commands.run_regions(args)
     except (TesseraError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

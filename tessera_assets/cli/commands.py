@@ -1,0 +1,244 @@
+"""The commands of `tessera` that materialise: the demo pipeline, any region's pipeline, few-shot
+classification; and the ones that read or edit: export, regions.
+
+Runs go through a real, persistent Dagster instance (DAGSTER_HOME, by default `.tessera/dagster`,
+configured by deploy/dagster.yaml), so whatever the CLI materialises shows up in `dagster dev` with
+its metadata. What runs and in which order is Dagster's asset graph (`tessera_assets.cli.pipeline`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from dagster import AssetKey, AssetSelection, DagsterInstance
+
+from resources.errors import TesseraError
+from resources.regions import PartitionId, Region, validate_year
+from tessera_assets.cli import report
+from tessera_assets.cli.pipeline import CodeLocation, RunOutcome, execute, plan_stages
+from tessera_assets.resources_by_deployment import build_resources, tessera_home
+
+INSTANCE_FILE = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"  # pools and run queue
+NEEDS_TAG = "tessera/needs"  # an asset that needs an input the user gives (labels, saved queries) carries it
+# --until: a group of the definitions, an asset key, or one of these names of earlier releases
+UNTIL_ALIASES = {"table": "embedding_index", "maps": "similarity_map"}
+
+
+def dagster_instance() -> DagsterInstance:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(tessera_home(), "dagster").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(INSTANCE_FILE, home / "dagster.yaml")
+    return DagsterInstance.get()
+
+
+def seed_region_partitions(instance: DagsterInstance, regions: list[Region]) -> None:
+    from tessera_assets.partitions import region_partitions
+
+    known = set(instance.get_dynamic_partitions(region_partitions.name))
+    missing = [r.name for r in regions if r.name not in known]
+    if missing:
+        instance.add_dynamic_partitions(region_partitions.name, missing)
+
+
+def select_assets(asset_graph, until: str | None = None, unmet_needs: set[str] = frozenset(),
+                  reuse: DagsterInstance | None = None) -> set[AssetKey]:
+    """The executable assets to run: all of them, or those `until` (a group or an asset) needs and
+    itself; without what depends on an input not given (`NEEDS_TAG` values in `unmet_needs`). With
+    `reuse`, an unpartitioned asset that feeds others and is already materialised on that instance
+    (the encoder) is kept, not made again."""
+    if until is None:
+        selection = AssetSelection.all()
+    else:
+        name = UNTIL_ALIASES.get(until, until)
+        executable = {k for k in asset_graph.get_all_asset_keys() if asset_graph.get(k).is_executable}
+        groups = {asset_graph.get(k).group_name for k in executable}
+        if name in groups:
+            selection = AssetSelection.groups(name).upstream()
+        elif AssetKey(name) in executable:
+            selection = AssetSelection.assets(name).upstream()
+        else:
+            from tessera_assets.lineage import embeddings_imported
+
+            why = (f"embeddings come from official tiles here, there is no {until} stage" if embeddings_imported()
+                   else "no such asset or group here")
+            raise TesseraError(f"--until {until}: {why} (groups: {', '.join(sorted(groups))})")
+    for need in unmet_needs:
+        selection = selection - AssetSelection.tag(NEEDS_TAG, need, include_sources=True).downstream()
+    keys = {k for k in selection.resolve(asset_graph) if asset_graph.get(k).is_executable}
+    if reuse is not None:
+        keys = {k for k in keys if not (asset_graph.get(k).partitions_def is None
+                                        and any(c in keys for c in asset_graph.get(k).child_keys)
+                                        and reuse.get_latest_materialization_event(k) is not None)}
+    return keys
+
+
+def materialise(location: CodeLocation, keys: set[AssetKey], partitions: list[PartitionId], instance: DagsterInstance,
+                op_config: dict | None = None, resource_config: dict | None = None) -> list[RunOutcome] | None:
+    """The selection through Dagster, printing each run as it ends; None after printing what failed."""
+    stages = plan_stages(location.definitions().get_repository_def().asset_graph, keys)
+
+    def done(outcome: RunOutcome) -> None:
+        state = "done" if outcome.success else "FAILED"
+        print(f"{outcome.label}: {state} in {outcome.seconds:.1f} s" + (f": {outcome.error}" if outcome.error else ""),
+              file=sys.stdout if outcome.success else sys.stderr)
+
+    outcomes = execute(location, stages, partitions, instance, op_config, resource_config, done)
+    report.failed_checks(outcomes)
+    return outcomes if outcomes and all(o.success for o in outcomes) else None
+
+
+def collected(outcomes: list[RunOutcome]) -> dict[tuple[str, str], dict]:
+    return {key: meta for outcome in outcomes for key, meta in outcome.materialised.items()}
+
+
+def saved_queries() -> dict:
+    from tessera_assets.vectors.assets import load_queries
+
+    return load_queries("queries.yaml")
+
+
+def run_region(region_names: list[str], years: list[int], until: str | None, refresh: bool = False) -> int:
+    """The pipeline for regions of the regions file, up to `until`, from the deployment's catalogs.
+    Unpartitioned assets that feed others (the encoder) are made once and reused unless `refresh`;
+    by default, assets that need labels or saved queries are left to `tessera classify` / `--until maps`."""
+    location = CodeLocation()
+    defs = location.definitions()
+    resources = build_resources()
+    catalog = resources["regions"]
+    regions = catalog.all() if region_names == ["all"] else [catalog.get(name) for name in region_names]
+    instance = dagster_instance()
+    seed_region_partitions(instance, regions)
+    # by default what needs no input from the user; an asset named by --until gets what it needs
+    unmet = {"labels", "queries"} if until is None else set()
+    keys = select_assets(defs.get_repository_def().asset_graph, until, unmet, reuse=None if refresh else instance)
+    if "tiles" in resources:
+        print(f"embeddings: read from the official tiles at {resources['tiles'].root}")
+    started = time.perf_counter()
+    outcomes = materialise(location, keys, [PartitionId(y, r.name) for r in regions for y in years], instance)
+    if outcomes is None:
+        return 1
+    report.summary(collected(outcomes))
+    print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
+    return 0
+
+
+def run_demo(years: list[int], region_names: list[str] | None) -> int:
+    """Every asset of the definitions on the demo regions, from the embedded demo catalog."""
+    os.environ["TESSERA_DEPLOYMENT"] = "local"  # before the definitions are imported, here and in step processes
+    from resources.demo_catalog import ensure_demo_catalog, ground_truth_dir
+    from tessera_assets.raw.assets import demo_catalog_folder
+
+    location = CodeLocation()
+    defs = location.definitions()
+    resources = build_resources("local")
+    instance = dagster_instance()
+    demo_regions = [r for r in resources["regions"].all() if r.demo]
+    chosen = [r for r in demo_regions if region_names is None or r.name in region_names]
+    if not chosen:
+        raise TesseraError(f"no demo regions selected (demo regions: {', '.join(r.name for r in demo_regions)})")
+    seed_region_partitions(instance, chosen)
+    started = time.perf_counter()
+    catalog_folder = demo_catalog_folder(resources["s2_catalog"])
+    ensure_demo_catalog(catalog_folder, demo_regions)
+    print(f"demo catalog ready in {time.perf_counter() - started:.1f} s; Dagster instance at {os.environ['DAGSTER_HOME']}")
+    labels = ground_truth_dir(catalog_folder, chosen[0].name) / "labels.geojson"
+    keys = select_assets(defs.get_repository_def().asset_graph, None, set() if saved_queries() else {"queries"})
+    outcomes = materialise(location, keys, [PartitionId(y, r.name) for r in chosen for y in years], instance,
+                           op_config={"fewshot_samples": {"year": max(years)}},
+                           resource_config={"label_source": {"path": str(labels)}})
+    if outcomes is None:
+        return 1
+    results = collected(outcomes)
+    report.summary(results)
+    report.example_search(resources, max(years))
+    report.fewshot(results, resources["storage"], chosen[0].name, max(years))
+    print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
+    return 0
+
+
+def run_classify(args) -> int:
+    """The few-shot assets for one partition, through the Dagster instance; prints the report and
+    publishes it beside the class map."""
+    location = CodeLocation()
+    defs = location.definitions()
+    resources = build_resources()
+    region = resources["regions"].get(args.region)
+    year = validate_year(args.year)
+    storage = resources["storage"]
+    storage.open_embeddings(year, region.name)  # a clear error before any work
+    instance = dagster_instance()
+    graph = defs.get_repository_def().asset_graph
+    keys = {k for k in AssetSelection.tag(NEEDS_TAG, "labels", include_sources=True).downstream().resolve(graph) if graph.get(k).is_executable}
+    outcomes = execute(location, plan_stages(graph, keys), [PartitionId(year, region.name)], instance,
+                       op_config={"fewshot_samples": {"year": year}, "fewshot_classifier": {"head": args.head}},
+                       resource_config={"label_source": {"path": args.labels}})
+    failed = [o for o in outcomes if not o.success]
+    if failed:
+        raise TesseraError(f"{failed[0].label}: {failed[0].error or 'the run failed'}")
+    results = collected(outcomes)
+    report.fewshot(results, storage, region.name, year)
+    areas = results[("land_cover_map", str(PartitionId(year, region.name)))]["class_area_ha"]
+    print("class areas (ha): " + ", ".join(f"{k} {v}" for k, v in areas.items()))
+    body = json.dumps({
+        "labels": args.labels, "year": year, "region": region.name, "head": args.head,
+        "curves": results[("fewshot_classifier", "")]["curves"], "class_area_ha": areas,
+        "samples": results[("fewshot_samples", "")]["samples"],
+    }, indent=1)
+    print(f"report: {storage.publish_file(body.encode(), 'land_cover', year, region.name, name='report.json')}")
+    return 0
+
+
+def run_export(args) -> int:
+    from resources.geotessera_tiles import export_region
+
+    resources = build_resources()
+    region = resources["regions"].get(args.region)
+    partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
+    root = Path(args.out)
+    if args.format == "zarr":
+        from resources.geotessera_zarr import export_zarr
+
+        print(f"wrote {export_zarr(partition, args.year, root):,} pixels into the Zarr store {root}")
+        return 0
+    registry = Path(args.registry) if args.registry else root / "registry"
+    tiles, listed = export_region(partition, args.year, region.bbox, root, registry)
+    print(f"wrote {len(tiles)} tiles under {root}: {', '.join(p.parent.name for p in tiles)}; registries in "
+          f"{registry} list {listed['tiles']} tiles (read with GeoTessera(embeddings_dir={str(root)!r}, "
+          f"registry_dir={str(registry)!r}))")
+    return 0
+
+
+def run_regions(args) -> int:
+    from tessera_assets.partitions import region_partitions
+
+    resources = build_resources()
+    catalog = resources["regions"]
+    if args.regions_command == "remove":
+        region = catalog.remove(args.name)
+        instance = dagster_instance()
+        if region.name in instance.get_dynamic_partitions(region_partitions.name):
+            instance.delete_dynamic_partition(region_partitions.name, region.name)
+        print(f"removed {region.name} from {catalog.path} and its partitions from the Dagster instance")
+        if args.purge:
+            partitions = resources["storage"].delete_region(region.name)
+            rows = resources["vectors"].delete_region(region.name)
+            print(f"purged {partitions} partitions and {rows} rows of the embedding table")
+        else:
+            print("its data stays (tessera regions remove --purge deletes it)")
+    elif args.regions_command == "add":
+        region = catalog.add(args.name, args.bbox)
+        seed_region_partitions(dagster_instance(), [region])
+        grid = region.grid
+        print(f"added {region.name}: {grid.crs.to_string()} {grid.width} x {grid.height} px ({region.area_km2():.1f} km2)")
+    else:
+        for region in catalog.all():
+            grid = region.grid
+            print(f"{region.name:<20} {' '.join(f'{v:.4f}' for v in region.bbox)}  {grid.crs.to_string()} "
+                  f"{grid.width}x{grid.height}{'  (demo)' if region.demo else ''}")
+    return 0

@@ -1,0 +1,25 @@
+"""`labels`: the labelled points and polygons few-shot assets learn from, as an asset Dagster observes.
+
+The labels are made outside Dagster (in QGIS, geojson.io, the explorer), so they are an observable
+source asset: each observation records the content hash of the labels files as its data version, and
+the UI marks `fewshot_samples` stale as soon as a file is edited, added or removed. The automation
+sensor observes them every minute."""
+
+from __future__ import annotations
+
+from dagster import DataVersion, ObserveResult, observable_source_asset
+
+from resources.labels import LabelSource, LabelsError, labels_digest
+from resources.storage import TesseraStorage
+
+@observable_source_asset(group_name="fewshot", auto_observe_interval_minutes=1, tags={"tessera/needs": "labels"},
+                         description="Labelled points and polygons (GeoJSON, GeoParquet, CSV) for the few-shot assets")
+def labels(label_source: LabelSource, storage: TesseraStorage) -> ObserveResult:
+    try:
+        files = label_source.files(storage)
+    except LabelsError as exc:  # none yet: a version of its own, so adding the first file marks downstream stale
+        return ObserveResult(data_version=DataVersion("none"), metadata={"path": label_source.path, "files": 0,
+                                                                           "problem": str(exc)})
+    return ObserveResult(data_version=DataVersion(labels_digest(files)[:16]), metadata={
+        "path": label_source.path, "files": len(files), "names": ", ".join(f.name for f in files[:20]),
+        "bytes": sum(f.stat().st_size for f in files)})
