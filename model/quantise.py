@@ -22,3 +22,16 @@ def quantise(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dequantise(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """int8 (..., D) and scales (...) -> float32 (..., D); no-data rows (scale NaN) come back NaN."""
     return q.astype(np.float32) * scale[..., None].astype(np.float32)
+
+
+def cosine_to(q: np.ndarray, scale: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine similarity of int8 vectors (..., D) to a float query, without dequantising: the
+    per-pixel scale cancels in a cosine. float32 (...), NaN where there is no data (scale NaN or a
+    zero vector). A longer query is cut to the stored dimensions (Matryoshka prefixes)."""
+    query = np.asarray(query, np.float32)[: q.shape[-1]]
+    unit = query / np.linalg.norm(query)
+    flat = q.reshape(-1, q.shape[-1]).astype(np.float32)
+    norms = np.linalg.norm(flat, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(np.isfinite(np.asarray(scale).ravel()) & (norms > 0), flat @ unit / norms, np.nan)
+    return values.astype(np.float32).reshape(q.shape[:-1])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -32,14 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import rasterio
 from affine import Affine
-from rasterio.crs import CRS
 from rasterio.transform import rowcol
 from rasterio.warp import transform as warp_transform
 from dagster import ConfigurableResource
 from rasterio.windows import Window
 
+from resources.atomic import atomic_file
 from resources.errors import TileSourceError
-from resources.regions import PIXEL_SIZE_M, RegionGrid
+from resources.regions import PIXEL_SIZE_M, RegionGrid, utm_crs_for
 from resources.storage import EmbeddingPartition, EmbeddingWriter
 
 if TYPE_CHECKING:
@@ -75,8 +74,7 @@ def tile_centres(bbox: tuple[float, float, float, float]) -> list[tuple[float, f
 def tile_grid(lon: float, lat: float) -> RegionGrid:
     """geotessera's georeference of a tile: the UTM zone of its centre, origin at the west-most
     easting and north-most northing of the projected box, 10 m pixels covering its south and east."""
-    zone = int(math.floor((lon + 180) / 6)) + 1
-    crs = CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    crs = utm_crs_for(lon, lat)
     half = TILE_DEGREES / 2
     corners_lon = [lon - half, lon + half, lon - half, lon + half]
     corners_lat = [lat + half, lat + half, lat - half, lat - half]  # NW, NE, SW, SE
@@ -361,9 +359,8 @@ def _region_indices(tile: RegionGrid, region: RegionGrid) -> tuple[np.ndarray, n
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        np.save(tmp, array)
 
 
 def export_partition(partition: EmbeddingPartition, year: int, bbox: tuple[float, float, float, float],
@@ -417,9 +414,8 @@ def _point_wkb(lon: float, lat: float) -> bytes:
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_registries(root: Path, registry_dir: Path, dataset: Dataset) -> dict[str, int]:

@@ -24,7 +24,7 @@ from rasterio.warp import transform as warp_transform
 
 from resources.errors import TileSourceError
 from resources.geotessera_tiles import Dataset, ImportReport, fill_region
-from resources.regions import PIXEL_SIZE_M, RegionGrid
+from resources.regions import PIXEL_SIZE_M, RegionGrid, utm_zone
 from resources.storage import EmbeddingPartition
 
 ZONE_X = (160_000.0, 840_000.0)  # eastings every zone group spans
@@ -37,10 +37,6 @@ NOT_WRITTEN = np.float32(np.inf)
 def is_zarr_store(path: str | Path) -> bool:
     path = Path(path)
     return path.suffix == ".zarr" or (path / "zarr.json").exists()
-
-
-def zone_of(lon: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor((np.asarray(lon) + 180) / 6).astype(np.int64) + 1, 1, 60)
 
 
 def _zone_shape() -> tuple[int, int]:
@@ -101,7 +97,7 @@ class ZarrStore:
         zones: dict[int, tuple[zarr.Group, int] | None] = {}
 
         def fill_block(lon: np.ndarray, lat: np.ndarray, vectors: np.ndarray, scales: np.ndarray) -> None:
-            point_zones = zone_of(lon)
+            point_zones = utm_zone(lon)
             for number in np.unique(point_zones).tolist():
                 if number not in zones:
                     zones[number] = self._zone_year(number, year, report)

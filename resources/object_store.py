@@ -35,6 +35,7 @@ import obstore
 import rasterio
 from obstore.exceptions import AlreadyExistsError, PreconditionError
 
+from resources.atomic import atomic_file
 from resources.errors import ConfigurationError
 from resources.gdal_env import endpoint_options, read_environment
 
@@ -118,12 +119,9 @@ class ObjectRoot:
 
     def download(self, key: str, target: Path) -> Path:
         """An object into a local file, written under a temporary name and moved into place."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as out:
+        with atomic_file(target) as tmp, open(tmp, "wb") as out:
             for chunk in obstore.get(self.store, key):
                 out.write(chunk)
-        tmp.replace(target)
         return target
 
     def keys(self, prefix: str) -> list[str]:

@@ -10,9 +10,7 @@ import datetime as dt
 import fcntl
 import io
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from resources.errors import (
     UnknownRegionError,
     YearOutOfRangeError,
 )
+from resources.atomic import atomic_file
 from resources.object_store import ObjectRoot, is_object_uri
 
 FIRST_YEAR = 2017
@@ -151,10 +150,17 @@ class RegionGrid:
         return self.transform @ Affine.translation(window.col_off, window.row_off)
 
 
+def utm_zone(lon):
+    """The UTM zone (1..60) of a longitude, or of every longitude of an array (lon 180 is zone 60)."""
+    import numpy as np
+
+    zones = np.clip(np.floor((np.asarray(lon, dtype=np.float64) + 180.0) / 6.0).astype(np.int64) + 1, 1, 60)
+    return int(zones) if zones.ndim == 0 else zones
+
+
 def utm_crs_for(lon: float, lat: float) -> CRS:
     """The UTM zone of a point; north zones are EPSG 326zz, south 327zz."""
-    zone = min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + utm_zone(lon))
 
 
 def region_grid(bbox: tuple[float, float, float, float]) -> RegionGrid:
@@ -283,10 +289,8 @@ class RegionCatalog(ConfigurableResource):
         with open(path.with_name(f".{path.name}-lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             text = _changed(path.read_text() if path.exists() else None, change)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                tmp.write_text(text)
 
 
 def _changed(text: str | None, change) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.errors import VectorDimensionError
+from resources.table_filters import all_of, between, equals, is_in, not_equals
 from resources.errors import TesseraError, single_encoder
 from resources.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore, row_key
 
@@ -87,17 +88,16 @@ def haversine_m(lon1, lat1, lon2, lat2) -> np.ndarray:
 def where_clause(f: SearchFilter) -> str | None:
     parts = []
     if f.years:
-        parts.append(f"year IN ({', '.join(str(int(y)) for y in f.years)})")
+        parts.append(is_in("year", [int(y) for y in f.years]))
     if f.regions:
-        parts.append("region IN (" + ", ".join("'" + r.replace("'", "''") + "'" for r in f.regions) + ")")
+        parts.append(is_in("region", f.regions))
     for w, s, e, n in _boxes(f):
-        parts.append(f"lon >= {w} AND lon <= {e} AND lat >= {s} AND lat <= {n}")
+        parts.append(all_of(between("lon", w, e), between("lat", s, n)))
     if f.h3_cells:
-        parts.append("(" + " OR ".join(f"{column} IN ({', '.join(map(str, ids))})"
-                                       for column, ids in _cell_members(f.h3_cells)) + ")")
+        parts.append("(" + " OR ".join(is_in(column, [int(i) for i in ids]) for column, ids in _cell_members(f.h3_cells)) + ")")
     if f.encoder_id:
-        parts.append("encoder_id = '" + f.encoder_id.replace("'", "''") + "'")
-    return " AND ".join(parts) or None
+        parts.append(equals("encoder_id", f.encoder_id))
+    return all_of(*parts)
 
 
 def _boxes(f: SearchFilter) -> list[tuple[float, float, float, float]]:
@@ -143,12 +143,12 @@ class Similarity:
     def vector_at(self, lon: float, lat: float, year: int) -> tuple[np.ndarray, dict]:
         """The embedding of the pixel whose centre is nearest to a point."""
         _check_point(lon, lat)
-        if self.table.count_rows(f"year = {int(year)}") == 0:
+        if self.table.count_rows(equals("year", int(year))) == 0:
             years = sorted(set(self.table.search().select(["year"]).limit(None).to_arrow()["year"].to_pylist()))
             raise SearchError(f"year {year} is not in the embedding table (materialised years: {years})")
         cell = h3.latlng_to_cell(lat, lon, FILTER_RESOLUTIONS[-1])
         ring = [h3.str_to_int(c) for c in h3.grid_disk(cell, 1)]
-        rows = (self.table.search().where(f"year = {int(year)} AND h3_r9 IN ({', '.join(map(str, ring))})")
+        rows = (self.table.search().where(all_of(equals("year", int(year)), is_in("h3_r9", [int(c) for c in ring])))
                 .select(RESULT_COLUMNS + ["vector"]).limit(None).to_arrow())
         if rows.num_rows:
             distance = haversine_m(lon, lat, rows["lon"].to_numpy(), rows["lat"].to_numpy())
@@ -158,7 +158,7 @@ class Similarity:
         raise SearchError(f"point ({lon}, {lat}) is outside every materialised partition of {year}")
 
     def vector_of_key(self, key: str) -> tuple[np.ndarray, dict]:
-        rows = (self.table.search().where("key = '" + key.replace("'", "''") + "'")
+        rows = (self.table.search().where(equals("key", key))
                 .select(RESULT_COLUMNS + ["vector"]).limit(1).to_arrow())
         if rows.num_rows == 0:
             raise SearchError(f"no pixel with key {key!r}")
@@ -199,7 +199,7 @@ class Similarity:
         """The encoders whose vectors the table holds (two one-row queries on a bitmap-indexed column);
         at most two are named, which is enough to refuse a mix."""
         first = self.table.search().select(["encoder_id"]).limit(1).to_arrow()["encoder_id"][0].as_py()
-        other = self.table.search().where("encoder_id != '" + first.replace("'", "''") + "'").select(["encoder_id"])
+        other = self.table.search().where(not_equals("encoder_id", first)).select(["encoder_id"])
         rest = other.limit(1).to_arrow()["encoder_id"].to_pylist()
         return [first, *rest]
 

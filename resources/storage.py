@@ -7,13 +7,9 @@ folders are hidden (`.name-tmp-...`) and `TesseraStorage.partitions` never lists
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
-import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +24,8 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from model.encoder import TesseraEncoder
-from model.quantise import dequantise
+from model.quantise import cosine_to, dequantise
+from resources.atomic import atomic_directory, atomic_file, is_published, temporary_sibling
 from resources.errors import ConfigurationError, PartitionNotMaterialisedError
 from resources.object_store import ObjectRoot, is_object_uri, new_version
 from resources.regions import RegionGrid
@@ -38,72 +35,6 @@ ENCODER_CHECKPOINT = "encoder.pt"
 CURRENT_ENCODER = "current.json"  # models/current.json: the pointer to the current encoder
 DOWNLOADED = ".downloaded"  # in a cached copy of an object-store version: every file is there
 ENCODER_FILE = "encoder.json"  # in an embeddings partition: the identity of the encoder that made it
-
-
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where
-    the system or file system cannot."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-def is_published(folder: Path) -> bool:
-    """A partition folder readers may use: not an in-progress or replaced one (hidden names)."""
-    return folder.is_dir() and not folder.name.startswith(".")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_leftovers(final: Path) -> None:
-    """Folders that writers of `final` killed on this machine left behind (their pid is in the name)."""
-    pattern = re.compile(rf"\.{re.escape(final.name)}-(?:tmp|old)-(\d+)-[0-9a-f]{{8}}")
-    for folder in final.parent.glob(f".{final.name}-*"):
-        match = pattern.fullmatch(folder.name)
-        if match and not _alive(int(match.group(1))):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def temporary_sibling(final: Path) -> Iterator[Path]:
-    """A fresh hidden folder beside `final`, named by this process (so the next writer removes it
-    if this one is killed), removed when the block ends."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(final)
-    tmp = final.with_name(f".{final.name}-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of `final`; on success it replaces `final`, on error it vanishes
-    (and what a killed writer left is removed by the next one)."""
-    with temporary_sibling(final) as tmp:
-        yield tmp
-        if final.exists() and _exchange(tmp, final):
-            return  # the old partition is now at `tmp`, removed on leaving
-        old = final.with_name(f".{final.name}-old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class TesseraStorage(ConfigurableResource):
@@ -295,10 +226,8 @@ class TesseraStorage(ConfigurableResource):
         if self.remote is not None:
             self.remote.put(f"models/{CURRENT_ENCODER}", body.encode())
             return checkpoint
-        pointer = self.path("models", CURRENT_ENCODER)
-        tmp = pointer.with_name(f".{pointer.name}-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(body)
-        tmp.replace(pointer)
+        with atomic_file(self.path("models", CURRENT_ENCODER)) as tmp:
+            tmp.write_text(body)
         return checkpoint
 
     def current_encoder_id(self) -> str:
@@ -502,16 +431,11 @@ def write_similarity_raster(partition: EmbeddingPartition, query: np.ndarray, pa
                             block: int = 512) -> dict[str, float]:
     """Cosine similarity of every pixel to `query` as a float32 GeoTIFF (NaN: no data), by blocks."""
     grid = partition.grid
-    unit = query / np.linalg.norm(query)
     total = count = above = 0.0
     with rasterio.open(path, "w", **grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))) as dst:
         dst.set_band_description(1, "cosine similarity")
         for window in grid.blocks(block):
-            q, scales = partition.read(window)
-            vectors = q.astype(np.float32)  # the scale cancels in the cosine
-            norms = np.linalg.norm(vectors, axis=-1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                sim = np.where(np.isfinite(scales) & (norms > 0), vectors @ unit / norms, np.nan).astype(np.float32)
+            sim = cosine_to(*partition.read(window), query)
             dst.write(sim[None], window=window)
             ok = np.isfinite(sim)
             total += float(sim[ok].sum())

@@ -39,6 +39,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from model.errors import VectorDimensionError
+from resources.table_filters import equals, partition_filter
 from resources.errors import TesseraError
 
 TABLE_NAME = "embeddings"
@@ -77,10 +78,6 @@ def table_schema(dim: int) -> pa.Schema:
 
 def row_key(year: int, region: str, cell: int) -> str:
     return f"{year}-{region}-{cell:x}"
-
-
-def partition_predicate(year: int, region: str) -> str:
-    return f"year = {int(year)} AND region = '{region.replace(chr(39), chr(39) * 2)}'"
 
 
 @dataclass
@@ -166,18 +163,18 @@ class VectorStore(ConfigurableResource):
             table.merge_insert("key")
             .when_matched_update_all()
             .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(partition_predicate(year, region))
+            .when_not_matched_by_source_delete(partition_filter(year, region))
             .execute(reader)
         )
         seconds = time.perf_counter() - started
-        return WriteReport(table.count_rows(partition_predicate(year, region)), table.count_rows(), table.version, seconds)
+        return WriteReport(table.count_rows(partition_filter(year, region)), table.count_rows(), table.version, seconds)
 
     def delete_region(self, region: str) -> int:
         """Remove a region's rows of every year (one commit); returns how many there were."""
         table = self.table()
         if table is None:
             return 0
-        where = "region = '" + region.replace("'", "''") + "'"
+        where = equals("region", region)
         rows = table.count_rows(where)
         if rows:
             table.delete(where)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import yaml
 
@@ -109,3 +111,61 @@ def test_downloaded_official_tiles_give_search_and_a_class_map_without_raw_data(
     assert "registries in" in capsys.readouterr().out
     again = json.loads((tmp_path / "again" / "tessera_metadata.json").read_text())
     assert (again["dataset_version"], again["dataset_variant"]) == ("1.1", "cambridge"), "official vectors pass through"
+
+
+EXTRA_DEFINITIONS = '''
+"""A deployment's own definitions: ours, and one asset more downstream of embedding_table."""
+from dagster import AssetKey, Definitions, MaterializeResult, asset
+
+from resources.vector_store import VectorStore
+from tessera_assets.definitions import build_definitions
+from tessera_assets.partitions import year_and_region, year_region_partitions
+from resources.table_filters import partition_filter
+
+
+@asset(partitions_def=year_region_partitions, deps=[AssetKey("embedding_table")], group_name="search")
+def rows_per_partition(context, vectors: VectorStore) -> MaterializeResult:
+    year, region = year_and_region(context)
+    return MaterializeResult(metadata={"rows": vectors.table().count_rows(partition_filter(year, region))})
+
+
+defs = Definitions.merge(build_definitions(), Definitions(assets=[rows_per_partition]))
+'''
+
+
+def test_an_asset_added_to_the_definitions_runs_with_no_cli_change(tmp_path, monkeypatch, capsys):
+    """`tessera run` materialises whatever the definitions hold, in the graph's order: an asset a
+    deployment adds downstream of embedding_table runs after it, for every partition asked for."""
+    from dagster import AssetKey, DagsterInstance
+
+    from official_tiles import BOUNDARY_BBOX, write_official_tiles
+    from resources.geotessera_tiles import tile_centres
+
+    tiles = write_official_tiles(tmp_path / "tiles", 2024, tile_centres(BOUNDARY_BBOX),
+                                 metadata={"dataset_version": "1.1", "dataset_variant": "cambridge"})
+    regions = tmp_path / "regions.yaml"
+    west, south, east, north = BOUNDARY_BBOX
+    middle = (west + east) / 2
+    regions.write_text(yaml.safe_dump({"regions": {"west": {"bbox": [west, south, middle, north]},
+                                                   "east": {"bbox": [middle, south, east, north]}}}))
+    (tmp_path / "extra_defs.py").write_text(EXTRA_DEFINITIONS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, value in {"TESSERA_REGIONS": regions, "TESSERA_HOME": tmp_path / "home",
+                        "DAGSTER_HOME": tmp_path / "dagster", "TESSERA_EMBEDDINGS_TILES": tiles,
+                        "TESSERA_DEFINITIONS": "extra_defs",
+                        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}.items():
+        monkeypatch.setenv(name, str(value))
+    (tmp_path / "dagster").mkdir()
+    assert main(["run", "--regions", "west,east", "--years", "2024"]) == 0
+    out = capsys.readouterr().out
+    runs = [line for line in out.splitlines() if "rows_per_partition" in line]
+    assert len(runs) == 2 and all(": done in" in line for line in runs), out
+    instance = DagsterInstance.get()
+    assert instance.get_materialized_partitions(AssetKey("rows_per_partition")) == {"west|2024", "east|2024"}
+    for partition in ("west|2024", "east|2024"):
+        table, added = (instance.fetch_materializations(AssetKey(name), limit=10).records for name in
+                        ("embedding_table", "rows_per_partition"))
+        table_at = max(r.timestamp for r in table if r.partition_key == partition)
+        added_at = [r for r in added if r.partition_key == partition]
+        assert added_at[0].timestamp > table_at, "the added asset ran after the table it reads"
+        assert added_at[0].asset_materialization.metadata["rows"].value > 0

@@ -227,3 +227,21 @@ def test_each_run_keeps_its_own_samples_and_classifier(fewshot_env, tmp_path):
                         run_config={"ops": {"fewshot_classifier": config["ops"]["fewshot_classifier"]}})
     assert _meta(alone, "fewshot_classifier")["samples"] == second["samples"], "alone, it reads the latest samples"
     assert Path(_meta(alone, "fewshot_classifier")["path"]).parent.name == alone.run_id
+
+
+def test_the_explorers_train_is_the_assets_pipeline(fewshot_env, tmp_path):
+    """The same labels trained in the explorer and by the few-shot assets give the same samples,
+    the same head and the same class map, pixel for pixel."""
+    import shutil
+
+    from tessera_assets.explorer.labelling import LabelSession
+
+    env, _, trained, _, labels = fewshot_env
+    shutil.copyfile(labels, tmp_path / "labels.geojson")
+    made = LabelSession(tmp_path / "labels.geojson").train(env.resources["storage"], TINY_YEAR, TINY_REGION, "logistic")
+    assert made.samples == _meta(trained, "fewshot_samples")["classes"]
+    with rasterio.open(made.folder / "classes.tif") as src:
+        explorer_map = src.read(1)
+    with rasterio.open(env.resources["storage"].path("land_cover", str(TINY_YEAR), TINY_REGION, "classes.tif")) as src:
+        asset_map = src.read(1)
+    assert (explorer_map > 0).sum() > 100 and np.array_equal(explorer_map, asset_map)

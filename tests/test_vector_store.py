@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 import pytest
 
 from resources.similarity import SearchFilter, Similarity, search_report
-from resources.vector_store import TableSchemaError, VectorStore, partition_predicate
+from resources.table_filters import partition_filter
+from resources.vector_store import TableSchemaError, VectorStore
 from synthetic_table import clustered, synthetic_rows
 
 ROWS = 3000
@@ -49,7 +50,7 @@ def test_four_partitions_written_at_once_lose_and_duplicate_no_row(tmp_path):
     keys = table.search().select(["key"]).limit(None).to_arrow()["key"].to_pylist()
     assert len(keys) == len(set(keys)) == ROWS * len(regions)
     for i, region in enumerate(regions):
-        assert table.count_rows(partition_predicate(2022, region)) == ROWS
+        assert table.count_rows(partition_filter(2022, region)) == ROWS
         stored = table.search().where(f"region = '{region}'").select(["row", "col", "vector"]).limit(5).to_arrow()
         expected = clustered(ROWS, np.random.default_rng(10 + i)).astype(np.float16)
         pixel = stored["row"].to_numpy() * 1000 + stored["col"].to_numpy()
@@ -69,7 +70,7 @@ def test_overlapping_regions_keep_their_own_rows(tmp_path):
     assert table.count_rows() == 700
     report = store.write_partition(2022, "field-site", synthetic_rows(vectors[:50], region="field-site").to_batches(), 128)
     assert (report.rows, report.table_rows) == (50, 550)
-    assert table.count_rows(partition_predicate(2022, "county")) == 500
+    assert table.count_rows(partition_filter(2022, "county")) == 500
     hits = Similarity(store).search(vectors[10], k=2)
     assert set(hits["region"].to_pylist()) == {"county", "field-site"}, "the same pixel, once per region"
     assert hits["similarity"].to_numpy().min() > 0.999

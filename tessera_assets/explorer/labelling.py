@@ -9,7 +9,6 @@ made again by a Dagster run.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -19,10 +18,12 @@ import numpy as np
 import rasterio
 
 from model.fewshot import HEADS, Classifier
-from resources.labels import LabelFeature, LabelsError, coordinates, labelled_pixels, spatial_group
+from resources.labelled_samples import gather_samples
+from resources.labels import LabelFeature, LabelsError, coordinates, spatial_group
 from resources.regions import PartitionId
-from resources.storage import TesseraStorage, atomic_directory, write_class_map
-from tessera_assets.explorer.layers import class_colours, partition_vectors
+from resources.atomic import atomic_directory, atomic_file
+from resources.storage import TesseraStorage, write_class_map
+from tessera_assets.explorer.layers import class_colours
 
 MAX_LABELS = 5000
 
@@ -102,10 +103,8 @@ class LabelSession:
         return class_colours(f["properties"]["label"] for f in self.features)
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.geojson()))
-        os.replace(tmp, self.path)
+        with atomic_file(self.path) as tmp:
+            tmp.write_text(json.dumps(self.geojson()))
 
     def train(self, storage: TesseraStorage, year: int, region: str, head: str = "logistic") -> ClassMap:
         """Fit the head on the labels of `year` that fall in the partition and map the partition."""
@@ -119,18 +118,13 @@ class LabelSession:
             feature = LabelFeature(f["properties"]["label"], f["geometry"], year, i, "")
             feature.group = spatial_group(feature)
             features.append(feature)
-        pixels, _ = labelled_pixels(features, partition.grid, str(PartitionId(year, region)))
-        rows = np.array([p[0] for p in pixels], int)
-        cols = np.array([p[1] for p in pixels], int)
-        x = partition_vectors(partition, rows, cols)
-        y = np.array([p[3] for p in pixels])
-        ok = np.isfinite(x).all(axis=1)
-        x, y = x[ok], y[ok]
-        names, counts = np.unique(y, return_counts=True)
-        if len(names) < 2:
+        # the samples, head and map of the few-shot assets, on this partition's labels
+        samples = gather_samples(features, {(year, region): partition})
+        counts = samples.class_counts()
+        if len(counts) < 2:
             raise LabelsError(f"label pixels of at least two classes in {PartitionId(year, region)} (labelled here: "
-                              f"{', '.join(f'{n} ({c})' for n, c in zip(names, counts)) or 'none'})")
-        classifier = Classifier(head).fit(x, y)
+                              f"{', '.join(f'{n} ({c})' for n, c in counts.items()) or 'none'})")
+        classifier = Classifier(head).fit(samples.x, samples.y)
         folder = storage.local("explorer", "class_maps", str(year)) / region
         with atomic_directory(folder) as tmp:
             write_class_map(partition, classifier.predict_proba, len(classifier.classes), tmp)
@@ -139,7 +133,7 @@ class LabelSession:
         with rasterio.open(folder / "confidence.tif") as src:
             confidence = src.read(1)
         made = ClassMap(year, region, [str(c) for c in classifier.classes], labels, confidence,
-                        {str(n): int(c) for n, c in zip(names, counts)},
+                        counts,
                         [self.colours()[str(c)] for c in classifier.classes], partition.encoder_id, folder,
                         time.time_ns())
         self.maps[(year, region)] = made

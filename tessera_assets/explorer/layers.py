@@ -17,13 +17,12 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
-import rasterio
 from affine import Affine
 
-from model.quantise import dequantise
 from resources.errors import PartitionNotMaterialisedError
+from model.quantise import cosine_to
 from resources.previews import median_composite, pca_false_colour, preview_shape, stretch
-from resources.storage import EmbeddingPartition, TesseraStorage
+from resources.storage import TesseraStorage
 from tessera_assets.explorer.tiles import DISPLAY_MAX_PX, Raster
 
 # categorical colours for classes 1..n (0 is no data); Tableau 10, then repeated
@@ -115,12 +114,7 @@ class Layers:
         """Cosine similarity of every displayed pixel to the query (the scale cancels in a cosine)."""
         def make():
             q, scales, transform = self.display_vectors(year, region)
-            unit = vector[: q.shape[-1]] / np.linalg.norm(vector[: q.shape[-1]])
-            flat = q.reshape(-1, q.shape[-1]).astype(np.float32)
-            norms = np.linalg.norm(flat, axis=-1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                values = np.where(np.isfinite(scales.ravel()) & (norms > 0), flat @ unit / norms, np.nan)
-            return values.astype(np.float32).reshape(scales.shape), transform
+            return cosine_to(q, scales, vector), transform
         return self.cached(("similarity", year, region, query_id), make)
 
     def similarity(self, year: int, region: str, query_id: str, vector: np.ndarray, threshold: float) -> Raster:
@@ -141,17 +135,6 @@ class Layers:
         rgb = table[np.clip(labels.astype(int) - 1, 0, len(table) - 1)]
         alpha = (80 + 175 * np.nan_to_num(confidence, nan=0)).astype(np.uint8)
         return Raster(_rgba(rgb, labels > 0, alpha), grid.transform, grid.crs)
-
-
-def partition_vectors(partition: EmbeddingPartition, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Dequantised vectors at some pixels of a partition (NaN where it has none), one read of the
-    window holding them."""
-    if len(rows) == 0:
-        return np.zeros((0, partition.dim), np.float32)
-    r0, c0 = int(rows.min()), int(cols.min())
-    window = rasterio.windows.Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
-    q, scales = partition.read(window)
-    return dequantise(q[rows - r0, cols - c0], scales[rows - r0, cols - c0])
 
 
 def has_raw(storage: TesseraStorage, year: int, region: str) -> bool:

@@ -3,21 +3,19 @@
 import time
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, DagsterEventType, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from model.fewshot import Classifier, baseline_features, kshot_curve
-from model.quantise import dequantise
-from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError, single_encoder
-from resources.labels import LabelsError, labelled_pixels, read_labels
-from resources.pixel_series import read_window
+from model.fewshot import Classifier, kshot_curve
+from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError
+from resources.labelled_samples import gather_samples
+from resources.labels import LabelSource, LabelsError, labels_digest, read_labels
 from resources.previews import class_map_png, learning_curve_png
 from resources.regions import PartitionId
 from resources.storage import TesseraStorage, write_class_map
-from tessera_assets.fewshot.labels import LabelSource, labels, labels_digest
+from tessera_assets.fewshot.labels import labels
 from tessera_assets.lineage import RAW_INPUTS
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import materialised_partitions, year_and_region, year_region_partitions
@@ -41,72 +39,31 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     the raw partitions exist, a raw-input baseline feature vector."""
     files = label_source.files(storage, config.labels_path)
     features = [f for file in files for f in read_labels(file, label_source.label_field)]
-    partitions = [(p.year, p.region) for p in materialised_partitions(context.instance, "embeddings")]
-    grids = {key: storage.open_embeddings(*key).grid for key in partitions}
-    missing_year = [f for f in features if (f.year or config.year) is None]
-    if missing_year:
-        f = missing_year[0]
-        raise LabelsError(f"label {f.index} ({f.label}) has no year: set `year` in the run config")
-    wanted: dict[tuple[int, str], list[tuple[int, int, str, str]]] = {}
-    covered = [0] * len(features)
-    for (y, region), grid in grids.items():
-        of_year = [i for i, f in enumerate(features) if (f.year or config.year) == y]
-        wanted[(y, region)], hits = labelled_pixels([features[i] for i in of_year], grid, str(PartitionId(y, region)))
-        for i, n in zip(of_year, hits):
-            covered[i] += n
-    outside = sum(n == 0 for n in covered)
-    if not any(wanted.values()):
+    partitions = {(p.year, p.region): storage.open_embeddings(p.year, p.region)
+                  for p in materialised_partitions(context.instance, "embeddings")}
+
+    def raw(year: int, region: str):
+        try:
+            return storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
+        except PartitionNotMaterialisedError:  # embeddings from official tiles: no raw-input baseline
+            return None
+
+    samples = gather_samples(features, partitions, config.year, raw, config.encoder_id)
+    if not samples.columns["label"]:
         raise LabelsError(f"none of the {len(features)} labels falls in a materialised embeddings partition "
                           f"({', '.join(str(PartitionId(*p)) for p in partitions) or 'none materialised'})")
-    encoders = {key: storage.open_embeddings(*key).encoder_id for key, pixels in wanted.items() if pixels}
-    encoder_id = single_encoder(set(encoders.values()), config.encoder_id, "the labelled embeddings partitions")
-    wanted = {key: pixels for key, pixels in wanted.items() if encoders.get(key) == encoder_id}
-    columns: dict[str, list] = {k: [] for k in ("label", "group", "year", "region", "row", "col", "embedding", "baseline")}
-    for (year, region), pixels in wanted.items():
-        if not pixels:
-            continue
-        embeddings = storage.open_embeddings(year, region)
-        try:
-            raw = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
-        except PartitionNotMaterialisedError:  # embeddings from official tiles: no raw-input baseline
-            raw = None
-        rows = np.array([p[0] for p in pixels])
-        cols = np.array([p[1] for p in pixels])
-        for window in embeddings.grid.blocks(512):  # one read per block that holds labels
-            r0, c0 = int(window.row_off), int(window.col_off)
-            inside = np.nonzero((rows >= r0) & (rows < r0 + window.height) & (cols >= c0) & (cols < c0 + window.width))[0]
-            if len(inside) == 0:
-                continue
-            q, scales = embeddings.read(window)
-            rr, cc = rows[inside] - r0, cols[inside] - c0
-            ok = np.isfinite(scales[rr, cc])
-            inside, rr, cc = inside[ok], rr[ok], cc[ok]
-            vectors = dequantise(q[rr, cc], scales[rr, cc])
-            base = baseline_features(read_window(*raw, window).subset(rr * int(window.width) + cc)) if raw else None
-            for i, j in enumerate(inside):
-                columns["label"].append(pixels[j][3])
-                columns["group"].append(f"{year}:{pixels[j][2]}")
-                columns["year"].append(year)
-                columns["region"].append(region)
-                columns["row"].append(int(rows[j]))
-                columns["col"].append(int(cols[j]))
-                columns["embedding"].append(vectors[i])
-                columns["baseline"].append(None if base is None else base[i])
-    labels, counts = np.unique(columns["label"], return_counts=True)
-    scarce = [f"{label} ({n})" for label, n in zip(labels, counts) if n < 2]
+    classes = samples.class_counts()
+    scarce = [f"{label} ({n})" for label, n in classes.items() if n < 2]
     if scarce:
         raise LabelsError(f"classes with fewer than 2 labelled pixels: {', '.join(scarce)}")
-    table = pa.table({k: (pa.array([None if v is None else v.tolist() for v in vals], pa.list_(pa.float32()))
-                          if k in ("embedding", "baseline") else pa.array(vals)) for k, vals in columns.items()})
-    table = table.replace_schema_metadata({b"encoder_id": encoder_id.encode()})
+    table = samples.to_table()
     parts = ("fewshot", "samples", context.run_id)
     with storage.publish(*parts) as tmp:
         pq.write_table(table, tmp / SAMPLES_FILE)
     return MaterializeResult(metadata={
         "samples": table.num_rows, "labels_read": len(features), "labels_files": len(files),
-        "labels_sha256": labels_digest(files)[:16], "labels_outside_partitions": outside,
-        "encoder_id": encoder_id,
-        "classes": MetadataValue.json({str(k): int(v) for k, v in zip(labels, counts)}),
+        "labels_sha256": labels_digest(files)[:16], "labels_outside_partitions": samples.labels_outside,
+        "encoder_id": samples.encoder_id, "classes": MetadataValue.json(classes),
         "path": MetadataValue.path(storage.location(*parts) + f"/{SAMPLES_FILE}"),
     })
 

@@ -13,6 +13,7 @@ from resources.errors import EncoderMismatchError
 from resources.regions import PartitionId
 from resources.previews import similarity_png
 from resources.similarity import Similarity
+from resources.table_filters import partition_filter
 from resources.storage import TesseraStorage, write_similarity_raster
 from resources.table_rows import pixel_rows
 from resources.vector_store import VectorStore
@@ -37,7 +38,7 @@ def embedding_table(context: AssetExecutionContext, storage: TesseraStorage, vec
                                      partition.dim)
     context.log.info(f"{report.rows} rows for {region} {year} in {report.seconds:.1f} s; table has {report.table_rows}")
     embedded = partition.valid_pixels()
-    stored = vectors.table().count_rows(f"year = {int(year)} AND region = '{region}'")
+    stored = vectors.table().count_rows(partition_filter(year, region))
     check = AssetCheckResult(check_name="rows_match_embedded_pixels", passed=stored == embedded,
                              metadata={"rows_in_table": stored, "embedded_pixels": embedded})
     return MaterializeResult(check_results=[check], metadata={

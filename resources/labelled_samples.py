@@ -1,0 +1,107 @@
+"""Labelled pixels joined with their embeddings and, where raw partitions exist, raw-input baseline
+features: what every few-shot head learns from. The `fewshot_samples` asset and the explorer's Train
+both make their samples here, so the same labels give the same samples, the same head and the same
+map either way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from model.fewshot import baseline_features
+from model.quantise import dequantise
+from resources.errors import single_encoder
+from resources.labels import LabelFeature, LabelsError, labelled_pixels
+from resources.pixel_series import read_window
+from resources.regions import PartitionId
+from resources.storage import EmbeddingPartition, RawPartition
+
+COLUMNS = ("label", "group", "year", "region", "row", "col", "embedding", "baseline")
+RawReader = Callable[[int, str], "tuple[RawPartition, RawPartition] | None"]
+
+
+@dataclass
+class LabelledSamples:
+    """One row per labelled pixel with data; `baseline` rows are None without raw partitions."""
+
+    encoder_id: str
+    columns: dict[str, list] = field(default_factory=lambda: {k: [] for k in COLUMNS})
+    labels_outside: int = 0  # labels that fall in no partition
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.array(self.columns["embedding"], np.float32)
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array(self.columns["label"])
+
+    def class_counts(self) -> dict[str, int]:
+        names, counts = np.unique(self.columns["label"], return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, counts)}
+
+    def to_table(self) -> pa.Table:
+        table = pa.table({k: (pa.array([None if v is None else v.tolist() for v in vals], pa.list_(pa.float32()))
+                              if k in ("embedding", "baseline") else pa.array(vals)) for k, vals in self.columns.items()})
+        return table.replace_schema_metadata({b"encoder_id": self.encoder_id.encode()})
+
+
+def gather_samples(features: list[LabelFeature], partitions: dict[tuple[int, str], EmbeddingPartition],
+                   default_year: int | None = None, raw: RawReader | None = None,
+                   encoder_id: str | None = None) -> LabelledSamples:
+    """The pixels `features` label in `partitions` ((year, region) -> embeddings), each labelled
+    feature matched to the partitions of its year (`default_year` for features without one). All
+    partitions used must share one encoder (`encoder_id` picks one when several made them). No
+    samples (and no encoder) when no label falls in any partition."""
+    missing_year = [f for f in features if (f.year or default_year) is None]
+    if missing_year:
+        f = missing_year[0]
+        raise LabelsError(f"label {f.index} ({f.label}) has no year: set `year` in the run config")
+    wanted: dict[tuple[int, str], list[tuple[int, int, str, str]]] = {}
+    covered = [0] * len(features)
+    for (year, region), partition in partitions.items():
+        of_year = [i for i, f in enumerate(features) if (f.year or default_year) == year]
+        wanted[(year, region)], hits = labelled_pixels([features[i] for i in of_year], partition.grid,
+                                                       str(PartitionId(year, region)))
+        for i, n in zip(of_year, hits):
+            covered[i] += n
+    if not any(wanted.values()):
+        return LabelledSamples("", labels_outside=len(features))
+    encoders = {key: partitions[key].encoder_id for key, pixels in wanted.items() if pixels}
+    chosen = single_encoder(set(encoders.values()), encoder_id, "the labelled embeddings partitions")
+    samples = LabelledSamples(chosen, labels_outside=sum(n == 0 for n in covered))
+    for (year, region), pixels in wanted.items():
+        if pixels and encoders[(year, region)] == chosen:
+            _add_partition(samples, year, region, partitions[(year, region)], pixels, raw(year, region) if raw else None)
+    return samples
+
+
+def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings: EmbeddingPartition,
+                   pixels: list[tuple[int, int, str, str]], raw) -> None:
+    """The labelled pixels of one partition, one read per block that holds labels."""
+    columns = samples.columns
+    rows = np.array([p[0] for p in pixels])
+    cols = np.array([p[1] for p in pixels])
+    for window in embeddings.grid.blocks(512):
+        r0, c0 = int(window.row_off), int(window.col_off)
+        inside = np.nonzero((rows >= r0) & (rows < r0 + window.height) & (cols >= c0) & (cols < c0 + window.width))[0]
+        if len(inside) == 0:
+            continue
+        q, scales = embeddings.read(window)
+        rr, cc = rows[inside] - r0, cols[inside] - c0
+        ok = np.isfinite(scales[rr, cc])
+        inside, rr, cc = inside[ok], rr[ok], cc[ok]
+        vectors = dequantise(q[rr, cc], scales[rr, cc])
+        base = baseline_features(read_window(*raw, window).subset(rr * int(window.width) + cc)) if raw else None
+        for i, j in enumerate(inside):
+            columns["label"].append(pixels[j][3])
+            columns["group"].append(f"{year}:{pixels[j][2]}")
+            columns["year"].append(year)
+            columns["region"].append(region)
+            columns["row"].append(int(rows[j]))
+            columns["col"].append(int(cols[j]))
+            columns["embedding"].append(vectors[i])
+            columns["baseline"].append(None if base is None else base[i])
