@@ -40,7 +40,11 @@ assets = [s2_raw, s1_raw] if step == "raw" else [embeddings]
 with instance_for_test() as instance:
     instance.add_dynamic_partitions("region", ["bench"])
     start = time.perf_counter()
-    ok = materialize(assets, partition_key=year_region_key(2022, "bench"), instance=instance, resources=resources).success
+    # the kept encoder by id: this throwaway instance has no encoder_checkpoint materialisation
+    config = {} if step == "raw" else {"ops": {"embeddings": {"config": {
+        "encoder_id": resources["storage"].current_encoder_id()}}}}
+    ok = materialize(assets, partition_key=year_region_key(2022, "bench"), instance=instance, resources=resources,
+                     run_config=config).success
 print(json.dumps({"ok": ok, "seconds": round(time.perf_counter() - start, 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """

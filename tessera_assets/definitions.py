@@ -3,7 +3,7 @@ the same definitions with `build_definitions`, for the environment they run in."
 
 from __future__ import annotations
 
-from dagster import Definitions, define_asset_job, load_assets_from_modules, multiprocess_executor
+from dagster import Definitions, define_asset_job, load_assets_from_modules, multi_or_in_process_executor
 
 from tessera_assets.embeddings import assets as embedding_assets
 from tessera_assets.embeddings import imported
@@ -37,7 +37,9 @@ def build_definitions() -> Definitions:
         jobs=jobs,
         sensors=[region_partitions_sensor, vector_assets.index_after_writes],
         resources=build_resources(),
-        executor=multiprocess_executor.configured({"max_concurrent": 2}),
+        # multiprocess by default (one process per step, as many at once as CPUs); a run may choose
+        # in_process in its run config, as `tessera` commands do for runs side by side
+        executor=multi_or_in_process_executor,
     )
 
 

@@ -122,9 +122,15 @@ def test_backfill_of_two_years_by_three_regions_through_the_daemon(tmp_path):
     for variable in ("TESSERA_DATA_URI", "TESSERA_LANCEDB_URI", "TESSERA_EMBEDDINGS_TILES"):
         env.pop(variable, None)
     # an encoder to embed with (its quality is not what this test is about), and the region partitions
+    # (loaded by encoder_checkpoint from a file, so the instance knows the current encoder)
+    checkpoint = tmp_path / "encoder.pt"
     subprocess.run([sys.executable, "-c", (
-        "from model.encoder import TesseraEncoder; from resources.storage import TesseraStorage; "
-        f"TesseraStorage(root={str(home / 'data')!r}).publish_encoder(TesseraEncoder.from_preset('tessera-demo'))")],
+        "from dagster import DagsterInstance, materialize; from model.encoder import TesseraEncoder; "
+        "from tessera_assets.embeddings.assets import encoder_checkpoint; "
+        "from tessera_assets.resources_by_deployment import build_resources; "
+        f"TesseraEncoder.from_preset('tessera-demo').save({str(checkpoint)!r}); "
+        "assert materialize([encoder_checkpoint], instance=DagsterInstance.get(), resources=build_resources(), "
+        f"run_config={{'ops': {{'encoder_checkpoint': {{'config': {{'checkpoint_path': {str(checkpoint)!r}}}}}}}}}).success")],
         cwd=ROOT, env=env, check=True)
     subprocess.run([sys.executable, "-c", (
         "from dagster import DagsterInstance; i = DagsterInstance.get(); "

@@ -4,24 +4,31 @@ The command line knows no asset by name. It asks the code location's asset graph
 holds and in which order it can run. Assets that share their upstream's partitioning run together in
 one run per partition; where the partitioning changes (per-partition raw data -> the one unpartitioned
 encoder -> per-partition embeddings) a stage ends, because a Dagster run covers one partition key.
-Each run is a run of the code location's asset job, executed by its executor (the definitions' process
-limit) on the persistent instance (its pools, so the `gpu` and `lancedb` steps of runs side by side
-still go one at a time); the runs of a stage go side by side, up to the instance's
-`max_concurrent_runs`. Adding an asset to the definitions adds it to `tessera demo` and `tessera run`.
+Each run is a run of the code location's asset job, created in the persistent instance and executed in
+a process of its own, as Dagster's run launcher starts it (`dagster api execute_run`); the runs of a
+stage go side by side, up to the instance's `max_concurrent_runs`, and the instance's pools still let
+one `gpu` or `lancedb` step run at a time across them. A run alone in its stage uses the
+definitions' multiprocess executor (the raw stage's S2 and S1 side by side); runs side by side execute
+their steps in their own process, since the runs already fill the cores. (Runs cannot share one
+process: Dagster reconfigures logging per run, which deadlocks across threads.) Adding an asset to
+the definitions adds it to `tessera demo` and `tessera run`.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
-from dagster import AssetKey, DagsterInstance, Definitions, execute_job
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._grpc.types import ExecuteRunArgs
 
 from resources.regions import PartitionId
 
@@ -95,18 +102,18 @@ class RunOutcome:
         return ", ".join(self.stage.names) + (f" {self.partition}" if self.partition else "")
 
 
-def _error_message(result) -> str:
-    """The last line of each failed step's error (the message our errors carry), by step."""
+def _error_message(failures: list[tuple]) -> str:
+    """The last line of each failed step's error (the message our errors carry), by step; or the
+    run's failure message."""
     messages = []
-    for event in result.get_step_failure_events():
-        error = event.event_specific_data.error
+    for step, error, *message in failures:
+        if error is None:
+            messages.append(message[0] if message else "the run failed")
+            continue
         line = (error.cause or error).message.strip().splitlines()[-1]
-        kind, sep, message = line.partition(": ")
-        messages.append(f"{event.step_key}: {message if sep and '.' in kind else line}")  # without the class path
-    if messages:
-        return messages[0] if len(messages) == 1 else "\n  " + "\n  ".join(messages)
-    failure = result.get_run_failure_event()
-    return failure.message if failure else "the run failed"
+        kind, sep, text = line.partition(": ")
+        messages.append(f"{step}: {text if sep and '.' in kind else line}")  # without the class path
+    return messages[0] if len(messages) == 1 else "\n  " + "\n  ".join(messages)
 
 
 def _run_config(stage: Stage, op_config: dict[str, dict], resource_config: dict[str, dict]) -> dict:
@@ -115,23 +122,59 @@ def _run_config(stage: Stage, op_config: dict[str, dict], resource_config: dict[
             **({"resources": {k: {"config": v} for k, v in resource_config.items()}} if resource_config else {})}
 
 
-def run_stage(location: CodeLocation, stage: Stage, partition: PartitionId | None, instance: DagsterInstance,
-              op_config: dict[str, dict], resource_config: dict[str, dict], partitions_def=None) -> RunOutcome:
-    """One run of a stage's assets for one partition (or none)."""
-    started = time.perf_counter()
+@dataclass
+class LaunchedRun:
+    """A run created in the instance and executing in its own process (`dagster api execute_run`,
+    what Dagster's default run launcher starts), its output in a log file."""
+
+    stage: Stage
+    partition: PartitionId | None
+    run_id: str
+    process: subprocess.Popen
+    started: float
+
+
+def launch(location: CodeLocation, stage: Stage, partition: PartitionId | None, instance: DagsterInstance,
+           run_config: dict, partitions_def, logs: Path) -> LaunchedRun:
+    """One run of a stage's assets for one partition (or none), started in a new process."""
+    job = location.asset_job()
     tags = dict(partitions_def.get_tags_for_partition_key(str(partition))) if partition else {}
-    with execute_job(location.asset_job(), instance, run_config=_run_config(stage, op_config, resource_config),
-                     tags=tags, asset_selection=list(stage.assets), raise_on_error=False) as result:
-        outcome = RunOutcome(stage, partition, result.run_id, result.success, time.perf_counter() - started)
-        key = str(partition or "")
-        for event in result.get_asset_materialization_events():
+    run = instance.create_run_for_job(job_def=job.get_definition(), run_config=run_config, tags=tags,
+                                      asset_selection=frozenset(stage.assets), job_code_origin=job.get_python_origin())
+    args = ExecuteRunArgs(job_origin=job.get_python_origin(), run_id=run.run_id, instance_ref=instance.get_ref())
+    command = [sys.executable, "-m", "dagster", *args.get_command_args()[-3:]]  # api execute_run ARGS, this Python
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{run.run_id}.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return LaunchedRun(stage, partition, run.run_id, process, time.perf_counter())
+
+
+def outcome_of(launched: LaunchedRun, instance: DagsterInstance) -> RunOutcome:
+    """What a finished run did, read back from the instance's event log."""
+    launched.process.wait()
+    run = instance.get_run_by_id(launched.run_id)
+    success = run is not None and run.status == DagsterRunStatus.SUCCESS
+    outcome = RunOutcome(launched.stage, launched.partition, launched.run_id, success,
+                         time.perf_counter() - launched.started)
+    key = str(launched.partition or "")
+    failures = []
+    for record in instance.all_logs(launched.run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             m = event.event_specific_data.materialization
             outcome.materialised[(m.asset_key.to_user_string(), key)] = {k: v.value for k, v in m.metadata.items()}
-        for evaluation in result.get_asset_check_evaluations():
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
             if not evaluation.passed:
                 outcome.failed_checks.append((evaluation.asset_key.to_user_string(), evaluation.check_name, key))
-        if not result.success:
-            outcome.error = _error_message(result)
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
+            failures.append((event.step_key, event.event_specific_data.error))
+        elif event.event_type == DagsterEventType.RUN_FAILURE and not failures:
+            failures.append((None, None, record.message))
+    if not success:
+        outcome.error = _error_message(failures) or f"the run ended {run.status.value.lower() if run else 'unknown'}"
     return outcome
 
 
@@ -143,25 +186,34 @@ def max_concurrent_runs(instance: DagsterInstance) -> int:
 
 def execute(location: CodeLocation, stages: list[Stage], partitions: list[PartitionId], instance: DagsterInstance,
             op_config: dict[str, dict] | None = None, resource_config: dict[str, dict] | None = None,
-            on_run: Callable[[RunOutcome], None] = lambda outcome: None) -> list[RunOutcome]:
-    """Every stage in order, its partitions' runs side by side; stops after a stage with a failed run
-    (the runs of that stage all finish: one bad partition does not cancel the others)."""
+            on_run: Callable[[RunOutcome], None] = lambda outcome: None, logs: Path | None = None) -> list[RunOutcome]:
+    """Every stage in order, the runs of its partitions side by side (at most the instance's
+    max_concurrent_runs at once); stops after a stage with a failed run (the stage's other runs all
+    finish: one bad partition does not cancel the others). Each run's output goes to
+    `logs/<run id>.log`."""
     asset_graph = location.definitions().get_repository_def().asset_graph
+    logs = logs or Path(instance.root_directory) / "logs"
     outcomes: list[RunOutcome] = []
     for stage in stages:
-        if stage.partitioned:
-            partitions_def = asset_graph.get(stage.assets[0]).partitions_def
-            with ThreadPoolExecutor(max_workers=min(len(partitions), max_concurrent_runs(instance))) as pool:
-                futures = [pool.submit(run_stage, location, stage, p, instance, op_config or {}, resource_config or {},
-                                       partitions_def) for p in partitions]
-                done = []
-                for future in futures:
-                    done.append(future.result())
-                    on_run(done[-1])
-        else:
-            done = [run_stage(location, stage, None, instance, op_config or {}, resource_config or {})]
+        keys: list[PartitionId | None] = list(partitions) if stage.partitioned else [None]
+        partitions_def = asset_graph.get(stage.assets[0]).partitions_def
+        config = _run_config(stage, op_config or {}, resource_config or {})
+        if stage.partitioned and len(keys) > 1:  # the runs side by side are the parallelism: one process each
+            config["execution"] = {"config": {"in_process": {}}}
+        running: list[LaunchedRun] = []
+        done: list[RunOutcome] = []
+        waiting = list(keys)
+        while waiting or running:
+            while waiting and len(running) < max_concurrent_runs(instance):
+                running.append(launch(location, stage, waiting.pop(0), instance, config, partitions_def, logs))
+            finished = next((r for r in running if r.process.poll() is not None), None)
+            if finished is None:
+                time.sleep(0.2)
+                continue
+            running.remove(finished)
+            done.append(outcome_of(finished, instance))
             on_run(done[-1])
-        outcomes += done
+        outcomes += sorted(done, key=lambda o: str(o.partition or ""))
         if not all(o.success for o in done):
             break
     return outcomes
