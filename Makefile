@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export DAGSTER_HOME ?= $(CURDIR)/.tessera/dagster
 
-.PHONY: install demo test dev serve clean
+.PHONY: install demo test test-fast dev serve clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# everything but the slow system tests (tests/system): a few minutes
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not system"
 
 dev: install
 	mkdir -p $(DAGSTER_HOME)

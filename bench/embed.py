@@ -7,7 +7,7 @@ For each preset and precision: pixels/s of the forward pass on sequences of the 
 40 sampled steps; v1.1 and v2: one bucket of `--s2-steps` / `--s1-steps`, all observations of a
 typical year), the model's FLOP/s, and the same run's large-GEMM FLOP/s, whose ratio is the
 utilisation. Accuracy: max |fast - reference| in fp32 and min cosine(bf16, reference fp32), against
-`model.reference` (op by op, with the fact sheets' selection). End to end: a materialised raw partition
+`resources.testing.reference_model` (op by op, with the fact sheets' selection). End to end: a materialised raw partition
 streamed to stored embeddings, as a fraction of the pure forward rate on the same pixels. On CUDA the
 end-to-end step is replaced by the host's selection rate (pixels/s that the CPU side can feed the
 GPU), since a GPU machine may lack the geospatial stack. `--busy` measures each preset again beside
@@ -36,7 +36,7 @@ from model.dense import dense, pack_for_cpu
 from model.encoder import TesseraEncoder
 from model.dense import cpu_bf16_kernels
 from model.inference import prepare_for_inference
-from model.reference import reference_embed, reference_embed_series
+from resources.testing.reference_model import reference_embed, reference_embed_series
 from model.selection import EncoderInputs, SequenceGroup, select_inputs
 from model.series import series_from_arrays
 
@@ -168,8 +168,8 @@ def _v1_inputs(batch: int, steps: int = 40) -> tuple[torch.Tensor, torch.Tensor]
 
 def end_to_end(name: str, precision: str, region: str, year: int, home: Path, max_blocks: int | None) -> dict:
     """Stream a raw partition to stored embeddings; compare with the forward pass alone on its pixels."""
-    from resources.pixel_series import read_window
-    from resources.storage import EmbeddingWriter, TesseraStorage
+    from resources.storage.pixel_series import read_window
+    from resources.storage.data_root import EmbeddingWriter, TesseraStorage
     from tessera_assets.embeddings.streaming import stream_partition
 
     storage = TesseraStorage(root=str(home / "data"))
@@ -213,15 +213,11 @@ def tile_import(year: int = 2024) -> dict:
     """Seconds and pixels/s to fill a 10 x 10 km region grid from the four official tiles under it
     (the sha256 of every tile file, for provenance, included), and from the Zarr store (tiles freshly
     written: a warm page cache)."""
-    root_dir = Path(__file__).resolve().parents[1]
-    import sys
-
-    sys.path.insert(0, str(root_dir / "tests"))
-    from official_tiles import write_official_tiles
-    from resources.geotessera_tiles import TileRoot, import_tiles, tile_centres
-    from resources.geotessera_zarr import ZarrStore, export_zarr
+    from resources.testing.official_tiles import write_official_tiles
+    from resources.official.tiles import TileRoot, import_tiles, tile_centres
+    from resources.official.zarr_store import ZarrStore, export_zarr
     from resources.regions import make_region
-    from resources.storage import EmbeddingPartition
+    from resources.storage.data_root import EmbeddingPartition
 
     bbox = (0.127, 52.155, 0.273, 52.245)  # 10 x 10 km around the corner of four tiles
     region = make_region("bench", list(bbox), 1000)

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from explorer_server import ExplorerServer  # noqa: E402
+from resources.testing.explorer_server import ExplorerServer  # noqa: E402
 from tessera_assets.explorer.tiles import lonlat_to_tile  # noqa: E402
 
 

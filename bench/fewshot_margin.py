@@ -24,7 +24,7 @@ from dagster import instance_for_test, materialize  # noqa: E402
 
 from resources.compute import ComputeDevice  # noqa: E402
 from resources.regions import RegionCatalog  # noqa: E402
-from resources.storage import TesseraStorage  # noqa: E402
+from resources.storage.data_root import TesseraStorage  # noqa: E402
 from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint  # noqa: E402
 from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples  # noqa: E402
 from tessera_assets.partitions import year_region_key  # noqa: E402

@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest.py [--region demo] [--year 2022] [--latency-ms 50] [--fail-share 0.05]
 
 The demo catalog's COGs are served by a local HTTP server that answers range requests after a fixed
-latency and fails a share of them with 503 (tests/flaky_http.py), as a busy object store does. One
+latency and fails a share of them with 503 (resources/testing/flaky_http.py), as a busy object store does. One
 year of one demo region's Sentinel-2 is ingested three times, each in a fresh process (so peak RSS is
 its own): from local files (the reference output), over HTTP serially (one observation at a time,
 `workers=1`), and over HTTP through the project's path (`StacCatalog.read_workers`). Reported per run:
@@ -26,15 +26,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 import rasterio  # noqa: E402
 
-from flaky_http import FlakyCogServer  # noqa: E402
-from resources.demo_catalog import ensure_demo_catalog  # noqa: E402
-from resources.raw_ingest import ingest  # noqa: E402
+from resources.testing.flaky_http import FlakyCogServer  # noqa: E402
+from resources.scenes.demo_catalog import ensure_demo_catalog  # noqa: E402
+from resources.scenes.ingest import ingest  # noqa: E402
 from resources.regions import RegionCatalog  # noqa: E402
-from resources.stac import StacCatalog  # noqa: E402
+from resources.scenes.stac import StacCatalog  # noqa: E402
 
 
 def pixels_digest(folder: Path) -> str:

@@ -18,7 +18,7 @@ import json
 import numpy as np
 
 from model.quantise import dequantise
-from resources.storage import TesseraStorage
+from resources.storage.data_root import TesseraStorage
 
 
 def top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:

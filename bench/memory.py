@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from model.encoder import TesseraEncoder
-from resources.storage import TesseraStorage
+from resources.storage.data_root import TesseraStorage
 
 STEP = """
 import json, resource, sys, time
@@ -27,8 +27,8 @@ from dagster import instance_for_test, materialize
 from model.config import preset
 from resources.compute import ComputeDevice
 from resources.regions import RegionCatalog
-from resources.stac import StacCatalog
-from resources.storage import TesseraStorage
+from resources.scenes.stac import StacCatalog
+from resources.storage.data_root import TesseraStorage
 from tessera_assets.embeddings.assets import embeddings
 from tessera_assets.partitions import year_region_key
 from tessera_assets.raw.assets import s1_raw, s2_raw
@@ -60,7 +60,7 @@ def bbox_for(pixels: int, lon: float = 0.08, lat: float = 52.19) -> list[float]:
 
 
 def run(home: Path, pixels: int, checkpoint: Path) -> dict:
-    from resources.demo_catalog import DemoSpec, ensure_demo_catalog
+    from resources.scenes.demo_catalog import DemoSpec, ensure_demo_catalog
     from resources.regions import RegionCatalog
 
     (home / "regions.yaml").write_text(yaml.safe_dump({"regions": {"bench": {"bbox": bbox_for(pixels), "demo": True}}}))

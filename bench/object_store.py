@@ -34,9 +34,9 @@ import obstore  # noqa: E402
 import rasterio.shutil  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
-from resources.gdal_env import read_environment  # noqa: E402
-from resources.object_store import ObjectRoot  # noqa: E402
-from resources.storage import EmbeddingPartition, RawPartition, TesseraStorage  # noqa: E402
+from resources.storage.gdal_env import read_environment  # noqa: E402
+from resources.storage.object_store import ObjectRoot  # noqa: E402
+from resources.storage.data_root import EmbeddingPartition, RawPartition, TesseraStorage  # noqa: E402
 
 KEY = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench", "aws_region": "us-east-1", "allow_http": "true"}
 

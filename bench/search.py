@@ -36,9 +36,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resources.similarity import SearchFilter, Similarity, search_report  # noqa: E402
-from resources.table_rows import table_batch  # noqa: E402
-from resources.vector_store import VectorStore  # noqa: E402
+from resources.table.similarity import SearchFilter, Similarity, search_report  # noqa: E402
+from resources.table.rows import table_batch  # noqa: E402
+from resources.table.vector_store import VectorStore  # noqa: E402
 
 YEARS = (2023, 2024)
 ORIGIN = (52.0, 0.0)  # lat, lon of region 0's north-west corner
@@ -84,8 +84,8 @@ COLD = """
 import json, sys, time
 start = time.perf_counter()
 import numpy as np
-from resources.similarity import Similarity
-from resources.vector_store import VectorStore
+from resources.table.similarity import Similarity
+from resources.table.vector_store import VectorStore
 imported = time.perf_counter()
 similarity = Similarity(VectorStore(uri=sys.argv[1], nprobes=int(sys.argv[2]), refine_factor=int(sys.argv[3])))
 found = similarity.search(np.array(json.loads(sys.argv[4]), np.float32), k=10)

@@ -25,8 +25,8 @@ from model.fewshot import baseline_features, kshot_curve
 from model.inference import embed_series
 from model.pretrain import PretrainConfig, pretrain
 from model.series import PixelSeries
-from resources.sentinel import s1_to_tessera_units
-from resources.stac import S2_BANDS
+from resources.scenes.sentinel import s1_to_tessera_units
+from resources.scenes.stac import S2_BANDS
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "worldcereal" / "test_public_extractions.parquet"
 NO_DATA = 65535

@@ -75,3 +75,25 @@ def single_encoder(ids: set[str] | list[str], requested: str | None, what: str) 
 class TileSourceError(TesseraError):
     """Official embedding tiles that cannot be read as they are: a root or store of the wrong layout,
     a tile whose files disagree, a dataset other than the one asked for, no tile over the region."""
+
+
+class LabelsError(TesseraError, ValueError):
+    """A labels file that cannot be used as given; the message names the problem."""
+
+
+class SearchError(TesseraError, ValueError):
+    """A search that cannot be answered as asked; the message says why."""
+
+
+class TableSchemaError(TesseraError):
+    """An embedding table written by an older version of the platform, in a layout this one cannot extend."""
+
+
+class SceneReadError(Exception):
+    """One scene that could not be read. Not a TesseraError: the ingest counts these and decides, by
+    max_lost_fraction, whether the partition fails (SceneReadFailuresError)."""
+
+    def __init__(self, scene, reason: str):
+        super().__init__(f"{scene.id}: {reason}")
+        self.scene = scene
+        self.reason = reason

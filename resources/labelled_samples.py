@@ -15,9 +15,9 @@ from model.fewshot import baseline_features
 from model.quantise import dequantise
 from resources.errors import single_encoder
 from resources.labels import LabelFeature, LabelsError, labelled_pixels
-from resources.pixel_series import read_window
+from resources.storage.pixel_series import read_window
 from resources.regions import PartitionId
-from resources.storage import EmbeddingPartition, RawPartition
+from resources.storage.data_root import EmbeddingPartition, RawPartition
 
 COLUMNS = ("label", "group", "year", "region", "row", "col", "embedding", "baseline")
 RawReader = Callable[[int, str], "tuple[RawPartition, RawPartition] | None"]

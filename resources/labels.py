@@ -27,18 +27,14 @@ from rasterio.warp import transform_geom
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.errors import TesseraError
-from resources.object_store import ObjectRoot, is_object_uri
+from resources.errors import LabelsError
+from resources.storage.object_store import ObjectRoot, is_object_uri
 from resources.regions import RegionGrid
 
 if TYPE_CHECKING:
-    from resources.storage import TesseraStorage
+    from resources.storage.data_root import TesseraStorage
 
 WGS84_NAMES = {"EPSG:4326", "OGC:CRS84", "urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:EPSG::4326"}
-
-
-class LabelsError(TesseraError, ValueError):
-    """A labels file that cannot be used as given; the message names the problem."""
 
 
 @dataclass

@@ -9,8 +9,8 @@ import numpy as np
 import rasterio
 from dagster import MetadataValue
 
-from resources.sentinel import tessera_units_to_db
-from resources.storage import EmbeddingPartition, RawPartition
+from resources.scenes.sentinel import tessera_units_to_db
+from resources.storage.data_root import EmbeddingPartition, RawPartition
 
 PREVIEW_MAX_PX = 384
 

@@ -30,8 +30,8 @@ from resources.errors import (
     UnknownRegionError,
     YearOutOfRangeError,
 )
-from resources.atomic import atomic_file
-from resources.object_store import ObjectRoot, is_object_uri
+from resources.storage.atomic import atomic_file
+from resources.storage.object_store import ObjectRoot, is_object_uri
 
 FIRST_YEAR = 2017
 PIXEL_SIZE_M = 10.0

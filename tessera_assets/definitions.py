@@ -9,7 +9,7 @@ from tessera_assets.embeddings import assets as embedding_assets
 from tessera_assets.embeddings import imported
 from tessera_assets.fewshot import assets as fewshot_assets
 from tessera_assets.fewshot import labels
-from tessera_assets.lineage import embeddings_imported
+from tessera_assets.lineage import embeddings_imported, without_raw_inputs
 from tessera_assets.partitions import year_region_partitions
 from tessera_assets.raw import assets as raw_assets
 from tessera_assets.resources_by_deployment import build_resources
@@ -30,12 +30,12 @@ def build_definitions() -> Definitions:
                 define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions,
                                  tags=GPU_RUN_TAGS)]
     else:  # embeddings read from official tiles: no raw data, no encoder, no GPU
-        assets = [imported.geotessera_tiles, imported.imported_embeddings] + downstream
+        assets = [imported.geotessera_tiles, imported.imported_embeddings] + without_raw_inputs(downstream)
         jobs = [define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)]
     return Definitions(
         assets=assets,
         jobs=jobs,
-        sensors=[region_partitions_sensor, vector_assets.index_after_writes],
+        sensors=[region_partitions_sensor, vector_assets.index_after_writes, labels.labels_observed],
         resources=build_resources(),
         # multiprocess by default (one process per step, as many at once as CPUs); a run may choose
         # in_process in its run config, as `tessera` commands do for runs side by side

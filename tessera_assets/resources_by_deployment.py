@@ -32,7 +32,7 @@ import os
 from typing import Any
 
 from resources.errors import ConfigurationError
-from resources.vector_store import VectorStore
+from resources.table.vector_store import VectorStore
 
 PLANETARY_COMPUTER_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
 EARTH_SEARCH_API = "https://earth-search.aws.element84.com/v1"
@@ -68,7 +68,7 @@ def official_tiles():
     root = os.environ.get("TESSERA_EMBEDDINGS_TILES")
     if not root:
         return None
-    from resources.geotessera_tiles import OfficialTiles
+    from resources.official.source import OfficialTiles
 
     return OfficialTiles(root=root, dataset_version=os.environ.get("TESSERA_TILES_VERSION"),
                          dataset_variant=os.environ.get("TESSERA_TILES_VARIANT"))
@@ -77,9 +77,9 @@ def official_tiles():
 def build_resources(deployment: str | None = None) -> dict[str, Any]:
     from resources.compute import ComputeDevice
     from resources.labels import LabelSource
-    from resources.object_store import is_object_uri
+    from resources.storage.object_store import is_object_uri
     from resources.regions import RegionCatalog
-    from resources.storage import TesseraStorage
+    from resources.storage.data_root import TesseraStorage
 
     home = tessera_home()
     data = data_uri()
@@ -98,7 +98,7 @@ def scene_catalogs(deployment: str | None = None):
     from dagster import EnvVar
     from pydantic import ValidationError
 
-    from resources.stac import PROVIDERS, StacCatalog
+    from resources.scenes.stac import PROVIDERS, StacCatalog
 
     name = deployment or os.environ.get("TESSERA_DEPLOYMENT", "local")
     name = ALIASES.get(name, name)

@@ -10,21 +10,30 @@ import yaml
 from dagster import DagsterInstance, instance_for_test
 
 from resources.compute import ComputeDevice
-from resources.demo_catalog import ensure_demo_catalog
+from resources.scenes.demo_catalog import ensure_demo_catalog
 from resources.labels import LabelSource
 from resources.regions import RegionCatalog
-from resources.stac import StacCatalog
-from resources.storage import TesseraStorage
-from resources.vector_store import VectorStore
+from resources.scenes.stac import StacCatalog
+from resources.storage.data_root import TesseraStorage
+from resources.table.vector_store import VectorStore
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_REGION = "tiny"
 TINY_BBOX = [5.05, 51.216, 5.0557, 51.2196]  # about 40 x 40 px near Mol, Belgium
 TINY_YEAR = 2022
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Everything under tests/system is a slow system test (`-m "not system"` leaves them out)."""
+    system = REPO_ROOT / "tests" / "system"
+    for item in items:
+        if Path(item.fspath).is_relative_to(system):
+            item.add_marker(pytest.mark.system)
+
+
 def fixtures_dir() -> Path:
     """The shared real-data fixtures, wherever the checkout sits beside them."""
-    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "fixtures", Path("/work/shared/fixtures")):
+    for candidate in (REPO_ROOT.parent / "shared" / "fixtures", Path("/work/shared/fixtures")):
         if candidate.exists():
             return candidate
     pytest.skip("../shared/fixtures is not available")

@@ -13,7 +13,7 @@ import time
 
 from model.errors import ModelError
 from resources.errors import TesseraError
-from resources.similarity import SearchFilter, Similarity, format_results, search_report, write_results
+from resources.table.similarity import SearchFilter, Similarity, format_results, search_report, write_results
 from tessera_assets.resources_by_deployment import vector_store
 
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         from resources.regions import validate_year
 
         if args.command == "demo":
-            from resources.demo_catalog import DEFAULT_YEARS
+            from resources.scenes.demo_catalog import DEFAULT_YEARS
 
             return commands.run_demo([validate_year(y) for y in args.years or DEFAULT_YEARS], args.regions)
         if args.command == "run":

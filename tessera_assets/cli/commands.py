@@ -131,7 +131,7 @@ def run_region(region_names: list[str], years: list[int], until: str | None, ref
 def run_demo(years: list[int], region_names: list[str] | None) -> int:
     """Every asset of the definitions on the demo regions, from the embedded demo catalog."""
     os.environ["TESSERA_DEPLOYMENT"] = "local"  # before the definitions are imported, here and in step processes
-    from resources.demo_catalog import ensure_demo_catalog, ground_truth_dir
+    from resources.scenes.demo_catalog import ensure_demo_catalog, ground_truth_dir
     from tessera_assets.raw.assets import demo_catalog_folder
 
     location = CodeLocation()
@@ -195,14 +195,14 @@ def run_classify(args) -> int:
 
 
 def run_export(args) -> int:
-    from resources.geotessera_tiles import export_region
+    from resources.official.tiles import export_region
 
     resources = build_resources()
     region = resources["regions"].get(args.region)
     partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
     root = Path(args.out)
     if args.format == "zarr":
-        from resources.geotessera_zarr import export_zarr
+        from resources.official.zarr_store import export_zarr
 
         print(f"wrote {export_zarr(partition, args.year, root):,} pixels into the Zarr store {root}")
         return 0

@@ -46,7 +46,7 @@ def summary(results: dict[tuple[str, str], dict]) -> None:
 
 def example_search(resources: dict, year: int) -> None:
     """The first saved query, searched in its own year: what a user would try first."""
-    from resources.similarity import SearchFilter, Similarity, format_results, write_results
+    from resources.table.similarity import SearchFilter, Similarity, format_results, write_results
     from tessera_assets.vectors.assets import load_queries
 
     queries = load_queries("queries.yaml")

@@ -30,9 +30,9 @@ from model.quantise import dequantise, quantise
 from model.series import PixelSeries
 from resources.compute import ComputeDevice
 from resources.errors import PartitionNotMaterialisedError
-from resources.pixel_series import sample_pixels
+from resources.storage.pixel_series import sample_pixels
 from resources.previews import embedding_preview, loss_curve
-from resources.storage import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage
+from resources.storage.data_root import ENCODER_FILE, EmbeddingPartition, EmbeddingWriter, TesseraStorage
 from tessera_assets.embeddings.streaming import embed_block, stream_partition
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import materialised_partitions, year_and_region, year_region_partitions

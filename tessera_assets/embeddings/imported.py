@@ -10,10 +10,10 @@ import time
 
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset
 
-from resources.geotessera_tiles import OfficialTiles
+from resources.official.source import OfficialTiles
 from resources.previews import embedding_preview
 from resources.regions import RegionCatalog
-from resources.storage import ENCODER_FILE, EmbeddingPartition, TesseraStorage
+from resources.storage.data_root import ENCODER_FILE, EmbeddingPartition, TesseraStorage
 from tessera_assets.embeddings.assets import READBACK_CHECKS, readback_checks
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions

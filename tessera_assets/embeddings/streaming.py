@@ -17,8 +17,8 @@ from model.encoder import TesseraEncoder
 from model.inference import Precision
 from model.quantise import quantise
 from model.selection import EncoderInputs, select_inputs
-from resources.pixel_series import read_window
-from resources.storage import EmbeddingWriter, RawPartition
+from resources.storage.pixel_series import read_window
+from resources.storage.data_root import EmbeddingWriter, RawPartition
 
 
 @dataclass

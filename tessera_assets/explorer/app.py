@@ -26,11 +26,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from resources.errors import PartitionNotMaterialisedError, TesseraError
+from tessera_assets.errors import BadRequest
 from resources.labels import LabelsError
 from resources.regions import PartitionId, RegionCatalog, validate_region_name, validate_year
-from resources.similarity import SearchFilter, Similarity, search_report, write_results
-from resources.storage import TesseraStorage
-from resources.vector_store import VectorStore
+from resources.table.similarity import SearchFilter, Similarity, search_report, write_results
+from resources.storage.data_root import TesseraStorage
+from resources.table.vector_store import VectorStore
 from tessera_assets.explorer.labelling import LabelSession
 from tessera_assets.explorer.layers import Layers, has_raw
 from tessera_assets.explorer.tiles import render
@@ -40,10 +41,6 @@ MAX_BODY_BYTES = 1 << 20
 MAX_EXPLORER_K = 1000
 MAX_EXAMPLES = 100
 LAYERS = ("true_colour", "pca", "similarity", "classes")
-
-
-class BadRequest(ValueError):
-    """A request the API cannot answer as given."""
 
 
 @dataclass

@@ -21,8 +21,8 @@ from model.fewshot import HEADS, Classifier
 from resources.labelled_samples import gather_samples
 from resources.labels import LabelFeature, LabelsError, coordinates, spatial_group
 from resources.regions import PartitionId
-from resources.atomic import atomic_directory, atomic_file
-from resources.storage import TesseraStorage, write_class_map
+from resources.storage.atomic import atomic_directory, atomic_file
+from resources.storage.data_root import TesseraStorage, write_class_map
 from tessera_assets.explorer.layers import class_colours
 
 MAX_LABELS = 5000

@@ -22,7 +22,7 @@ from affine import Affine
 from resources.errors import PartitionNotMaterialisedError
 from model.quantise import cosine_to
 from resources.previews import median_composite, pca_false_colour, preview_shape, stretch
-from resources.storage import TesseraStorage
+from resources.storage.data_root import TesseraStorage
 from tessera_assets.explorer.tiles import DISPLAY_MAX_PX, Raster
 
 # categorical colours for classes 1..n (0 is no data); Tableau 10, then repeated

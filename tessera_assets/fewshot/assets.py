@@ -14,7 +14,7 @@ from resources.labelled_samples import gather_samples
 from resources.labels import LabelSource, LabelsError, labels_digest, read_labels
 from resources.previews import class_map_png, learning_curve_png
 from resources.regions import PartitionId
-from resources.storage import TesseraStorage, write_class_map
+from resources.storage.data_root import TesseraStorage, write_class_map
 from tessera_assets.fewshot.labels import labels
 from tessera_assets.lineage import RAW_INPUTS
 from tessera_assets.metadata import explorer_url, preview_metadata

@@ -3,16 +3,22 @@
 The labels are made outside Dagster (in QGIS, geojson.io, the explorer), so they are an observable
 source asset: each observation records the content hash of the labels files as its data version, and
 the UI marks `fewshot_samples` stale as soon as a file is edited, added or removed. The automation
-sensor observes them every minute."""
+sensor `labels_observed` observes them every minute."""
 
 from __future__ import annotations
 
-from dagster import DataVersion, ObserveResult, observable_source_asset
+from dagster import (AutomationCondition, AutomationConditionSensorDefinition, DataVersion, DefaultSensorStatus,
+                     ObserveResult, observable_source_asset)
 
 from resources.labels import LabelSource, LabelsError, labels_digest
-from resources.storage import TesseraStorage
+from resources.storage.data_root import TesseraStorage
 
-@observable_source_asset(group_name="fewshot", auto_observe_interval_minutes=1, tags={"tessera/needs": "labels"},
+# observed every minute (files change outside Dagster), never while an observation is running
+EVERY_MINUTE = (AutomationCondition.cron_tick_passed("* * * * *") & ~AutomationCondition.in_progress()).with_label(
+    "every minute")
+
+
+@observable_source_asset(group_name="fewshot", automation_condition=EVERY_MINUTE, tags={"tessera/needs": "labels"},
                          description="Labelled points and polygons (GeoJSON, GeoParquet, CSV) for the few-shot assets")
 def labels(label_source: LabelSource, storage: TesseraStorage) -> ObserveResult:
     try:
@@ -23,3 +29,8 @@ def labels(label_source: LabelSource, storage: TesseraStorage) -> ObserveResult:
     return ObserveResult(data_version=DataVersion(labels_digest(files)[:16]), metadata={
         "path": label_source.path, "files": len(files), "names": ", ".join(f.name for f in files[:20]),
         "bytes": sum(f.stat().st_size for f in files)})
+
+
+labels_observed = AutomationConditionSensorDefinition(
+    "labels_observed", target=[labels], default_status=DefaultSensorStatus.RUNNING,
+    description="Observes the labels files every minute, so an edited file marks fewshot_samples stale.")

@@ -16,13 +16,13 @@ from dagster import (
     asset,
 )
 
-from resources.demo_catalog import ensure_demo_catalog
+from resources.scenes.demo_catalog import ensure_demo_catalog
 from resources.errors import CatalogError, NoScenesFoundError, SceneReadFailuresError
 from resources.previews import s1_composite, s2_true_colour
-from resources.raw_ingest import ingest
+from resources.scenes.ingest import ingest
 from resources.regions import RegionCatalog
-from resources.stac import Sensor, StacCatalog
-from resources.storage import RawPartition, TesseraStorage
+from resources.scenes.stac import Sensor, StacCatalog
+from resources.storage.data_root import RawPartition, TesseraStorage
 from tessera_assets.metadata import preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 

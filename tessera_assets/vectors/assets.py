@@ -12,11 +12,11 @@ from pydantic import Field
 from resources.errors import EncoderMismatchError
 from resources.regions import PartitionId
 from resources.previews import similarity_png
-from resources.similarity import Similarity
-from resources.table_filters import partition_filter
-from resources.storage import TesseraStorage, write_similarity_raster
-from resources.table_rows import pixel_rows
-from resources.vector_store import VectorStore
+from resources.table.similarity import Similarity
+from resources.table.filters import partition_filter
+from resources.storage.data_root import TesseraStorage, write_similarity_raster
+from resources.table.rows import pixel_rows
+from resources.table.vector_store import VectorStore
 from tessera_assets.lineage import RAW_INPUTS
 from tessera_assets.metadata import preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
