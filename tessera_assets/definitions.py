@@ -10,7 +10,6 @@ from tessera_assets.embeddings import imported
 from tessera_assets.fewshot import assets as fewshot_assets
 from tessera_assets.fewshot import labels
 from tessera_assets.lineage import embeddings_imported, without_raw_inputs
-from tessera_assets.partitions import year_region_partitions
 from tessera_assets.raw import assets as raw_assets
 from tessera_assets.resources_by_deployment import build_resources
 from tessera_assets.sensors import region_partitions_sensor
@@ -26,12 +25,11 @@ def build_definitions() -> Definitions:
     downstream = load_assets_from_modules([vector_assets, fewshot_assets, labels])
     if not embeddings_imported():  # embeddings computed from raw partitions by our encoder
         assets = load_assets_from_modules([raw_assets, embedding_assets]) + downstream
-        jobs = [define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"], partitions_def=year_region_partitions),
-                define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions,
-                                 tags=GPU_RUN_TAGS)]
+        jobs = [define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"]),
+                define_asset_job("embed", selection=["embeddings"], tags=GPU_RUN_TAGS)]
     else:  # embeddings read from official tiles: no raw data, no encoder, no GPU
         assets = [imported.geotessera_tiles, imported.imported_embeddings] + without_raw_inputs(downstream)
-        jobs = [define_asset_job("embed", selection=["embeddings"], partitions_def=year_region_partitions)]
+        jobs = [define_asset_job("embed", selection=["embeddings"])]
     return Definitions(
         assets=assets,
         jobs=jobs,

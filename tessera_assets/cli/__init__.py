@@ -58,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="materialise the demo pipeline end to end")
     demo.add_argument("--years", type=int, nargs="+", default=None, help="years to run (default: the demo years)")
     demo.add_argument("--regions", nargs="+", default=None, help="demo regions to run (default: all)")
+    demo.add_argument("--verbose", action="store_true", help="every message of every run, live (always in the log files)")
     run = commands.add_parser("run", help="materialise the pipeline for regions and years, up to an asset or group")
     where = run.add_mutually_exclusive_group(required=True)
     where.add_argument("--region", type=lambda v: [v], dest="regions", help="a region of the regions file")
@@ -68,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--until", default=None, help=(
         "an asset or group of the definitions and what it needs (raw, embeddings, table, maps, or e.g. "
         "embedding_table); default: every asset that needs no labels (and saved queries only if there are any)"))
+    run.add_argument("--verbose", action="store_true", help="every message of every run, live (always in the log files)")
     run.add_argument("--refresh", action="store_true",
                      help="make unpartitioned assets that feed others (the encoder) again, even if materialised")
     export = commands.add_parser("export", help="write embeddings in the official geotessera layouts")
@@ -125,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from resources.scenes.demo_catalog import DEFAULT_YEARS
 
-            return commands.run_demo([validate_year(y) for y in args.years or DEFAULT_YEARS], args.regions)
+            return commands.run_demo([validate_year(y) for y in args.years or DEFAULT_YEARS], args.regions, args.verbose)
         if args.command == "run":
-            return commands.run_region(args.regions, [validate_year(y) for y in args.years], args.until, args.refresh)
+            return commands.run_region(args.regions, [validate_year(y) for y in args.years], args.until, args.refresh,
+                                       args.verbose)
         if args.command == "classify":
             return commands.run_classify(args)
         if args.command == "export":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from resources.errors import TesseraError
 from resources.regions import PartitionId, Region, validate_year
 from tessera_assets.cli import report
 from tessera_assets.cli.pipeline import CodeLocation, RunOutcome, execute, plan_stages
+from tessera_assets.cli.progress import PipelineView
 from tessera_assets.resources_by_deployment import build_resources, tessera_home
 
 INSTANCE_FILE = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"  # pools and run queue
@@ -46,20 +46,26 @@ def seed_region_partitions(instance: DagsterInstance, regions: list[Region]) -> 
         instance.add_dynamic_partitions(region_partitions.name, missing)
 
 
+def needing(asset_graph, need: str) -> AssetSelection:
+    """The assets tagged as needing an input (`NEEDS_TAG`), sources included, and all downstream."""
+    tagged = [k for k in asset_graph.get_all_asset_keys() if asset_graph.get(k).tags.get(NEEDS_TAG) == need]
+    return AssetSelection.assets(*tagged).downstream()
+
+
 def select_assets(asset_graph, until: str | None = None, unmet_needs: set[str] = frozenset(),
                   reuse: DagsterInstance | None = None) -> set[AssetKey]:
     """The executable assets to run: all of them, or those `until` (a group or an asset) needs and
     itself; without what depends on an input not given (`NEEDS_TAG` values in `unmet_needs`). With
     `reuse`, an unpartitioned asset that feeds others and is already materialised on that instance
     (the encoder) is kept, not made again."""
+    executable = {k for k in asset_graph.get_all_asset_keys() if asset_graph.get(k).is_executable}
     if until is None:
-        selection = AssetSelection.all()
+        selection = AssetSelection.assets(*executable)
     else:
         name = UNTIL_ALIASES.get(until, until)
-        executable = {k for k in asset_graph.get_all_asset_keys() if asset_graph.get(k).is_executable}
         groups = {asset_graph.get(k).group_name for k in executable}
         if name in groups:
-            selection = AssetSelection.groups(name).upstream()
+            selection = AssetSelection.assets(*(k for k in executable if asset_graph.get(k).group_name == name)).upstream()
         elif AssetKey(name) in executable:
             selection = AssetSelection.assets(name).upstream()
         else:
@@ -69,7 +75,7 @@ def select_assets(asset_graph, until: str | None = None, unmet_needs: set[str] =
                    else "no such asset or group here")
             raise TesseraError(f"--until {until}: {why} (groups: {', '.join(sorted(groups))})")
     for need in unmet_needs:
-        selection = selection - AssetSelection.tag(NEEDS_TAG, need, include_sources=True).downstream()
+        selection = selection - needing(asset_graph, need)
     keys = {k for k in selection.resolve(asset_graph) if asset_graph.get(k).is_executable}
     if reuse is not None:
         keys = {k for k in keys if not (asset_graph.get(k).partitions_def is None
@@ -79,16 +85,15 @@ def select_assets(asset_graph, until: str | None = None, unmet_needs: set[str] =
 
 
 def materialise(location: CodeLocation, keys: set[AssetKey], partitions: list[PartitionId], instance: DagsterInstance,
-                op_config: dict | None = None, resource_config: dict | None = None) -> list[RunOutcome] | None:
-    """The selection through Dagster, printing each run as it ends; None after printing what failed."""
+                op_config: dict | None = None, resource_config: dict | None = None,
+                verbose: bool = False) -> list[RunOutcome] | None:
+    """The selection through Dagster, in one progress view; None after printing what failed."""
     stages = plan_stages(location.definitions().get_repository_def().asset_graph, keys)
-
-    def done(outcome: RunOutcome) -> None:
-        state = "done" if outcome.success else "FAILED"
-        print(f"{outcome.label}: {state} in {outcome.seconds:.1f} s" + (f": {outcome.error}" if outcome.error else ""),
-              file=sys.stdout if outcome.success else sys.stderr)
-
-    outcomes = execute(location, stages, partitions, instance, op_config, resource_config, done)
+    planned = sum(len(partitions) if stage.partitioned else 1 for stage in stages)
+    logs = Path(instance.root_directory) / "logs"
+    print(f"{len(stages)} stages, {planned} runs; each run's full log in {logs}/<run id>.log")
+    with PipelineView(planned, verbose) as view:
+        outcomes = execute(location, stages, partitions, instance, op_config, resource_config, view, logs)
     report.failed_checks(outcomes)
     return outcomes if outcomes and all(o.success for o in outcomes) else None
 
@@ -103,7 +108,8 @@ def saved_queries() -> dict:
     return load_queries("queries.yaml")
 
 
-def run_region(region_names: list[str], years: list[int], until: str | None, refresh: bool = False) -> int:
+def run_region(region_names: list[str], years: list[int], until: str | None, refresh: bool = False,
+               verbose: bool = False) -> int:
     """The pipeline for regions of the regions file, up to `until`, from the deployment's catalogs.
     Unpartitioned assets that feed others (the encoder) are made once and reused unless `refresh`;
     by default, assets that need labels or saved queries are left to `tessera classify` / `--until maps`."""
@@ -120,7 +126,8 @@ def run_region(region_names: list[str], years: list[int], until: str | None, ref
     if "tiles" in resources:
         print(f"embeddings: read from the official tiles at {resources['tiles'].root}")
     started = time.perf_counter()
-    outcomes = materialise(location, keys, [PartitionId(y, r.name) for r in regions for y in years], instance)
+    outcomes = materialise(location, keys, [PartitionId(y, r.name) for r in regions for y in years], instance,
+                           verbose=verbose)
     if outcomes is None:
         return 1
     report.summary(collected(outcomes))
@@ -128,7 +135,7 @@ def run_region(region_names: list[str], years: list[int], until: str | None, ref
     return 0
 
 
-def run_demo(years: list[int], region_names: list[str] | None) -> int:
+def run_demo(years: list[int], region_names: list[str] | None, verbose: bool = False) -> int:
     """Every asset of the definitions on the demo regions, from the embedded demo catalog."""
     os.environ["TESSERA_DEPLOYMENT"] = "local"  # before the definitions are imported, here and in step processes
     from resources.scenes.demo_catalog import ensure_demo_catalog, ground_truth_dir
@@ -151,7 +158,7 @@ def run_demo(years: list[int], region_names: list[str] | None) -> int:
     keys = select_assets(defs.get_repository_def().asset_graph, None, set() if saved_queries() else {"queries"})
     outcomes = materialise(location, keys, [PartitionId(y, r.name) for r in chosen for y in years], instance,
                            op_config={"fewshot_samples": {"year": max(years)}},
-                           resource_config={"label_source": {"path": str(labels)}})
+                           resource_config={"label_source": {"path": str(labels)}}, verbose=verbose)
     if outcomes is None:
         return 1
     results = collected(outcomes)
@@ -174,13 +181,12 @@ def run_classify(args) -> int:
     storage.open_embeddings(year, region.name)  # a clear error before any work
     instance = dagster_instance()
     graph = defs.get_repository_def().asset_graph
-    keys = {k for k in AssetSelection.tag(NEEDS_TAG, "labels", include_sources=True).downstream().resolve(graph) if graph.get(k).is_executable}
-    outcomes = execute(location, plan_stages(graph, keys), [PartitionId(year, region.name)], instance,
-                       op_config={"fewshot_samples": {"year": year}, "fewshot_classifier": {"head": args.head}},
-                       resource_config={"label_source": {"path": args.labels}})
-    failed = [o for o in outcomes if not o.success]
-    if failed:
-        raise TesseraError(f"{failed[0].label}: {failed[0].error or 'the run failed'}")
+    keys = {k for k in needing(graph, "labels").resolve(graph) if graph.get(k).is_executable}
+    outcomes = materialise(location, keys, [PartitionId(year, region.name)], instance,
+                           op_config={"fewshot_samples": {"year": year}, "fewshot_classifier": {"head": args.head}},
+                           resource_config={"label_source": {"path": args.labels}})
+    if outcomes is None:
+        return 1
     results = collected(outcomes)
     report.fewshot(results, storage, region.name, year)
     areas = results[("land_cover_map", str(PartitionId(year, region.name)))]["class_area_ha"]

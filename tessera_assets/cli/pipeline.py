@@ -23,9 +23,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions, IdentityPartitionMapping
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._grpc.types import ExecuteRunArgs
@@ -33,6 +32,9 @@ from dagster._grpc.types import ExecuteRunArgs
 from resources.regions import PartitionId
 
 DEFINITIONS_MODULE = "tessera_assets.definitions"
+# how often running runs are looked at: often enough for a live bar, rarely enough to cost the
+# runs next to it nothing measurable (the event log is read since a cursor)
+POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,16 +70,32 @@ class Stage:
         return [key.to_user_string() for key in self.assets]
 
 
+def _boundary(asset_graph, child: AssetKey, parent: AssetKey) -> int:
+    """1 where a child cannot run in its parent's run: their partitioning differs, or the child reads
+    other partitions of the parent than its own (e.g. every partition of the table); else 0."""
+    child_def, parent_def = asset_graph.get(child).partitions_def, asset_graph.get(parent).partitions_def
+    if (child_def is None) != (parent_def is None):
+        return 1
+    if child_def is None:
+        return 0
+    return 0 if isinstance(asset_graph.get_partition_mapping(child, parent), IdentityPartitionMapping) else 1
+
+
 def plan_stages(asset_graph, selected: set[AssetKey]) -> list[Stage]:
     """The selected assets in stages, in the order the graph allows. An asset's stage is the latest
-    of its selected parents', one later where its partitioning differs from a parent's."""
+    of its selected parents', one later where it cannot run in a parent's run (`_boundary`); an asset
+    with no selected parent (the labels source) joins the stage of its first child instead, so it
+    costs no run of its own and is read just before it is used."""
     level: dict[AssetKey, int] = {}
     for key in asset_graph.toposorted_asset_keys:
         if key not in selected:
             continue
-        partitioned = asset_graph.get(key).partitions_def is not None
-        level[key] = max((level[p] + ((asset_graph.get(p).partitions_def is not None) != partitioned)
-                          for p in asset_graph.get(key).parent_keys if p in level), default=0)
+        level[key] = max((level[p] + _boundary(asset_graph, key, p) for p in asset_graph.get(key).parent_keys
+                          if p in level), default=0)
+    for key in reversed(asset_graph.toposorted_asset_keys):  # a root runs as late as its children allow
+        if key in level and not any(p in level for p in asset_graph.get(key).parent_keys):
+            children = [level[c] - _boundary(asset_graph, c, key) for c in asset_graph.get(key).child_keys if c in level]
+            level[key] = min(children, default=level[key])
     stages: dict[tuple[int, bool], list[AssetKey]] = {}
     for key, at in level.items():
         stages.setdefault((at, asset_graph.get(key).partitions_def is not None), []).append(key)
@@ -132,6 +150,11 @@ class LaunchedRun:
     run_id: str
     process: subprocess.Popen
     started: float
+    cursor: str | None = None  # of the run's events the view has seen
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.stage.names) + (f" {self.partition}" if self.partition else "")
 
 
 def launch(location: CodeLocation, stage: Stage, partition: PartitionId | None, instance: DagsterInstance,
@@ -184,35 +207,58 @@ def max_concurrent_runs(instance: DagsterInstance) -> int:
     return max(1, queue.max_concurrent_runs if queue and queue.max_concurrent_runs > 0 else 1)
 
 
+def _follow(launched: LaunchedRun, instance: DagsterInstance, view) -> None:
+    """The run's events since the last look, to the view: the step it is in, its log messages."""
+    connection = instance.get_records_for_run(launched.run_id, cursor=launched.cursor)
+    launched.cursor = connection.cursor
+    for record in connection.records:
+        entry = record.event_log_entry
+        event = entry.dagster_event
+        if event is None:
+            view.run_message(launched.run_id, entry.step_key, entry.user_message)
+        elif event.event_type == DagsterEventType.STEP_START:
+            view.run_step(launched.run_id, event.step_key)
+
+
 def execute(location: CodeLocation, stages: list[Stage], partitions: list[PartitionId], instance: DagsterInstance,
             op_config: dict[str, dict] | None = None, resource_config: dict[str, dict] | None = None,
-            on_run: Callable[[RunOutcome], None] = lambda outcome: None, logs: Path | None = None) -> list[RunOutcome]:
+            view=None, logs: Path | None = None) -> list[RunOutcome]:
     """Every stage in order, the runs of its partitions side by side (at most the instance's
     max_concurrent_runs at once); stops after a stage with a failed run (the stage's other runs all
     finish: one bad partition does not cancel the others). Each run's output goes to
-    `logs/<run id>.log`."""
+    `logs/<run id>.log`; `view` (a `PipelineView`) is told as runs start, log and end."""
     asset_graph = location.definitions().get_repository_def().asset_graph
     logs = logs or Path(instance.root_directory) / "logs"
+    limit = max_concurrent_runs(instance)
     outcomes: list[RunOutcome] = []
-    for stage in stages:
+    for number, stage in enumerate(stages, 1):
         keys: list[PartitionId | None] = list(partitions) if stage.partitioned else [None]
         partitions_def = asset_graph.get(stage.assets[0]).partitions_def
         config = _run_config(stage, op_config or {}, resource_config or {})
         if stage.partitioned and len(keys) > 1:  # the runs side by side are the parallelism: one process each
             config["execution"] = {"config": {"in_process": {}}}
+        if view:
+            view.stage(number, len(stages), stage.names, len(keys))
         running: list[LaunchedRun] = []
         done: list[RunOutcome] = []
         waiting = list(keys)
         while waiting or running:
-            while waiting and len(running) < max_concurrent_runs(instance):
+            while waiting and len(running) < limit:
                 running.append(launch(location, stage, waiting.pop(0), instance, config, partitions_def, logs))
+                if view:
+                    view.run_started(running[-1].run_id, running[-1].label)
+            if view:
+                for launched in running:
+                    _follow(launched, instance, view)
             finished = next((r for r in running if r.process.poll() is not None), None)
             if finished is None:
-                time.sleep(0.2)
+                time.sleep(POLL_SECONDS)
                 continue
             running.remove(finished)
             done.append(outcome_of(finished, instance))
-            on_run(done[-1])
+            if view:
+                view.run_finished(finished.run_id, done[-1].success, done[-1].seconds, done[-1].error,
+                                  str(logs / f"{finished.run_id}.log"))
         outcomes += sorted(done, key=lambda o: str(o.partition or ""))
         if not all(o.success for o in done):
             break

@@ -25,7 +25,7 @@ from model.config import EMBEDDING_DIM, PRESETS, matryoshka_prefix, preset, pres
 from model.encoder import TesseraEncoder
 from model.inference import prepare_for_inference
 from model.selection import resolve_mode
-from model.pretrain import PretrainConfig, pretrain
+from model.pretrain import PretrainConfig, pretrain, training_precision
 from model.quantise import dequantise, quantise
 from model.series import PixelSeries
 from resources.compute import ComputeDevice
@@ -88,12 +88,13 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
         for y, r in partitions
     ])
     context.log.info(f"pretraining {config.preset} on {len(pool)} pixels from {len(partitions)} partitions")
-    device, precision = compute.resolve()
+    device, _ = compute.resolve()
+    precision = training_precision(device, compute.precision)
     train = PretrainConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
                            warmup_steps=max(1, config.steps // 10), seed=config.seed, precision=precision)
 
     def progress(step: int, loss: float) -> None:
-        if step % 50 == 0 or step == train.steps:
+        if step % 10 == 0 or step == train.steps:  # a count the progress view shows as a bar
             context.log.info(f"step {step}/{train.steps}: loss {loss:.3f}")
 
     model_config = preset(config.preset)

@@ -7,7 +7,9 @@ sensor `labels_observed` observes them every minute."""
 
 from __future__ import annotations
 
-from dagster import (AutomationCondition, AutomationConditionSensorDefinition, DataVersion, DefaultSensorStatus,
+import warnings
+
+from dagster import (AutomationCondition, AutomationConditionSensorDefinition, BetaWarning, DataVersion, DefaultSensorStatus,
                      ObserveResult, observable_source_asset)
 
 from resources.labels import LabelSource, LabelsError, labels_digest
@@ -18,9 +20,7 @@ EVERY_MINUTE = (AutomationCondition.cron_tick_passed("* * * * *") & ~AutomationC
     "every minute")
 
 
-@observable_source_asset(group_name="fewshot", automation_condition=EVERY_MINUTE, tags={"tessera/needs": "labels"},
-                         description="Labelled points and polygons (GeoJSON, GeoParquet, CSV) for the few-shot assets")
-def labels(label_source: LabelSource, storage: TesseraStorage) -> ObserveResult:
+def _labels(label_source: LabelSource, storage: TesseraStorage) -> ObserveResult:
     try:
         files = label_source.files(storage)
     except LabelsError as exc:  # none yet: a version of its own, so adding the first file marks downstream stale
@@ -29,6 +29,13 @@ def labels(label_source: LabelSource, storage: TesseraStorage) -> ObserveResult:
     return ObserveResult(data_version=DataVersion(labels_digest(files)[:16]), metadata={
         "path": label_source.path, "files": len(files), "names": ", ".join(f.name for f in files[:20]),
         "bytes": sum(f.stat().st_size for f in files)})
+
+
+with warnings.catch_warnings():  # observable source assets are beta in Dagster 1.13: known, not the user's concern
+    warnings.simplefilter("ignore", BetaWarning)
+    labels = observable_source_asset(
+        name="labels", group_name="fewshot", automation_condition=EVERY_MINUTE, tags={"tessera/needs": "labels"},
+        description="Labelled points and polygons (GeoJSON, GeoParquet, CSV) for the few-shot assets")(_labels)
 
 
 labels_observed = AutomationConditionSensorDefinition(

@@ -4,7 +4,7 @@ for saved queries."""
 from pathlib import Path
 
 import yaml
-from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, AssetKey, AutomationCondition,
+from dagster import (AllPartitionMapping, AssetCheckResult, AssetDep, AssetCheckSpec, AssetExecutionContext, AssetKey, AutomationCondition,
                      AutomationConditionSensorDefinition, Config, DefaultSensorStatus, MaterializeResult, MetadataValue,
                      asset)
 from pydantic import Field
@@ -96,7 +96,9 @@ def load_queries(path: str) -> dict[str, dict]:
     return queries
 
 
-@asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), AssetKey("embedding_table")],
+# the query vectors come from the table, from whichever partitions hold the saved queries' pixels
+@asset(partitions_def=year_region_partitions,
+       deps=[AssetKey("embeddings"), AssetDep("embedding_table", partition_mapping=AllPartitionMapping())],
        group_name="search", kinds={"geotiff"}, code_version="similarity-1", tags={"tessera/needs": "queries"})
 def similarity_map(context: AssetExecutionContext, config: SavedQueries, storage: TesseraStorage,
                    vectors: VectorStore) -> MaterializeResult:

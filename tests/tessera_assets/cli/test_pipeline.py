@@ -1,0 +1,56 @@
+"""Planning from the asset graph, and the progress view the runs feed."""
+
+from __future__ import annotations
+
+import io
+
+from dagster import AssetKey
+from rich.console import Console
+
+from tessera_assets.cli.commands import select_assets
+from tessera_assets.cli.pipeline import plan_stages
+from tessera_assets.cli.progress import PipelineView
+from tessera_assets.definitions import build_definitions
+
+
+def _names(stages) -> list[tuple[list[str], bool]]:
+    return [(sorted(stage.names), stage.partitioned) for stage in stages]
+
+
+def test_stages_follow_the_graph_where_partitioning_changes():
+    """Raw data per partition, then the one encoder, then embeddings and their table rows per
+    partition, then what is unpartitioned downstream (the labels observed just before the samples
+    are made) and the similarity maps, which read query vectors from every partition of the table,
+    then the class maps."""
+    graph = build_definitions().get_repository_def().asset_graph
+    stages = plan_stages(graph, select_assets(graph))
+    assert _names(stages) == [
+        (["s1_raw", "s2_raw"], True),
+        (["encoder_checkpoint"], False),
+        (["embedding_table", "embeddings"], True),
+        (["embedding_index", "fewshot_classifier", "fewshot_samples", "labels"], False),
+        (["similarity_map"], True),
+        (["land_cover_map"], True),
+    ]
+    keys = select_assets(graph, until="table", unmet_needs=set())
+    assert AssetKey("embedding_index") in keys and AssetKey("fewshot_samples") not in keys
+    without_labels = select_assets(graph, unmet_needs={"labels", "queries"})
+    assert {k.to_user_string() for k in without_labels} == {
+        "s1_raw", "s2_raw", "encoder_checkpoint", "embeddings", "embedding_table", "embedding_index"}
+
+
+def test_the_view_shows_a_runs_own_count_and_each_finished_run():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+    with PipelineView(2, console=console) as view:
+        view.stage(1, 1, ["s1_raw", "s2_raw"], 2)
+        view.run_started("r1", "s1_raw, s2_raw demo|2022")
+        view.run_step("r1", "s2_raw")
+        view.run_message("r1", "s2_raw", "s2: 30/64 observations written")
+        assert view.progress.tasks[1].completed == 30 and view.progress.tasks[1].total == 64
+        view.run_finished("r1", True, 12.5, None, "/logs/r1.log")
+        view.run_started("r2", "s1_raw, s2_raw demo|2021")
+        view.run_finished("r2", False, 3.0, "s1_raw: no usable scenes", "/logs/r2.log")
+    text = out.getvalue()
+    assert "s1_raw, s2_raw demo|2022: done in 12.5 s" in text
+    assert "demo|2021: FAILED in 3.0 s: s1_raw: no usable scenes" in text and "full log: /logs/r2.log" in text
