@@ -5,7 +5,8 @@ A line for the pipeline (runs done of runs planned, elapsed time) and one bar pe
 stage's assets, its partition, the step it is in, and the step's own count where it logs one ("s2:
 30/64 observations written", "step 50/200", "block 7/12") with an ETA. Each finished run leaves one
 line: done or FAILED, its time, and for a failure the error and where the run's full log is. On a
-terminal that is not interactive (CI, a pipe) only those lines are printed. With `verbose`, every
+terminal that is not interactive (CI, a pipe) only those lines are printed. Failures are repeated
+on stderr when the view closes: the asset and partition, the error, the run's log file. With `verbose`, every
 message of every run is printed as it comes.
 """
 
@@ -31,6 +32,8 @@ class PipelineView:
                                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=self.console, transient=True)
         self.pipeline = self.progress.add_task("pipeline: runs", total=runs_planned)
+        self.errors = Console(stderr=True, highlight=False)
+        self.failures: list[str] = []
         self.tasks: dict[str, int] = {}
         self.labels: dict[str, str] = {}
         self.started = time.perf_counter()
@@ -41,6 +44,8 @@ class PipelineView:
 
     def __exit__(self, *exc) -> None:
         self.progress.stop()
+        for failure in self.failures:  # once the live view is gone, on stderr: what failed, why, where the log is
+            self.errors.print(failure, markup=False, highlight=False, style="red")
 
     def stage(self, number: int, total: int, names: list[str], partitions: int) -> None:
         self.progress.update(self.pipeline, description=f"stage {number}/{total}: {', '.join(names)}"
@@ -78,8 +83,8 @@ class PipelineView:
         if success:
             self.progress.console.print(f"{label}: done in {seconds:.1f} s", markup=False, highlight=False)
         else:
-            self.progress.console.print(f"{label}: FAILED in {seconds:.1f} s: {error}\n  full log: {log}",
-                                        markup=False, highlight=False, style="red")
+            self.progress.console.print(f"{label}: FAILED in {seconds:.1f} s", markup=False, highlight=False)
+            self.failures.append(f"FAILED {label}: {error}\n  full log: {log}")
 
     def note(self, text: str, error: bool = False) -> None:
         self.progress.console.print(text, markup=False, highlight=False, style="red" if error else None)

@@ -125,6 +125,22 @@ def current_encoder_id(instance) -> str:
     return str(event.asset_materialization.metadata["encoder_id"].value)
 
 
+def _pointer_check(storage: TesseraStorage, current: str | None, context) -> dict:
+    """The data root's encoder pointer is derived from encoder_checkpoint's materialisations; say if it
+    disagrees with the instance's current encoder (e.g. another instance published since)."""
+    if current is None:
+        return {}
+    try:
+        pointer = storage.current_encoder_id()
+    except PartitionNotMaterialisedError:
+        pointer = "none"
+    if pointer != current:
+        context.log.warning(f"models/current.json names encoder {pointer}, the instance's current one is {current}: "
+                            "embedding with the instance's; re-materialise encoder_checkpoint to align them")
+        return {"encoder_pointer": f"disagrees: {pointer}"}
+    return {"encoder_pointer": "matches"}
+
+
 class EmbeddingsConfig(Config):
     sampling: str = Field("auto", description=(
         "auto: the encoder family's own selection (v1.1 and v2: every valid observation, in buckets; "
@@ -157,6 +173,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
     s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
     device, precision = compute.resolve()
     encoder_id = config.encoder_id or current_encoder_id(context.instance)
+    pointer = _pointer_check(storage, encoder_id if not config.encoder_id else None, context)
     encoder = prepare_for_inference(storage.load_encoder(encoder_id), device, precision, compute.threads)
     dims = matryoshka_prefix(encoder.config, config.dimensions, matryoshka_dims(encoder.metadata, encoder.config))
     grid = s2.grid
@@ -184,7 +201,7 @@ def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage
             "end_to_end_over_forward": round(stats.forward_seconds / max(stats.seconds, 1e-9), 3),
             "seconds": round(stats.seconds, 2), "device": str(device), "precision": precision,
             "batch_size": batch, "readers": readers,
-            **_identity_metadata(encoder), "dimensions": dims,
+            **_identity_metadata(encoder), "dimensions": dims, **pointer,
             "sampling": resolve_mode(encoder.config, config.sampling),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "path": MetadataValue.path(storage.location(*parts)), "explorer": MetadataValue.url(explorer_url(year, region)),

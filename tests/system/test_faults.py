@@ -34,11 +34,15 @@ RUN_ONE = textwrap.dedent("""
     from tessera_assets.vectors.assets import embedding_table
 
     asset = {"s2_raw": s2_raw, "embeddings": embeddings, "embedding_table": embedding_table}[sys.argv[1]]
+    resources = build_resources()
+    # a throwaway instance has no encoder_checkpoint materialisation: name the kept encoder
+    config = {"ops": {"embeddings": {"config": {"encoder_id": resources["storage"].current_encoder_id()}}}} \
+        if sys.argv[1] == "embeddings" else {}
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("region", [sys.argv[3]])
         print("started", flush=True)
         materialize([asset], partition_key=year_region_key(sys.argv[2], sys.argv[3]), instance=instance,
-                    resources=build_resources())
+                    resources=resources, run_config=config)
 """)
 
 
@@ -111,8 +115,10 @@ def test_killed_raw_and_embeddings_writers_leave_the_partition_whole(work):
         assert list(folder.parent.glob(f".{folder.name}-tmp-*")), "the killed run did leave its hidden folder"
         with instance_for_test() as instance:
             instance.add_dynamic_partitions("region", [TINY_REGION])
+            config = {"ops": {"embeddings": {"config": {"encoder_id": storage.current_encoder_id()}}}} \
+                if asset == "embeddings" else {}
             assert materialize([definition], partition_key=year_region_key(TINY_YEAR, TINY_REGION), instance=instance,
-                               resources=resources).success
+                               resources=resources, run_config=config).success
         assert _same(_arrays(folder), before), f"{asset}: the re-run writes exactly the expected partition"
         assert not list(folder.parent.glob(f".{folder.name}-*")), "the re-run removed what the killed run left"
 

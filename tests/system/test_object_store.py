@@ -153,7 +153,8 @@ def test_a_demo_partition_end_to_end_on_s3(s3_user_env, s3_endpoint):
     started = time.perf_counter()
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("region", [TINY_REGION])
-        assert materialize([embeddings], partition_key=key, instance=instance, resources=resources).success
+        assert materialize([embeddings], partition_key=key, instance=instance, resources=resources,
+                           run_config={"ops": {"embeddings": {"config": {"encoder_id": here.encoder_id}}}}).success
     second = storage.folder("embeddings", TINY_YEAR, TINY_REGION).key
     assert second != first and storage.remote.children(f"embeddings/{TINY_YEAR}/{TINY_REGION}") == \
         sorted([first.rsplit("/", 1)[1], second.rsplit("/", 1)[1]])
@@ -185,3 +186,34 @@ def test_the_regions_file_on_the_object_store_takes_concurrent_edits(s3_endpoint
     assert s3_endpoint.client.get_object(Bucket="tessera", Key="config/regions.yaml")["Body"].read() == before
     catalog.remove("field-0")
     assert catalog.get("field-5").bbox == tuple(bboxes["field-5"]) and len(catalog.all()) == 5
+
+
+def test_classify_on_an_s3_data_root_publishes_its_report(s3_user_env, s3_endpoint, tmp_path, monkeypatch, capsys):
+    """`tessera classify` with every product on S3: the few-shot assets run through Dagster, and the
+    report is published beside the class map by the same protocol as every product (no local path)."""
+    from dagster import DagsterInstance
+
+    from tessera_assets.cli import main
+    from tessera_assets.embeddings.assets import embeddings, encoder_checkpoint
+    from tessera_assets.raw.assets import s1_raw, s2_raw
+
+    env, home, resources = s3_user_env
+    storage, local = resources["storage"], env.resources["storage"]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    checkpoint = local.encoder_checkpoint(local.current_encoder_id())
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions("region", [TINY_REGION])
+    assert materialize([encoder_checkpoint], instance=instance, resources=resources, run_config={
+        "ops": {"encoder_checkpoint": {"config": {"checkpoint_path": str(checkpoint)}}}}).success
+    assert materialize([s2_raw, s1_raw, embeddings], partition_key=year_region_key(TINY_YEAR, TINY_REGION),
+                       instance=instance, resources=resources).success
+    labels = env.catalog_root / "ground_truth" / TINY_REGION / "labels.geojson"
+    assert main(["classify", str(labels), "--year", str(TINY_YEAR), "--region", TINY_REGION]) == 0
+    out = capsys.readouterr().out
+    assert f"report: s3://tessera/prod/land_cover/{TINY_YEAR}/{TINY_REGION}/v" in out
+    report = json.loads(storage.read_file(f"land_cover/{TINY_YEAR}/{TINY_REGION}/report.json"))
+    assert report["region"] == TINY_REGION and report["curves"]["embeddings"][-1]["macro_f1"] > 0.5
+    assert storage.read_file(f"land_cover/{TINY_YEAR}/{TINY_REGION}/classes.png")[:4] == b"\x89PNG", \
+        "the class map is still there: the partition was published again whole"
+    assert sorted(p.name for p in (home / "data").iterdir()) == [".demo_catalog.lock", "demo_catalog"]

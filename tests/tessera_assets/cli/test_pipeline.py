@@ -40,9 +40,11 @@ def test_stages_follow_the_graph_where_partitioning_changes():
 
 
 def test_the_view_shows_a_runs_own_count_and_each_finished_run():
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     console = Console(file=out, force_terminal=True, width=160, color_system=None)
-    with PipelineView(2, console=console) as view:
+    view = PipelineView(2, console=console)
+    view.errors = Console(file=err, width=160, color_system=None)
+    with view:
         view.stage(1, 1, ["s1_raw", "s2_raw"], 2)
         view.run_started("r1", "s1_raw, s2_raw demo|2022")
         view.run_step("r1", "s2_raw")
@@ -51,6 +53,6 @@ def test_the_view_shows_a_runs_own_count_and_each_finished_run():
         view.run_finished("r1", True, 12.5, None, "/logs/r1.log")
         view.run_started("r2", "s1_raw, s2_raw demo|2021")
         view.run_finished("r2", False, 3.0, "s1_raw: no usable scenes", "/logs/r2.log")
-    text = out.getvalue()
-    assert "s1_raw, s2_raw demo|2022: done in 12.5 s" in text
-    assert "demo|2021: FAILED in 3.0 s: s1_raw: no usable scenes" in text and "full log: /logs/r2.log" in text
+    text, errors = out.getvalue(), err.getvalue()
+    assert "s1_raw, s2_raw demo|2022: done in 12.5 s" in text and "demo|2021: FAILED in 3.0 s" in text
+    assert "FAILED s1_raw, s2_raw demo|2021: s1_raw: no usable scenes" in errors and "full log: /logs/r2.log" in errors
