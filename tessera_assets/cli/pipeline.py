@@ -3,7 +3,8 @@
 The command line knows no asset by name. It asks the code location's asset graph what a selection
 holds and in which order it can run. Assets that share their upstream's partitioning run together in
 one run per partition; where the partitioning changes (per-partition raw data -> the one unpartitioned
-encoder -> per-partition embeddings) a stage ends, because a Dagster run covers one partition key.
+encoder -> per-partition embeddings), or where an asset reads other partitions of its upstream (the
+similarity maps read every partition of the table), a stage ends: a Dagster run covers one partition key.
 Each run is a run of the code location's asset job, created in the persistent instance and executed in
 a process of its own, as Dagster's run launcher starts it (`dagster api execute_run`); the runs of a
 stage go side by side, up to the instance's `max_concurrent_runs`, and the instance's pools still let
@@ -69,6 +70,10 @@ class Stage:
     def names(self) -> list[str]:
         return [key.to_user_string() for key in self.assets]
 
+    def label(self, partition: PartitionId | None) -> str:
+        """How a run of this stage is named for people: its assets and partition."""
+        return ", ".join(self.names) + (f" {partition}" if partition else "")
+
 
 def _boundary(asset_graph, child: AssetKey, parent: AssetKey) -> int:
     """1 where a child cannot run in its parent's run: their partitioning differs, or the child reads
@@ -117,7 +122,7 @@ class RunOutcome:
 
     @property
     def label(self) -> str:
-        return ", ".join(self.stage.names) + (f" {self.partition}" if self.partition else "")
+        return self.stage.label(self.partition)
 
 
 def _error_message(failures: list[tuple]) -> str:
@@ -154,7 +159,7 @@ class LaunchedRun:
 
     @property
     def label(self) -> str:
-        return ", ".join(self.stage.names) + (f" {self.partition}" if self.partition else "")
+        return self.stage.label(self.partition)
 
 
 def launch(location: CodeLocation, stage: Stage, partition: PartitionId | None, instance: DagsterInstance,
