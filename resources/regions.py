@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -152,8 +153,6 @@ class RegionGrid:
 
 def utm_zone(lon):
     """The UTM zone (1..60) of a longitude, or of every longitude of an array (lon 180 is zone 60)."""
-    import numpy as np
-
     zones = np.clip(np.floor((np.asarray(lon, dtype=np.float64) + 180.0) / 6.0).astype(np.int64) + 1, 1, 60)
     return int(zones) if zones.ndim == 0 else zones
 

@@ -17,6 +17,7 @@ the definitions adds it to `tessera demo` and `tessera run`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import subprocess
@@ -25,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions, IdentityPartitionMapping
+from dagster import (AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions, IdentityPartitionMapping,
+                     JobDefinition)
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._grpc.types import ExecuteRunArgs
@@ -47,16 +49,26 @@ class CodeLocation:
     attribute: str = "defs"
 
     def definitions(self) -> Definitions:
-        """The definitions for this process's environment: built afresh where the module can
-        (`build_definitions`), as the step processes, which import it anew, will see them."""
+        """The definitions for this process's environment, built once per command: afresh where the
+        module can (`build_definitions`), as the run processes, which import it anew, will see them."""
+        return self._definitions
+
+    @functools.cached_property
+    def _definitions(self) -> Definitions:
         module = importlib.import_module(self.module)
         build = getattr(module, "build_definitions", None) if self.module == DEFINITIONS_MODULE else None
         return build() if build else getattr(module, self.attribute)
 
-    def asset_job(self):
-        """The asset job, reconstructable in the executor's step processes."""
+    @functools.cached_property
+    def asset_job(self) -> JobDefinition:
+        """The asset job of `definitions()`: what a run is planned from."""
+        return self.definitions().get_repository_def().get_job(IMPLICIT_ASSET_JOB_NAME)
+
+    @functools.cached_property
+    def job_origin(self):
+        """Where a run's own process loads the asset job from (this module, in this working directory)."""
         repository = ReconstructableRepository.for_module(self.module, self.attribute, working_directory=os.getcwd())
-        return repository.get_reconstructable_job(IMPLICIT_ASSET_JOB_NAME)
+        return repository.get_reconstructable_job(IMPLICIT_ASSET_JOB_NAME).get_python_origin()
 
 
 @dataclass(frozen=True)
@@ -165,11 +177,10 @@ class LaunchedRun:
 def launch(location: CodeLocation, stage: Stage, partition: PartitionId | None, instance: DagsterInstance,
            run_config: dict, partitions_def, logs: Path) -> LaunchedRun:
     """One run of a stage's assets for one partition (or none), started in a new process."""
-    job = location.asset_job()
     tags = dict(partitions_def.get_tags_for_partition_key(str(partition))) if partition else {}
-    run = instance.create_run_for_job(job_def=job.get_definition(), run_config=run_config, tags=tags,
-                                      asset_selection=frozenset(stage.assets), job_code_origin=job.get_python_origin())
-    args = ExecuteRunArgs(job_origin=job.get_python_origin(), run_id=run.run_id, instance_ref=instance.get_ref())
+    run = instance.create_run_for_job(job_def=location.asset_job, run_config=run_config, tags=tags,
+                                      asset_selection=frozenset(stage.assets), job_code_origin=location.job_origin)
+    args = ExecuteRunArgs(job_origin=location.job_origin, run_id=run.run_id, instance_ref=instance.get_ref())
     command = [sys.executable, "-m", "dagster", *args.get_command_args()[-3:]]  # api execute_run ARGS, this Python
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{run.run_id}.log", "wb") as log:

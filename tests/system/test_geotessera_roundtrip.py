@@ -28,7 +28,7 @@ def test_geotessera_reads_our_export_with_our_values_and_georeference(tmp_path):
     """Our export of a region across the UTM 31/32 boundary, read by geotessera 0.7.5: each tile's
     array is our dequantised tile and its georeference is the recipe's; at random points the
     client's sample is the region pixel our export put under that point."""
-    from geotessera_client import read_with_geotessera
+    from resources.testing.geotessera_client import read_with_geotessera
     from resources.official.tiles import export_region
 
     region = make_region("border", list(BOUNDARY_BBOX), 1000)
@@ -62,7 +62,7 @@ def test_geotessera_reads_our_export_with_our_values_and_georeference(tmp_path):
 def test_our_import_of_official_tiles_is_what_geotessera_samples(official_root, tmp_path):
     """Tiles in the official layout imported onto a region grid: at the centre of every sampled
     region pixel, geotessera 0.7.5 finds the vector (or the water) we imported there."""
-    from geotessera_client import read_with_geotessera
+    from resources.testing.geotessera_client import read_with_geotessera
     from resources.official.tiles import Dataset, TileRoot, import_tiles, write_registries
 
     root = tmp_path / "official"

@@ -240,7 +240,7 @@ def _encoded_partition(folder, region, identity: dict):
 
 
 def test_zarr_export_reads_back_exactly_and_opens_as_the_stores_reader_opens_it(tmp_path):
-    from geotessera_client import read_zarr_with_xarray
+    from resources.testing.geotessera_client import read_zarr_with_xarray
     from resources.official.zarr_store import ZarrStore, export_zarr
 
     region = make_region("fens", [0.12, 52.21, 0.16, 52.23], 1000)
