@@ -131,10 +131,10 @@ def _parameter_groups(modules: list[nn.Module], weight_decay: float) -> list[dic
 
 def training_precision(device: torch.device, requested: str = "auto") -> str:
     """`auto` trains in bf16 autocast on GPUs that have it and in fp32 on CPUs. On a CPU with native
-    bf16 units (a 2-core Zen 4, avx512_bf16), autocast made the demo preset's steps slower, not faster:
-    0.98-1.11 s a step against 0.86-0.92 s in fp32 (batch 128; the preset's matrices are small, so the
-    casts autocast adds cost more than the bf16 products save), and fp32 trains alike on every kind
-    of CPU, which bf16 on some and fp32 on others does not."""
+    bf16 units (a 2-core Zen 4, avx512_bf16), autocast made the demo preset's steps slower, not faster
+    (`bench/pretrain_precision.py`: 1.27-1.43 s a step against 0.86-0.97 s in fp32, batch 128; the
+    preset's matrices are small, so the casts autocast adds cost more than the bf16 products save),
+    and fp32 trains alike on every kind of CPU, which bf16 on some and fp32 on others does not."""
     if requested == "auto":
         return best_precision(device, "auto") if device.type == "cuda" else "fp32"
     return best_precision(device, requested)
