@@ -1,7 +1,7 @@
 """Few-shot classification on embeddings (or on a raw-input baseline), and an honest k-shot protocol.
 
-Heads: logistic regression (default), k nearest neighbours, a small MLP (PyTorch), and a random
-forest (scikit-learn, optional). The protocol draws k labelled samples per class, trains, and scores
+Heads: logistic regression (the default), cosine nearest class mean, k nearest neighbours, a small
+MLP and a random forest (all but the nearest class mean scikit-learn's). The protocol draws k labelled samples per class, trains, and scores
 on held-out samples whose group (a polygon, or the point itself) was not used for training, repeated
 over many draws; it reports accuracy, macro-F1 and per-class F1 with their spread.
 """
@@ -12,11 +12,15 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from model.errors import HeldOutError
+from model.quantise import unit_rows
 from model.series import PixelSeries
 
-HEADS = ("logistic", "knn", "mlp", "forest")
+HEADS = ("logistic", "ncm", "knn", "mlp", "forest")
+# logistic regression is the default at every k: on the demo the nearest class mean did not beat it
+# at 1 or 2 labels a class (bench/fewshot_heads.py, README), so no rule switches between them
+DEFAULT_HEAD = "logistic"
 S2_PERCENTILES = (10, 25, 50, 75, 90)
 
 
@@ -48,11 +52,34 @@ class Standardiser:
         return np.nan_to_num((x - self.mean) / self.std, nan=0.0).astype(np.float32)
 
 
+class NearestClassMean:
+    """Cosine nearest class mean: each class is the normalised mean of its normalised vectors.
+
+    It has nothing to fit beyond the means, so one or two labels a class give a usable map; the
+    features are standardised first (as for every head), so the cosine weighs every dimension. On the demo it did not beat logistic regression even there
+    (bench/fewshot_heads.py), so it is a choice, not the default. Probabilities are a softmax of the
+    cosines at a fixed temperature."""
+
+    TEMPERATURE = 0.05
+
+    def fit(self, x: np.ndarray, target: np.ndarray) -> "NearestClassMean":
+        unit = unit_rows(x)
+        self.means = unit_rows(np.stack([unit[target == c].mean(axis=0) for c in range(target.max() + 1)]))
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        logits = unit_rows(x) @ self.means.T / self.TEMPERATURE
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 @dataclass
 class Classifier:
-    """A fitted head: `predict_proba` gives (N, classes) in the order of `classes`."""
+    """A fitted head: `predict_proba` gives (N, classes) in the order of `classes`. Every head but
+    the nearest class mean is scikit-learn's; features are standardised on the training rows first."""
 
-    head: str
+    head: str = DEFAULT_HEAD
     classes: np.ndarray = field(default_factory=lambda: np.array([]))
 
     def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> "Classifier":
@@ -61,69 +88,38 @@ class Classifier:
         self.classes, target = np.unique(y, return_inverse=True)
         self.scale = Standardiser().fit(x)
         xs = self.scale(x)
-        torch.manual_seed(seed)
-        if self.head == "knn":
-            self.train_x, self.train_y = xs, target
-        elif self.head == "forest":
-            try:
-                from sklearn.ensemble import RandomForestClassifier
-            except ImportError as exc:  # pragma: no cover - an optional dependency
-                raise ValueError("the forest head needs scikit-learn: pip install scikit-learn") from exc
-            self.model = RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=-1).fit(xs, target)
-        else:
-            self.model = self._train_torch(torch.from_numpy(xs), torch.from_numpy(target), len(self.classes))
+        if len(self.classes) == 1:  # nothing to tell apart: every pixel is the one class
+            self.model = None
+            return self
+        self.model = self._estimator(target, seed).fit(xs, target)
         return self
 
-    def _train_torch(self, x: torch.Tensor, y: torch.Tensor, classes: int) -> torch.nn.Module:
+    def _estimator(self, target: np.ndarray, seed: int):
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.neural_network import MLPClassifier
+
+        if self.head == "ncm":
+            return NearestClassMean()
         if self.head == "logistic":
-            model = torch.nn.Linear(x.shape[1], classes)
-            optimiser = torch.optim.LBFGS(model.parameters(), max_iter=200, line_search_fn="strong_wolfe")
-
-            def closure():
-                optimiser.zero_grad()
-                loss = torch.nn.functional.cross_entropy(model(x), y) + 1e-3 * model.weight.pow(2).sum()
-                loss.backward()
-                return loss
-
-            optimiser.step(closure)
-            return model.eval()
-        model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(), torch.nn.Dropout(0.2),
-                                    torch.nn.Linear(64, classes))
-        optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
-        for _ in range(300):
-            optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            optimiser.step()
-        return model.eval()
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        xs = self.scale(x)
+            return LogisticRegression(C=10.0, max_iter=500)
         if self.head == "knn":
             # at most 5 neighbours, and no more than the rarest class has: with 1 label per class, 1-NN
-            k = int(max(1, min(5, np.bincount(self.train_y).min())))
-            nearest = self._nearest(xs, k)
-            votes = np.zeros((len(xs), len(self.classes)), np.float32)
-            np.add.at(votes, (np.repeat(np.arange(len(xs)), k), self.train_y[nearest].ravel()), 1.0)
-            return votes / k
+            return KNeighborsClassifier(n_neighbors=int(max(1, min(5, np.bincount(target).min()))))
         if self.head == "forest":
-            return self.model.predict_proba(xs).astype(np.float32)
-        with torch.no_grad():
-            return torch.softmax(self.model(torch.from_numpy(xs)), dim=1).numpy()
+            return RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1)
+        return MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, learning_rate_init=3e-3, max_iter=300, random_state=seed)
 
-    KNN_CHUNK_VALUES = 1 << 22  # distances held at once (16 MB of float32), whatever the counts
+    WORKING_MEMORY_MB = 64  # scikit-learn's chunks of pairwise distances (kNN): bounded whatever the counts
 
-    def _nearest(self, xs: np.ndarray, k: int) -> np.ndarray:
-        """Indices of the k nearest training rows of each row of xs, by |a|^2 - 2ab + |b|^2 over
-        chunks of rows: memory is bounded by KNN_CHUNK_VALUES, never (N, M, dim)."""
-        train = self.train_x.astype(np.float32)
-        train_sq = (train ** 2).sum(1)
-        rows = max(1, self.KNN_CHUNK_VALUES // max(1, len(train)))
-        found = []
-        for start in range(0, len(xs), rows):
-            chunk = xs[start:start + rows].astype(np.float32)
-            distance = (chunk ** 2).sum(1)[:, None] - 2 * chunk @ train.T + train_sq[None]
-            found.append(np.argpartition(distance, k - 1, axis=1)[:, :k].copy())  # not a view of the whole
-        return np.concatenate(found) if found else np.zeros((0, k), np.int64)
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            return np.ones((len(x), 1), np.float32)
+        import sklearn
+
+        with sklearn.config_context(working_memory=self.WORKING_MEMORY_MB):
+            return self.model.predict_proba(self.scale(x)).astype(np.float32)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.classes[self.predict_proba(x).argmax(axis=1)]
@@ -146,28 +142,34 @@ def _nan_stat(stat, rows: list[np.ndarray]) -> np.ndarray:
         return stat(np.array(rows), axis=0)
 
 
+def grouped_split(rng: np.random.Generator, strata: np.ndarray, groups: np.ndarray,
+                  take: int | str) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of the protocol: `take` training samples (or "all") from each stratum (a class; one
+    stratum for a regression), drawn from at most two thirds of the stratum's groups, and the test:
+    every sample of a group not used for training, so a polygon or field never sits on both sides."""
+    train = []
+    for stratum in np.unique(strata):
+        stratum_groups = np.unique(groups[strata == stratum])
+        rng.shuffle(stratum_groups)
+        available = stratum_groups[: max(1, (2 * len(stratum_groups)) // 3)]
+        candidates = np.nonzero((strata == stratum) & np.isin(groups, available))[0]
+        count = len(candidates) if take == "all" else min(int(take), len(candidates))
+        train.extend(rng.choice(candidates, count, replace=False))
+    train = np.array(train, int)
+    return train, ~np.isin(groups, np.unique(groups[train]))
+
+
 def kshot_curve(x: np.ndarray, y: np.ndarray, groups: np.ndarray, ks: list[int | str], draws: int = 10,
-                head: str = "logistic", seed: int = 0) -> list[dict]:
+                head: str = DEFAULT_HEAD, seed: int = 0) -> list[dict]:
     """Scores per k (an int, or "all"): mean and std over draws of accuracy and macro-F1, and
-    per-class F1 means. Training samples of a draw come from some groups; the test is every sample
-    of the other groups, so a polygon never sits on both sides."""
+    per-class F1 means. See `grouped_split` for the draws."""
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     curve = []
     for k in ks:
         accuracy, macro, per_class = [], [], []
         for draw in range(draws):
-            train = []
-            for c in classes:
-                class_groups = np.unique(groups[y == c])
-                rng.shuffle(class_groups)
-                # hold out at least a third of the class's groups for testing
-                available = class_groups[: max(1, (2 * len(class_groups)) // 3)]
-                candidates = np.nonzero((y == c) & np.isin(groups, available))[0]
-                take = len(candidates) if k == "all" else min(int(k), len(candidates))
-                train.extend(rng.choice(candidates, take, replace=False))
-            train = np.array(train)
-            test = ~np.isin(groups, np.unique(groups[train]))
+            train, test = grouped_split(rng, y, groups, k)
             if not test.any():
                 continue
             model = Classifier(head).fit(x[train], y[train], seed=draw)
@@ -178,9 +180,26 @@ def kshot_curve(x: np.ndarray, y: np.ndarray, groups: np.ndarray, ks: list[int |
             macro.append(float(np.nanmean(f1)))
             per_class.append(f1)
         curve.append({
-            "k": k, "draws": len(accuracy), "accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
+            "k": k, "draws": len(accuracy), "head": head,
+            "accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
             "macro_f1": float(np.mean(macro)), "macro_f1_std": float(np.std(macro)),
             "per_class_f1": {str(c): float(v) for c, v in zip(classes, _nan_stat(np.nanmean, per_class))},
             "per_class_f1_std": {str(c): float(v) for c, v in zip(classes, _nan_stat(np.nanstd, per_class))},
         })
     return curve
+
+
+def grouped_cross_predictions(x: np.ndarray, y: np.ndarray, groups: np.ndarray, head: str = DEFAULT_HEAD,
+                              folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Each sample's class as predicted by the head trained on the other folds of groups (group
+    k-fold): reference labels for an accuracy assessment that the predicting head never saw, an
+    estimate of the errors of the head trained on all of them."""
+    from sklearn.model_selection import GroupKFold
+
+    splits = min(folds, len(np.unique(groups)))
+    if splits < 2:
+        raise HeldOutError(f"the labels form {len(np.unique(groups))} group: an assessment on held-out groups needs 2")
+    predicted = np.empty(len(y), dtype=y.dtype)
+    for train, test in GroupKFold(n_splits=splits, shuffle=True, random_state=seed).split(x, y, groups):
+        predicted[test] = Classifier(head).fit(x[train], y[train], seed=seed).predict(x[test])
+    return predicted

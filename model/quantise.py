@@ -24,6 +24,11 @@ def dequantise(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * scale[..., None].astype(np.float32)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Unit length along the last axis (zero vectors stay zero), so a dot product is a cosine."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def cosine_to(q: np.ndarray, scale: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Cosine similarity of int8 vectors (..., D) to a float query, without dequantising: the
     per-pixel scale cancels in a cosine. float32 (...), NaN where there is no data (scale NaN or a

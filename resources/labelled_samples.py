@@ -19,13 +19,14 @@ from resources.storage.pixel_series import read_window
 from resources.regions import PartitionId
 from resources.storage.data_root import EmbeddingPartition, RawPartition
 
-COLUMNS = ("label", "group", "year", "region", "row", "col", "embedding", "baseline")
+COLUMNS = ("label", "value", "group", "year", "region", "row", "col", "embedding", "baseline")
 RawReader = Callable[[int, str], "tuple[RawPartition, RawPartition] | None"]
 
 
 @dataclass
 class LabelledSamples:
-    """One row per labelled pixel with data; `baseline` rows are None without raw partitions."""
+    """One row per labelled pixel with data; `baseline` rows are None without raw partitions, `value`
+    rows None unless the labels carry a value field."""
 
     encoder_id: str
     columns: dict[str, list] = field(default_factory=lambda: {k: [] for k in COLUMNS})
@@ -45,7 +46,8 @@ class LabelledSamples:
 
     def to_table(self) -> pa.Table:
         table = pa.table({k: (pa.array([None if v is None else v.tolist() for v in vals], pa.list_(pa.float32()))
-                              if k in ("embedding", "baseline") else pa.array(vals)) for k, vals in self.columns.items()})
+                              if k in ("embedding", "baseline") else pa.array(vals, pa.float64() if k == "value" else None))
+                              for k, vals in self.columns.items()})
         return table.replace_schema_metadata({b"encoder_id": self.encoder_id.encode()})
 
 
@@ -60,7 +62,7 @@ def gather_samples(features: list[LabelFeature], partitions: dict[tuple[int, str
     if missing_year:
         f = missing_year[0]
         raise LabelsError(f"label {f.index} ({f.label}) has no year: set `year` in the run config")
-    wanted: dict[tuple[int, str], list[tuple[int, int, str, str]]] = {}
+    wanted: dict[tuple[int, str], list[tuple[int, int, LabelFeature]]] = {}
     covered = [0] * len(features)
     for (year, region), partition in partitions.items():
         of_year = [i for i, f in enumerate(features) if (f.year or default_year) == year]
@@ -80,7 +82,7 @@ def gather_samples(features: list[LabelFeature], partitions: dict[tuple[int, str
 
 
 def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings: EmbeddingPartition,
-                   pixels: list[tuple[int, int, str, str]], raw) -> None:
+                   pixels: list[tuple[int, int, LabelFeature]], raw) -> None:
     """The labelled pixels of one partition, one read per block that holds labels."""
     columns = samples.columns
     rows = np.array([p[0] for p in pixels])
@@ -97,8 +99,10 @@ def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings:
         vectors = dequantise(q[rr, cc], scales[rr, cc])
         base = baseline_features(read_window(*raw, window).subset(rr * int(window.width) + cc)) if raw else None
         for i, j in enumerate(inside):
-            columns["label"].append(pixels[j][3])
-            columns["group"].append(f"{year}:{pixels[j][2]}")
+            feature = pixels[j][2]
+            columns["label"].append(feature.label)
+            columns["value"].append(feature.value)
+            columns["group"].append(f"{year}:{feature.group}")
             columns["year"].append(year)
             columns["region"].append(region)
             columns["row"].append(int(rows[j]))

@@ -44,6 +44,7 @@ class LabelFeature:
     year: int | None
     index: int  # position in the file, for messages
     group: str  # features of one group stay on one side of a train/test split
+    value: float | None = None  # the quantity a regression learns (the labels source's `value_field`)
 
 
 def _check_geojson_crs(document: dict, path: Path) -> None:
@@ -61,7 +62,22 @@ def _point_from_wkb(blob: bytes) -> dict:
     return {"type": "Point", "coordinates": [x, y]}
 
 
-def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeature]:
+def _value(raw: object, path: Path, index: int, value_field: str | None) -> float | None:
+    """The feature's numeric value, when a value field is asked for: every feature must carry one."""
+    if value_field is None:
+        return None
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise LabelsError(f"{path}: feature {index} has no numeric {value_field!r} (found {raw!r})")
+    return value
+
+
+def read_labels(path: str | Path, label_field: str = "label", value_field: str | None = None) -> list[LabelFeature]:
+    """The features of a labels file, each with its class (`label_field`) and, when `value_field`
+    names one, the number a regression learns (canopy height, biomass, yield)."""
     path = Path(path)
     if not path.exists():
         raise LabelsError(f"labels file not found: {path}")
@@ -82,11 +98,11 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
                 raise LabelsError(f"{path}: feature {i} has no {label_field!r} property")
             year = props.get("year")
             features.append(LabelFeature(str(props[label_field]), geometry, int(year) if year else None, i,
-                                         _group(props.get("group"))))
+                                         _group(props.get("group")), _value(props.get(value_field), path, i, value_field)))
     elif suffix == ".csv":
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
-            missing = {"lon", "lat", label_field} - set(reader.fieldnames or [])
+            missing = {"lon", "lat", label_field, *([value_field] if value_field else [])} - set(reader.fieldnames or [])
             if missing:
                 raise LabelsError(f"{path}: CSV lacks the columns {', '.join(sorted(missing))} (need lon, lat, {label_field})")
             for i, row in enumerate(reader):
@@ -96,7 +112,8 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
                     raise LabelsError(f"{path}: row {i + 2} has a non-numeric lon/lat") from None
                 year = row.get("year")
                 features.append(LabelFeature(row[label_field], {"type": "Point", "coordinates": [lon, lat]},
-                                             int(year) if year else None, i, _group(row.get("group"))))
+                                             int(year) if year else None, i, _group(row.get("group")),
+                                             _value(row.get(value_field), path, i + 2, value_field)))
     elif suffix in (".parquet", ".geoparquet"):
         import pyarrow.parquet as pq
 
@@ -110,13 +127,16 @@ def read_labels(path: str | Path, label_field: str = "label") -> list[LabelFeatu
                 raise LabelsError(f"{path}: labels are in CRS {code}; reproject them to WGS84 lon/lat (EPSG:4326)")
         if column not in table.column_names or label_field not in table.column_names:
             raise LabelsError(f"{path}: GeoParquet needs a {column!r} geometry and a {label_field!r} column")
+        if value_field and value_field not in table.column_names:
+            raise LabelsError(f"{path}: GeoParquet has no {value_field!r} column")
         def optional(name: str) -> list:
             return table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
 
-        rows = zip(table[column].to_pylist(), table[label_field].to_pylist(), optional("year"), optional("group"))
-        for i, (blob, label, year, group) in enumerate(rows):
+        rows = zip(table[column].to_pylist(), table[label_field].to_pylist(), optional("year"), optional("group"),
+                   optional(value_field) if value_field else [None] * table.num_rows)
+        for i, (blob, label, year, group, value) in enumerate(rows):
             features.append(LabelFeature(str(label), _point_from_wkb(blob), int(year) if year else None, i,
-                                         _group(group)))
+                                         _group(group), _value(value, path, i, value_field)))
     else:
         raise LabelsError(f"{path}: unknown labels format {suffix!r}: use .geojson, .csv or .parquet")
     if not features:
@@ -176,8 +196,8 @@ def pixels_of(feature: LabelFeature, grid: RegionGrid) -> tuple[np.ndarray, np.n
     return np.nonzero(mask)
 
 
-def labelled_pixels(features: list[LabelFeature], grid: RegionGrid, where: str) -> tuple[list[tuple[int, int, str, str]], list[int]]:
-    """The pixels the features cover on a grid, as (row, col, group, label), and how many each
+def labelled_pixels(features: list[LabelFeature], grid: RegionGrid, where: str) -> tuple[list[tuple[int, int, LabelFeature]], list[int]]:
+    """The pixels the features cover on a grid, as (row, col, feature), and how many each
     feature covers. A pixel labelled twice with one label counts once (its first feature's group);
     two labels on one pixel are an error naming it (`where` says which partition)."""
     first: dict[tuple[int, int], LabelFeature] = {}
@@ -191,7 +211,7 @@ def labelled_pixels(features: list[LabelFeature], grid: RegionGrid, where: str) 
                 raise LabelsError(f"pixel row {r}, col {c} of {where} is labelled both {seen.label!r} "
                                   f"(feature {seen.index}) and {f.label!r} (feature {f.index})")
             if seen is f:
-                pixels.append((r, c, f.group, f.label))
+                pixels.append((r, c, f))
     return pixels, hits
 
 
@@ -205,6 +225,11 @@ class LabelSource(ConfigurableResource):
 
     path: str = Field("labels", description="a labels file, or a folder of them (local, or s3://...)")
     label_field: str = Field("label", description="the property or column that holds each label's class")
+    value_field: str | None = Field(None, description=(
+        "the numeric property or column a regression learns (canopy height, biomass, yield); none: no regression"))
+
+    def read(self, file: Path) -> list[LabelFeature]:
+        return read_labels(file, self.label_field, self.value_field)
 
     def files(self, storage: "TesseraStorage", path: str | None = None) -> list[Path]:
         """The labels files at `path` (default: this source's), as local files."""

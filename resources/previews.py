@@ -137,23 +137,38 @@ def embedding_preview(folder: Path, path: Path) -> Path:
     return save_png(pca_false_colour(vectors.astype(np.float32) * scales[..., None]), path)
 
 
-def similarity_png(raster: Path, path: Path, marker: tuple[int, int] | None = None) -> Path:
-    """A similarity raster in a perceptual colour map (dark: unlike, bright: alike), the query marked."""
+def raster_png(raster: Path, path: Path, cmap: str, label: str, vmin: float | None = None, vmax: float | None = None,
+               marker: tuple[int, int] | None = None, outline: np.ndarray | None = None) -> Path:
+    """A one-band raster in a perceptual colour map with a colour bar; `marker` (row, col) marked,
+    `outline` (a boolean mask on the raster's grid) drawn as contours."""
     plt = _pyplot()
     with rasterio.open(raster) as src:
         h, w = preview_shape(src.height, src.width)
-        data = src.read(1, out_shape=(h, w))
+        data = src.read(1, out_shape=(h, w)).astype(np.float32)
         factor = src.height / h
+    finite = np.isfinite(data).any()
     fig, ax = plt.subplots(figsize=(5, 5 * h / w + 0.4), dpi=100)
-    shown = ax.imshow(data, cmap="magma", vmin=np.nanpercentile(data, 2) if np.isfinite(data).any() else 0, vmax=1)
+    shown = ax.imshow(data, cmap=cmap, vmin=vmin if vmin is not None else (np.nanpercentile(data, 2) if finite else 0),
+                      vmax=vmax if vmax is not None else (np.nanpercentile(data, 98) if finite else 1))
     if marker is not None:
         ax.plot(marker[1] / factor, marker[0] / factor, marker="+", color="cyan", markersize=14, mew=2)
+    if outline is not None and outline.any():
+        ax.contour(np.linspace(0, w - 1, outline.shape[1]), np.linspace(0, h - 1, outline.shape[0]),
+                   outline.astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
     ax.set_axis_off()
-    fig.colorbar(shown, ax=ax, fraction=0.046, label="cosine similarity")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label=label)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def similarity_png(raster: Path, path: Path, marker: tuple[int, int] | None = None) -> Path:
+    """A similarity raster (dark: unlike, bright: alike), the query marked."""
+    with rasterio.open(raster) as src:
+        data = src.read(1, out_shape=preview_shape(src.height, src.width))
+    low = float(np.nanpercentile(data, 2)) if np.isfinite(data).any() else 0.0
+    return raster_png(raster, path, "magma", "cosine similarity", low, 1.0, marker)
 
 
 def learning_curve_png(curves: dict[str, list[dict]], path: Path, head: str) -> Path:
@@ -169,6 +184,30 @@ def learning_curve_png(curves: dict[str, list[dict]], path: Path, head: str) -> 
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
         ax.set_xticks(x, labels)
     ax.set(xlabel="labelled pixels per class", ylabel="macro-F1 (held out)", ylim=(0, 1), title=f"k-shot, {head} head")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def regression_curve_png(curves: dict[str, list[dict]], path: Path, head: str, unit: str) -> Path:
+    """R² against labelled pixels, with the spread over draws, one line per feature set, and the R²
+    a map of classes alone gives (each sample its class's mean), where known."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, curve in curves.items():
+        x = np.arange(len(curve))
+        mean, std = np.array([p["r2"] for p in curve]), np.array([p["r2_std"] for p in curve])
+        ax.plot(x, mean, marker="o", label=name)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        ax.set_xticks(x, [str(p["n"]) for p in curve])
+    reference = curves.get("embeddings", [])
+    if any("class_mean_r2" in p for p in reference):
+        ax.plot(np.arange(len(reference)), [p.get("class_mean_r2", np.nan) for p in reference], ls="--", color="grey",
+                label="class mean only")
+    ax.set(xlabel="labelled pixels", ylabel="R² (held out)", ylim=(min(0.0, ax.get_ylim()[0]), 1),
+           title=f"few-shot regression of {unit}, {head} head")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)

@@ -36,6 +36,7 @@ from resources.storage.object_store import ObjectRoot, is_object_uri
 
 FIRST_YEAR = 2017
 PIXEL_SIZE_M = 10.0
+PIXEL_AREA_HA = PIXEL_SIZE_M * PIXEL_SIZE_M / 10_000
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dagster import Definitions, define_asset_job, load_assets_from_modules, multi_or_in_process_executor
 
+from tessera_assets.change import assets as change_assets
 from tessera_assets.embeddings import assets as embedding_assets
 from tessera_assets.embeddings import imported
 from tessera_assets.fewshot import assets as fewshot_assets
 from tessera_assets.fewshot import labels
+from tessera_assets.fewshot import regression as regression_assets
 from tessera_assets.lineage import embeddings_imported, without_raw_inputs
 from tessera_assets.raw import assets as raw_assets
 from tessera_assets.resources_by_deployment import build_resources
@@ -22,7 +24,7 @@ GPU_RUN_TAGS = {"tessera/gpu": "1", "dagster-k8s/config": {"container_config": {
 
 def build_definitions() -> Definitions:
     """The assets, jobs, sensors and resources of this deployment (TESSERA_* variables)."""
-    downstream = load_assets_from_modules([vector_assets, fewshot_assets, labels])
+    downstream = load_assets_from_modules([vector_assets, fewshot_assets, regression_assets, change_assets, labels])
     if not embeddings_imported():  # embeddings computed from raw partitions by our encoder
         assets = load_assets_from_modules([raw_assets, embedding_assets]) + downstream
         jobs = [define_asset_job("raw_ingest", selection=["s2_raw", "s1_raw"]),

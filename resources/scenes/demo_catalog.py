@@ -3,7 +3,10 @@
 Why synthetic and why this detailed: everything must run offline, and the raw-ingest code must meet
 the same traps as with real data (asset keys, processing-baseline offsets, SCL classes, same-date
 granules to mosaic, scenes too cloudy to use, 20 m bands, S1 orbit directions and speckle). The land
-cover has a ground truth, so searches and few-shot maps can be scored.
+cover has a ground truth, so searches and few-shot maps can be scored: classes, a continuous
+above-ground biomass that the series really carry (it scales the green hump and the radar's volume
+scattering within a class), and real changes between years (a cleared wood, new built-up land, crop
+rotation) with their polygons.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 
 from resources.errors import CatalogError
-from resources.regions import Region, RegionGrid
+from resources.regions import PIXEL_AREA_HA, Region, RegionGrid
 from resources.scenes.stac import BASELINE_04_START, S2_20M_BANDS, S2_BANDS
 from resources.storage.data_root import atomic_directory
 
@@ -36,6 +39,9 @@ CLASS_NAMES: dict[int, str] = {
 DEFAULT_YEARS: tuple[int, ...] = (2021, 2022)
 PAD_PX = 16
 LABELS_PER_CLASS = 40
+VEGETATED = (1, 2, 3, 4, 8)
+# above-ground biomass (t/ha) of a parcel of average vigour: a field at peak, a young deciduous wood
+BIOMASS_T_HA: dict[int, float] = {1: 9.0, 2: 15.0, 3: 120.0, 4: 6.0, 8: 8.0}
 
 # Reflectance endmembers in TESSERA band order (B04 B02 B03 B08 B8A B05 B06 B07 B11 B12).
 _VEG = np.array([0.035, 0.030, 0.065, 0.42, 0.44, 0.10, 0.26, 0.35, 0.21, 0.10], np.float32)
@@ -84,6 +90,18 @@ class LandCover:
     soil: np.ndarray  # (h, w) soil brightness of the parcel (colour, moisture)
     shift: np.ndarray  # (h, w) the parcel's sowing / green-up offset in days
     radar_gain: np.ndarray  # (h, w) S1 backscatter factor of the parcel (roughness, moisture)
+    vigour: np.ndarray  # (h, w) growth relative to the class's average: scales green cover and VH
+
+    @property
+    def biomass(self) -> np.ndarray:
+        """Above-ground biomass in t/ha: the class's biomass times the pixel's vigour (0 off vegetation)."""
+        base = np.zeros(max(CLASS_NAMES) + 1, np.float32)
+        for cls, value in BIOMASS_T_HA.items():
+            base[cls] = value
+        return base[self.classes] * self.vigour
+
+    def replace(self, **fields) -> "LandCover":
+        return LandCover(**{**self.__dict__, **fields})
 
 
 def land_cover(shape: tuple[int, int], seed: int) -> LandCover:
@@ -136,7 +154,78 @@ def land_cover(shape: tuple[int, int], seed: int) -> LandCover:
     # a third of the maize fields are spring cereal: the same green hump, two months earlier
     spring = np.isin(parcel, np.nonzero(own.random(n) < 1 / 3)[0]) & (classes == 2)
     classes[spring] = 8
-    return LandCover(classes, parcel, gain[parcel], soil[parcel], shift[parcel], radar[parcel])
+    # vigour from a fourth generator: a parcel's level (soil, management) and smooth variation within it
+    growth = np.random.default_rng([seed, 2])
+    vigour = growth.uniform(0.6, 1.4, n).astype(np.float32)[parcel] * (0.85 + 0.3 * _smooth_noise(growth, shape, 12))
+    return LandCover(classes, parcel, gain[parcel], soil[parcel], shift[parcel], radar[parcel],
+                     vigour.astype(np.float32))
+
+
+@dataclass
+class Change:
+    """One changed patch between a year and the year before, on the padded tile grid."""
+
+    kind: str  # clearing, built-up, rotation
+    mask: np.ndarray  # (h, w) bool
+    before: int  # class ids
+    after: int
+
+
+def _interior(shape: tuple[int, int]) -> np.ndarray:
+    """The region's own pixels of the padded tile (changes must be where the region can see them)."""
+    inside = np.zeros(shape, bool)
+    inside[PAD_PX:-PAD_PX, PAD_PX:-PAD_PX] = True
+    return inside
+
+
+def _parcels_of(land: LandCover, classes: tuple[int, ...], min_px: int, inside: np.ndarray) -> list[int]:
+    ids, counts = np.unique(land.parcel[np.isin(land.classes, classes) & inside], return_counts=True)
+    return [int(i) for i, n in zip(ids, counts) if n >= min_px]
+
+
+def _disk(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def next_year(land: LandCover, seed: int) -> tuple[LandCover, list[Change]]:
+    """The land a year on: a patch of a wood cleared to bare soil, part of a field nearest the town
+    built up, and crop rotation on a few fields (cereal to maize and back). Small regions get what
+    their land allows (no wood, no clearing)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    classes, parcel = land.classes.copy(), land.parcel.copy()
+    inside = _interior(classes.shape)
+    changes: list[Change] = []
+    woods = _parcels_of(land, (3,), 80, inside)
+    if woods:
+        wood = land.parcel == rng.choice(woods)
+        depth = ndimage.distance_transform_edt(wood & inside)
+        centre = np.unravel_index(int(np.argmax(depth + rng.random(depth.shape))), depth.shape)
+        cleared = wood & inside & _disk(classes.shape, centre, float(np.clip(np.sqrt(wood.sum()) / 3, 5, 12)))
+        changes.append(Change("clearing", cleared, 3, 7))
+    fields = _parcels_of(land, (1, 2, 4), 80, inside)
+    if fields:
+        town = land.classes == 6
+        target = np.argwhere(town).mean(axis=0) if town.any() else np.array(classes.shape) / 2
+        best = min(fields, key=lambda p: float(np.min(np.sum((np.argwhere(land.parcel == p) - target) ** 2, axis=1))))
+        member = np.argwhere((land.parcel == best) & inside)
+        nearest = tuple(member[np.argmin(np.sum((member - target) ** 2, axis=1))])
+        built = (land.parcel == best) & inside & _disk(classes.shape, nearest, 8)
+        changes.append(Change("built-up", built, int(np.bincount(land.classes[built]).argmax()), 6))
+    taken = np.zeros(classes.shape, bool)
+    for change in changes:
+        taken |= change.mask
+    for before, after, count in ((1, 2, 2), (2, 1, 1)):
+        candidates = [p for p in _parcels_of(land, (before,), 30, inside) if not taken[land.parcel == p].any()]
+        for p in rng.permutation(candidates)[:count]:
+            changes.append(Change("rotation", (land.parcel == p) & ~taken, before, after))
+    for change in changes:
+        classes[change.mask] = change.after
+        if change.kind != "rotation":  # a cleared patch or a new estate is a parcel of its own
+            parcel[change.mask] = parcel.max() + 1
+    return land.replace(classes=classes, parcel=parcel), changes
 
 
 def _gauss(doy: np.ndarray, peak: float, width: float) -> np.ndarray:
@@ -174,13 +263,19 @@ def s1_backscatter(cls: int, veg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.broadcast_to(vv, veg.shape), np.broadcast_to(vh, veg.shape)
 
 
+def green_cover(land: LandCover, cls: int, sel: np.ndarray, doy: float, shift: float) -> np.ndarray:
+    """The class's phenology at the selected pixels, its amplitude scaled by their vigour."""
+    f = vegetation_fraction(cls, doy, land.shift[sel] + shift)
+    return np.clip(f * land.vigour[sel], 0.02, 0.97) if cls in VEGETATED else f
+
+
 def _reflectance(land: LandCover, doy: float, shift: float, rng) -> np.ndarray:
     out = np.empty((len(S2_BANDS), *land.classes.shape), np.float32)
     for cls in CLASS_NAMES:
         sel = land.classes == cls
         if not sel.any():
             continue
-        f = vegetation_fraction(cls, doy, land.shift[sel] + shift)[None, :]
+        f = green_cover(land, cls, sel, doy, shift)[None, :]
         if cls == 5:
             base = np.broadcast_to(_WATER[:, None], (len(S2_BANDS), int(sel.sum())))
         else:
@@ -302,7 +397,9 @@ def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, la
             vh = np.empty(land.classes.shape, np.float32)
             for cls in CLASS_NAMES:
                 sel = land.classes == cls
-                v, h = s1_backscatter(cls, vegetation_fraction(cls, doy, land.shift[sel] + shift))
+                v, h = s1_backscatter(cls, green_cover(land, cls, sel, doy, shift))
+                if cls in VEGETATED:  # more biomass, more volume scattering: VH most of all
+                    v, h = v * np.sqrt(land.vigour[sel]), h * land.vigour[sel]
                 vv[sel], vh[sel] = v * land.radar_gain[sel] * gain_orbit, h * land.radar_gain[sel] * gain_orbit
             looks = 4.4
             vv *= rng.gamma(looks, 1 / looks, vv.shape).astype(np.float32)
@@ -323,26 +420,37 @@ def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, la
             day += dt.timedelta(days=spec.s1_revisit_days)
 
 
-def _write_ground_truth(root: Path, region: Region, land: LandCover) -> None:
-    """Class and parcel rasters on the region grid and labelled points, to score maps and searches.
+def _write_ground_truth(root: Path, region: Region, lands: dict[int, LandCover],
+                        changes: dict[int, list[Change]]) -> None:
+    """Per year: class, parcel and biomass rasters on the region grid, and for every year after the
+    first the change mask and change polygons (GeoJSON, lon/lat) since the year before. For the
+    region: labelled points, to score maps, searches and regressions.
 
-    Points are spread over as many parcels as the class has, and each carries its parcel as
-    `group`, as field-survey points carry their field: evaluation then never trains on one
-    point of a field and tests on another point of the same field."""
+    Points lie on pixels whose class never changes, so one labels file is right for every year.
+    They are spread over as many parcels as the class has, and each carries its parcel as `group`,
+    as field-survey points carry their field: evaluation then never trains on one point of a field
+    and tests on another point of the same field. Each also carries its `biomass` (t/ha)."""
     grid = region.grid
     window = np.s_[PAD_PX:PAD_PX + grid.height, PAD_PX:PAD_PX + grid.width]
-    truth, parcels = land.classes[window], land.parcel[window]
     folder = ground_truth_dir(root, region.name)
-    folder.mkdir(parents=True)
-    with rasterio.open(folder / "classes.tif", "w", **grid.geotiff_profile(count=1, dtype="uint8", nodata=0)) as dst:
-        dst.write(truth, 1)
-        dst.update_tags(**{f"class_{k}": v for k, v in CLASS_NAMES.items()})
-    with rasterio.open(folder / "parcels.tif", "w", **grid.geotiff_profile(count=1, dtype="int32", nodata=0)) as dst:
-        dst.write(parcels, 1)
+    for year, land in lands.items():
+        (folder / str(year)).mkdir(parents=True)
+        rasters = (("classes.tif", land.classes, "uint8", 0), ("parcels.tif", land.parcel, "int32", 0),
+                   ("biomass.tif", land.biomass, "float32", None))
+        for name, data, dtype, nodata in rasters:
+            with rasterio.open(folder / str(year) / name, "w", **grid.geotiff_profile(count=1, dtype=dtype, nodata=nodata)) as dst:
+                dst.write(data[window].astype(dtype), 1)
+                if name == "classes.tif":
+                    dst.update_tags(**{f"class_{k}": v for k, v in CLASS_NAMES.items()})
+    for year, found in changes.items():
+        _write_changes(folder / str(year), grid, [(c.kind, c.before, c.after, c.mask[window]) for c in found])
+    latest = lands[max(lands)]
+    truth, parcels, biomass = latest.classes[window], latest.parcel[window], latest.biomass[window]
+    stable = np.logical_and.reduce([land.classes[window] == truth for land in lands.values()])
     rng = np.random.default_rng(_seed(region.name, "labels"))
     features = []
     for cls, name in CLASS_NAMES.items():
-        rows, cols = np.nonzero(truth == cls)
+        rows, cols = np.nonzero((truth == cls) & stable)
         if len(rows) == 0:
             continue
         order = rng.permutation(len(rows))
@@ -358,14 +466,36 @@ def _write_ground_truth(root: Path, region: Region, land: LandCover) -> None:
         lons, lats = rasterio.warp.transform(grid.crs, "EPSG:4326", xs, ys)
         features += [
             {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
-             "properties": {"label": name, "class_id": cls, "group": f"parcel-{parcel}"}}
-            for lon, lat, parcel in zip(lons, lats, parcels[rows[pick], cols[pick]].tolist())
+             "properties": {"label": name, "class_id": cls, "group": f"parcel-{parcel}", "biomass": round(value, 2)}}
+            for lon, lat, parcel, value in zip(lons, lats, parcels[rows[pick], cols[pick]].tolist(),
+                                               biomass[rows[pick], cols[pick]].tolist())
         ]
     (folder / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
 
 
+def _write_changes(folder: Path, grid: RegionGrid, changes: list[tuple[str, int, int, np.ndarray]]) -> None:
+    """change.tif (1 = changed since the year before) and changes.geojson, one (multi)polygon per change."""
+    from rasterio.features import shapes
+
+    changed = np.zeros(grid.shape, np.uint8)
+    features = []
+    for kind, before, after, mask in changes:
+        changed[mask] = 1
+        polygons = [g["coordinates"] for g, _ in shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform)]
+        if not polygons:
+            continue
+        geometry = {"type": "Polygon", "coordinates": polygons[0]} if len(polygons) == 1 else \
+            {"type": "MultiPolygon", "coordinates": polygons}
+        features.append({"type": "Feature", "geometry": rasterio.warp.transform_geom(grid.crs, "EPSG:4326", geometry),
+                         "properties": {"kind": kind, "from": CLASS_NAMES[before], "to": CLASS_NAMES[after],
+                                        "area_ha": round(float(mask.sum()) * PIXEL_AREA_HA, 2)}})
+    with rasterio.open(folder / "change.tif", "w", **grid.geotiff_profile(count=1, dtype="uint8", nodata=None)) as dst:
+        dst.write(changed, 1)
+    (folder / "changes.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
 def _spec_stamp(regions: list[Region], spec: DemoSpec) -> str:
-    payload = {"regions": [[r.name, list(r.bbox)] for r in regions], "spec": spec.__dict__, "version": 3}
+    payload = {"regions": [[r.name, list(r.bbox)] for r in regions], "spec": spec.__dict__, "version": 4}
     return json.dumps(payload, sort_keys=True, default=list)
 
 
@@ -399,15 +529,21 @@ def _generate(root: Path, regions: list[Region], spec: DemoSpec) -> None:
         catalog.add_children([s2, s1])
         for region in regions:
             _, width, height = _tile_grid(region.grid)
-            land = land_cover((height, width), _seed(region.name))
-            _write_ground_truth(tmp, region, land)
+            lands = {spec.years[0]: land_cover((height, width), _seed(region.name))}
+            changes: dict[int, list[Change]] = {}
+            for before, year in zip(spec.years, spec.years[1:]):
+                lands[year], changes[year] = next_year(lands[before], _seed(region.name, "change", year))
+            _write_ground_truth(tmp, region, lands, changes)
             for year in spec.years:
-                _write_region_year(tmp, region, year, spec, land, s2, s1)
+                _write_region_year(tmp, region, year, spec, lands[year], s2, s1)
         catalog.normalize_hrefs(str(tmp))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(pystac.CatalogType.SELF_CONTAINED)
         (tmp / DEMO_STAMP).write_text(_spec_stamp(regions, spec))
 
 
-def ground_truth_dir(catalog_root: Path, region: str) -> Path:
-    return Path(catalog_root) / "ground_truth" / region
+def ground_truth_dir(catalog_root: Path, region: str, year: int | None = None) -> Path:
+    """The region's ground truth (labels.geojson), or that of one year (classes, parcels, biomass,
+    and change since the year before)."""
+    folder = Path(catalog_root) / "ground_truth" / region
+    return folder / str(year) if year is not None else folder

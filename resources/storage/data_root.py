@@ -124,7 +124,8 @@ class TesseraStorage(ConfigurableResource):
 
     def delete_region(self, region: str) -> int:
         """Remove every partition of a region, all years and products; returns how many."""
-        products = [("raw", "s2"), ("raw", "s1"), ("embeddings",), ("similarity",), ("land_cover",)]
+        products = [("raw", "s2"), ("raw", "s1"), ("embeddings",), ("similarity",), ("land_cover",), ("value_map",),
+                    ("change",)]
         found = [(*product, str(year), name) for product in products
                  for year, name in self.partitions(*product) if name == region]
         for parts in found:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.errors import VectorDimensionError
+from model.quantise import unit_rows
 from resources.table.filters import all_of, between, equals, is_in, not_equals
 from resources.errors import SearchError, single_encoder
 from resources.table.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore, row_key
@@ -39,11 +40,6 @@ class SearchFilter:
     within_m: float | None = None
     centre: tuple[float, float] | None = None  # (lon, lat) for within_m
     encoder_id: str | None = None  # required when the table holds vectors of several encoders
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Unit length along the last axis (zero vectors stay zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _check_point(lon: float, lat: float) -> None:
@@ -168,11 +164,11 @@ class Similarity:
     def example_vector(self, positives: list[np.ndarray], negatives: list[np.ndarray] | None = None) -> np.ndarray:
         if not positives:
             raise SearchError("at least one positive example is needed")
-        pos = np.mean([normalise(self.check(v)) for v in positives], axis=0)
+        pos = np.mean([unit_rows(self.check(v)) for v in positives], axis=0)
         if negatives:
-            neg = np.mean([normalise(self.check(v)) for v in negatives], axis=0)
-            return normalise(2 * pos - neg)
-        return normalise(pos)
+            neg = np.mean([unit_rows(self.check(v)) for v in negatives], axis=0)
+            return unit_rows(2 * pos - neg)
+        return unit_rows(pos)
 
     def check(self, vector) -> np.ndarray:
         v = np.asarray(vector, np.float32).ravel()

@@ -85,7 +85,22 @@ def parser() -> argparse.ArgumentParser:
     classify.add_argument("labels", help="GeoJSON, GeoParquet or CSV (lon, lat, label[, year]) file or folder")
     classify.add_argument("--year", type=int, required=True)
     classify.add_argument("--region", required=True)
-    classify.add_argument("--head", default="logistic", choices=["logistic", "knn", "mlp", "forest"])
+    classify.add_argument("--head", default="logistic", choices=["logistic", "ncm", "knn", "mlp", "forest"],
+                          help="ncm: cosine nearest class mean")
+    classify.add_argument("--validation", help="reference labels never used in training, for the area estimates")
+    regress = commands.add_parser("regress", help="train a few-shot regressor from labels' values and map a partition")
+    regress.add_argument("labels", help="GeoJSON, GeoParquet or CSV file or folder whose features carry a number")
+    regress.add_argument("--field", required=True, help="the numeric property or column (e.g. biomass, height)")
+    regress.add_argument("--year", type=int, required=True)
+    regress.add_argument("--region", required=True)
+    regress.add_argument("--head", default="ridge", choices=["ridge", "knn", "forest", "mlp"])
+    changes = commands.add_parser("changes", help="map change since the year before, or find changes like one")
+    changes.add_argument("--year", type=int, required=True)
+    changes.add_argument("--region", required=True)
+    changes.add_argument("--like", type=float, nargs=2, metavar=("LON", "LAT"),
+                         help="rank the changed patches by how like the change at this point their change is")
+    changes.add_argument("--regions", nargs="+", dest="search_regions", help="with --like: change maps to search")
+    changes.add_argument("-k", type=int, default=10)
     search = commands.add_parser("search", help="find the pixels most like the pixel at a point")
     search.add_argument("--lon", type=float, required=True)
     search.add_argument("--lat", type=float, required=True)
@@ -133,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                                        args.verbose)
         if args.command == "classify":
             return commands.run_classify(args)
+        if args.command == "regress":
+            return commands.run_regress(args)
+        if args.command == "changes":
+            return commands.run_changes(args)
         if args.command == "export":
             return commands.run_export(args)
         return commands.run_regions(args)

@@ -120,8 +120,11 @@ def run_region(region_names: list[str], years: list[int], until: str | None, ref
     regions = catalog.all() if region_names == ["all"] else [catalog.get(name) for name in region_names]
     instance = dagster_instance()
     seed_region_partitions(instance, regions)
-    # by default what needs no input from the user; an asset named by --until gets what it needs
+    # by default what needs no input from the user; an asset named by --until gets what it needs, but a
+    # regression only where the labels have a value field
     unmet = {"labels", "queries"} if until is None else set()
+    if not resources["label_source"].value_field:
+        unmet.add("values")
     keys = select_assets(defs.get_repository_def().asset_graph, until, unmet, reuse=None if refresh else instance)
     if "tiles" in resources:
         print(f"embeddings: read from the official tiles at {resources['tiles'].root}")
@@ -133,6 +136,9 @@ def run_region(region_names: list[str], years: list[int], until: str | None, ref
     report.summary(collected(outcomes))
     print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
     return 0
+
+
+DEMO_VALUE_FIELD = "biomass"  # the demo labels' number (t/ha) that the regression learns
 
 
 def run_demo(years: list[int], region_names: list[str] | None, verbose: bool = False) -> int:
@@ -158,45 +164,104 @@ def run_demo(years: list[int], region_names: list[str] | None, verbose: bool = F
     keys = select_assets(defs.get_repository_def().asset_graph, None, set() if saved_queries() else {"queries"})
     outcomes = materialise(location, keys, [PartitionId(y, r.name) for r in chosen for y in years], instance,
                            op_config={"fewshot_samples": {"year": max(years)}},
-                           resource_config={"label_source": {"path": str(labels)}}, verbose=verbose)
+                           resource_config={"label_source": {"path": str(labels), "value_field": DEMO_VALUE_FIELD}},
+                           verbose=verbose)
     if outcomes is None:
         return 1
     results = collected(outcomes)
     report.summary(results)
     report.example_search(resources, max(years))
     report.fewshot(results, resources["storage"], chosen[0].name, max(years))
+    report.headline(results, resources["storage"], catalog_folder, chosen[0].name, max(years))
     print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
     return 0
 
 
-def run_classify(args) -> int:
-    """The few-shot assets for one partition, through the Dagster instance; prints the report and
-    publishes it beside the class map."""
+def _partition_run(args, need: str, op_config: dict, resource_config: dict) -> tuple[dict, PartitionId, object] | None:
+    """The assets needing `need` (labels, values) for one partition, through the Dagster instance:
+    their materialisations' metadata, the partition and the storage; None after printing a failure."""
     location = CodeLocation()
     defs = location.definitions()
     resources = build_resources()
     region = resources["regions"].get(args.region)
-    year = validate_year(args.year)
-    storage = resources["storage"]
-    storage.open_embeddings(year, region.name)  # a clear error before any work
+    partition = PartitionId(validate_year(args.year), region.name)
+    resources["storage"].open_embeddings(partition.year, region.name)  # a clear error before any work
     instance = dagster_instance()
     graph = defs.get_repository_def().asset_graph
-    keys = {k for k in needing(graph, "labels").resolve(graph) if graph.get(k).is_executable}
-    outcomes = materialise(location, keys, [PartitionId(year, region.name)], instance,
-                           op_config={"fewshot_samples": {"year": year}, "fewshot_classifier": {"head": args.head}},
-                           resource_config={"label_source": {"path": args.labels}})
+    wanted = needing(graph, need).resolve(graph)
+    if need == "labels":  # classification: not what needs a value field as well
+        wanted -= needing(graph, "values").resolve(graph)
+    else:  # a regression needs the samples too
+        wanted |= {AssetKey("fewshot_samples"), AssetKey("labels")}
+    keys = {k for k in wanted if graph.get(k).is_executable}
+    outcomes = materialise(location, keys, [partition], instance, op_config=op_config, resource_config=resource_config)
+    return (collected(outcomes), partition, resources["storage"]) if outcomes is not None else None
+
+
+def run_classify(args) -> int:
+    """The few-shot classification assets for one partition; prints the scores and the area
+    estimates, and publishes the report beside the class map."""
+    op_config = {"fewshot_samples": {"year": args.year}, "fewshot_classifier": {"head": args.head}}
+    if args.validation:
+        op_config["land_cover_map"] = {"validation_labels": args.validation}
+    done = _partition_run(args, "labels", op_config, {"label_source": {"path": args.labels}})
+    if done is None:
+        return 1
+    results, partition, storage = done
+    report.fewshot(results, storage, partition.region, partition.year)
+    land_cover = results.get(("land_cover_map", str(partition)))
+    if land_cover is None:  # the instance has not recorded the partition's embeddings: the terminal said so
+        return 1
+    report.area_estimates(land_cover)
+    body = json.dumps({
+        "labels": args.labels, "year": partition.year, "region": partition.region, "head": args.head,
+        "curves": results[("fewshot_classifier", "")]["curves"], "class_area_ha": land_cover["class_area_ha"],
+        "area_estimate_ha": land_cover["area_estimate_ha"], "samples": results[("fewshot_samples", "")]["samples"],
+    }, indent=1)
+    print(f"report: {storage.publish_file(body.encode(), 'land_cover', partition.year, partition.region, name='report.json')}")
+    return 0
+
+
+def run_regress(args) -> int:
+    """The few-shot regression assets for one partition; prints R² against labelled pixels and the map."""
+    op_config = {"fewshot_samples": {"year": args.year}, "fewshot_regressor": {"head": args.head}}
+    done = _partition_run(args, "values", op_config, {"label_source": {"path": args.labels, "value_field": args.field}})
+    if done is None:
+        return 1
+    results, partition, storage = done
+    report.regression(results, storage, partition)
+    return 0
+
+
+def run_changes(args) -> int:
+    """The change map of a partition (made if missing), or the changed patches most like a change."""
+    resources = build_resources()
+    region = resources["regions"].get(args.region)
+    partition = PartitionId(validate_year(args.year), region.name)
+    storage = resources["storage"]
+    if args.k < 1:
+        raise TesseraError(f"-k must be at least 1, not {args.k}")
+    if args.search_regions and not args.like:
+        raise TesseraError("--regions searches changes like one: give --like LON LAT as well")
+    if args.like:
+        from resources.change_search import similar_changes
+        from resources.labels import coordinates
+
+        found = similar_changes(storage, partition.year, region.name, args.like[0], args.like[1], args.k,
+                                args.search_regions)
+        print(f"{'region':<16} {'patch':>5} {'area ha':>8} {'score':>6} {'similarity':>10}  centre (lon, lat)")
+        for feature in found:
+            props, corners = feature["properties"], list(coordinates(feature["geometry"]))
+            centre = (sum(p[0] for p in corners) / len(corners), sum(p[1] for p in corners) / len(corners))
+            print(f"{props['region']:<16} {props['patch']:>5} {props['area_ha']:>8} {props['mean_score']:>6} "
+                  f"{props['similarity']:>10.3f}  {centre[0]:.5f}, {centre[1]:.5f}")
+        return 0
+    location = CodeLocation()
+    instance = dagster_instance()
+    outcomes = materialise(location, {AssetKey("change_map")}, [partition], instance)
     if outcomes is None:
         return 1
-    results = collected(outcomes)
-    report.fewshot(results, storage, region.name, year)
-    areas = results[("land_cover_map", str(PartitionId(year, region.name)))]["class_area_ha"]
-    print("class areas (ha): " + ", ".join(f"{k} {v}" for k, v in areas.items()))
-    body = json.dumps({
-        "labels": args.labels, "year": year, "region": region.name, "head": args.head,
-        "curves": results[("fewshot_classifier", "")]["curves"], "class_area_ha": areas,
-        "samples": results[("fewshot_samples", "")]["samples"],
-    }, indent=1)
-    print(f"report: {storage.publish_file(body.encode(), 'land_cover', year, region.name, name='report.json')}")
+    report.change(collected(outcomes).get(("change_map", str(partition)), {}), storage, partition)
     return 0
 
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import (AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions, IdentityPartitionMapping,
+from dagster import (AllPartitionMapping, AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions, IdentityPartitionMapping,
                      JobDefinition)
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.reconstruct import ReconstructableRepository
@@ -236,6 +236,50 @@ def _follow(launched: LaunchedRun, instance: DagsterInstance, view) -> None:
             view.run_step(launched.run_id, event.step_key)
 
 
+def missing_inputs(asset_graph, asset: AssetKey, within: tuple[AssetKey, ...], partition: PartitionId,
+                   instance: DagsterInstance) -> list[str]:
+    """The partitions outside its run (`within`) that `asset` would read for `partition` and the
+    instance has not materialised (a change map of the first year reads the embeddings of the year
+    before): that asset is left out of the partition's run, and the terminal says why."""
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    from tessera_assets.partitions import year_region_key
+
+    key = year_region_key(partition.year, partition.region)
+    missing = []
+    with partition_loading_context(dynamic_partitions_store=instance):
+        for parent in asset_graph.get(asset).parent_keys:
+            node = asset_graph.get(parent)
+            if parent in within or node.partitions_def is None or not node.is_materializable:
+                continue
+            if isinstance(asset_graph.get_partition_mapping(asset, parent), AllPartitionMapping):
+                continue  # it reads whichever partitions exist (the similarity map: every partition of the table)
+            wanted = asset_graph.get_parent_partition_keys_for_child(key, parent, asset).partitions_subset
+            have = instance.get_materialized_partitions(parent)
+            missing += [f"{parent.to_user_string()} {PartitionId.parse(k)} (not materialised)"
+                        for k in wanted.get_partition_keys() if k not in have]
+    return sorted(set(missing))
+
+
+def runnable(asset_graph, stage: Stage, partitions: list[PartitionId], instance: DagsterInstance,
+             view=None) -> list[tuple[Stage, PartitionId]]:
+    """Each partition's run of the stage, with only the assets whose inputs outside the run exist."""
+    runs = []
+    for partition in partitions:
+        ready: list[AssetKey] = []
+        for asset in stage.assets:  # in the graph's order: an asset left out leaves out what reads it in the run
+            missing = missing_inputs(asset_graph, asset, stage.assets, partition, instance)
+            missing += [f"{p.to_user_string()} {partition}, left out" for p in asset_graph.get(asset).parent_keys
+                        if p in stage.assets and p not in ready]
+            if missing and view:
+                view.note(f"{asset.to_user_string()} {partition}: not run, it reads {', '.join(missing)}")
+            if not missing:
+                ready.append(asset)
+        if ready:
+            runs.append((Stage(tuple(ready), True), partition))
+    return runs
+
+
 def execute(location: CodeLocation, stages: list[Stage], partitions: list[PartitionId], instance: DagsterInstance,
             op_config: dict[str, dict] | None = None, resource_config: dict[str, dict] | None = None,
             view=None, logs: Path | None = None) -> list[RunOutcome]:
@@ -248,19 +292,23 @@ def execute(location: CodeLocation, stages: list[Stage], partitions: list[Partit
     limit = max_concurrent_runs(instance)
     outcomes: list[RunOutcome] = []
     for number, stage in enumerate(stages, 1):
-        keys: list[PartitionId | None] = list(partitions) if stage.partitioned else [None]
+        # the first stage's inputs are outside the plan (its runs say what is missing); later ones were planned
+        waiting: list[tuple[Stage, PartitionId | None]] = (
+            [(stage, None)] if not stage.partitioned else [(stage, p) for p in partitions] if number == 1
+            else runnable(asset_graph, stage, list(partitions), instance, view))
         partitions_def = asset_graph.get(stage.assets[0]).partitions_def
-        config = _run_config(stage, op_config or {}, resource_config or {})
-        if stage.partitioned and len(keys) > 1:  # the runs side by side are the parallelism: one process each
-            config["execution"] = {"config": {"in_process": {}}}
+        side_by_side = stage.partitioned and len(waiting) > 1  # the runs are the parallelism: one process each
         if view:
-            view.stage(number, len(stages), stage.names, len(keys))
+            view.stage(number, len(stages), stage.names, len(waiting))
         running: list[LaunchedRun] = []
         done: list[RunOutcome] = []
-        waiting = list(keys)
         while waiting or running:
             while waiting and len(running) < limit:
-                running.append(launch(location, stage, waiting.pop(0), instance, config, partitions_def, logs))
+                run_stage, partition = waiting.pop(0)
+                config = _run_config(run_stage, op_config or {}, resource_config or {})
+                if side_by_side:
+                    config["execution"] = {"config": {"in_process": {}}}
+                running.append(launch(location, run_stage, partition, instance, config, partitions_def, logs))
                 if view:
                     view.run_started(running[-1].run_id, running[-1].label)
             if view:

@@ -70,3 +70,80 @@ def fewshot(results: dict, storage, region: str, year: int) -> None:
     print(f"\nfew-shot ({classifier['head']} head, {classifier['samples']} labelled pixels, {classifier['draws']} draws a k):")
     print(classifier["scores"])
     print(f"class map: {storage.location('land_cover', year, region)}/classes.png")
+
+
+def area_estimates(land_cover: dict) -> None:
+    """The stratified area estimates of a land-cover map beside its pixel counts."""
+    if "area_estimates" in land_cover:
+        print("\narea estimates (Olofsson et al. 2014; 95% confidence intervals):")
+        print(land_cover["area_estimates"])
+
+
+def regression(results: dict, storage, partition) -> None:
+    regressor = results.get(("fewshot_regressor", ""))
+    if not regressor:
+        return
+    print(f"\nfew-shot regression of {regressor['value_field']} ({regressor['head']} head, {regressor['samples']} "
+          f"labelled pixels, {regressor['draws']} draws an n):")
+    print(regressor["scores"])
+    values = results.get(("value_map", str(partition)), {})
+    if values:
+        print(f"{regressor['value_field']} map {partition}: mean {values.get('mean')}, p10 {values.get('p10')}, "
+              f"p90 {values.get('p90')}; {storage.location('value_map', partition.year, partition.region)}/values.png")
+
+
+def change(meta: dict, storage, partition) -> None:
+    if meta:
+        print(f"change {partition} since {meta['reference_year']}: {meta['changed_area_ha']} ha changed in "
+              f"{meta['patches']} patches (threshold score {meta['threshold_score']}, false-alarm rate "
+              f"{meta['false_alarm_rate']}); {storage.location('change', partition.year, partition.region)}/patches.geojson")
+
+
+def _point(curve: list[dict], key: str, at) -> dict | None:
+    return next((p for p in curve if str(p[key]) == str(at)), None)
+
+
+def headline(results: dict, storage, catalog_root: Path, region: str, year: int) -> None:
+    """The demo's figures in one table, embeddings beside the raw-input baseline: few-shot accuracy
+    at k = 1, 2, 5, 10, regression R², change F1 against the true changes, and how close the
+    area estimates come to the true areas."""
+    from resources.regions import PartitionId
+    from resources.scenes.demo_truth import change_scores, true_class_area_ha
+
+    key = str(PartitionId(year, region))
+
+    rows = []
+    curves = (results.get(("fewshot_classifier", "")) or {}).get("curves", {})
+    for k in (1, 2, 5, 10):
+        e, b = _point(curves.get("embeddings", []), "k", k), _point(curves.get("baseline", []), "k", k)
+        if e:
+            rows.append((f"few-shot accuracy, k={k} ({e.get('head', '')} head)", f"{e['accuracy']:.3f}",
+                         f"{b['accuracy']:.3f}" if b else "-"))
+    curves = (results.get(("fewshot_regressor", "")) or {}).get("curves", {})
+    for n in (20, 100):
+        e, b = _point(curves.get("embeddings", []), "n", n), _point(curves.get("baseline", []), "n", n)
+        if e:
+            rows.append((f"biomass R², n={n} (class mean alone {e.get('class_mean_r2', float('nan')):.3f})",
+                         f"{e['r2']:.3f}", f"{b['r2']:.3f}" if b else "-"))
+    if ("change_map", key) in results:
+        scores = change_scores(storage, catalog_root, year, region)
+        e, b = scores.get("embeddings"), scores.get("baseline")
+        if e:
+            since = results[("change_map", key)].get("reference_year", year - 1)
+            rows.append((f"change F1 {since}->{year} (precision {e['precision']:.2f}, recall {e['recall']:.2f})",
+                         f"{e['f1']:.3f}", f"{b['f1']:.3f}" if b else "-"))
+    if not rows:
+        return
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'demo ' + region + ' ' + str(year):<{width}}  {'embeddings':>10}  {'baseline':>8}")
+    for name, e, b in rows:
+        print(f"{name:<{width}}  {e:>10}  {b:>8}")
+    land_cover = results.get(("land_cover_map", key))
+    if land_cover and "area_estimate_ha" in land_cover:
+        truth = true_class_area_ha(catalog_root, year, region)
+        print(f"\n{'class':<14} {'true ha':>8} {'pixel count ha':>14} {'estimate ha ± 95% CI':>22}  inside")
+        for name, est in land_cover["area_estimate_ha"].items():
+            true, mapped = truth.get(name, 0.0), land_cover["class_area_ha"].get(name, 0.0)
+            inside = abs(est["area_ha"] - true) <= est["ci95_ha"]
+            print(f"{name:<14} {true:>8.1f} {mapped:>14.1f} {est['area_ha']:>12.1f} ± {est['ci95_ha']:<7.1f}  "
+                  f"{'yes' if inside else 'no'}")

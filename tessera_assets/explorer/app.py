@@ -32,7 +32,7 @@ from resources.regions import PartitionId, RegionCatalog, validate_region_name, 
 from resources.table.similarity import SearchFilter, Similarity, search_report, write_results
 from resources.storage.data_root import TesseraStorage
 from resources.table.vector_store import VectorStore
-from tessera_assets.explorer.labelling import LabelSession
+from tessera_assets.explorer.labelling import LabelSession, suggestion_candidates
 from tessera_assets.explorer.layers import Layers, has_raw
 from tessera_assets.explorer.tiles import render
 
@@ -41,6 +41,13 @@ MAX_BODY_BYTES = 1 << 20
 MAX_EXPLORER_K = 1000
 MAX_EXAMPLES = 100
 LAYERS = ("true_colour", "pca", "similarity", "classes")
+# suggested labels: how many at once, how far apart (10 m pixels), how many candidate pixels are scored
+MAX_SUGGESTIONS = 50
+DEFAULT_SUGGESTIONS = 10
+DEFAULT_SPACING_PX = 5
+MAX_SPACING_PX = 200
+SUGGESTION_CANDIDATES = 20_000
+SUGGESTION_PARAMS = ("year", "region", "count", "spacing", "seed")
 
 
 @dataclass
@@ -195,6 +202,42 @@ class Explorer:
                 "classes": [{"name": name, "colour": made.colours[i], "samples": made.samples.get(name, 0),
                              "pixels": int((made.labels == i + 1).sum())} for i, name in enumerate(made.classes)]}
 
+    def suggestions(self, params) -> dict:
+        """The pixels worth labelling next under the partition's trained head (`model.suggest`),
+        from a sample of its displayed pixels; query parameters `year`, `region`, `count`
+        (1..MAX_SUGGESTIONS), `spacing` (pixels, 0..MAX_SPACING_PX) and `seed`."""
+        started = time.perf_counter()
+        unknown = sorted(set(params.keys()) - set(SUGGESTION_PARAMS))
+        if unknown:
+            raise BadRequest(f"unknown parameter {unknown[0]!r}: use {', '.join(SUGGESTION_PARAMS)}")
+        year = validate_year(_int(params, "year"))
+        if not params.get("region"):
+            raise BadRequest("region is required")
+        region = validate_region_name(params["region"])
+        count = _int_in(params, "count", DEFAULT_SUGGESTIONS, 1, MAX_SUGGESTIONS)
+        spacing = _int_in(params, "spacing", DEFAULT_SPACING_PX, 0, MAX_SPACING_PX)
+        seed = _int_in(params, "seed", 0, 0, 2 ** 31 - 1)
+        made = self.session.maps.get((year, region))
+        if made is None:
+            raise PartitionNotMaterialisedError(f"no class map of {PartitionId(year, region)} yet: label and train first")
+        partition = self.storage.open_embeddings(year, region)
+        if partition.encoder_id != made.encoder_id:
+            raise BadRequest(f"the embeddings of {PartitionId(year, region)} changed since the last train "
+                             f"(encoder {made.encoder_id} then, {partition.encoder_id} now): train again")
+        q, scales, _ = self.layers.display_vectors(year, region)
+        grid = partition.grid
+        candidates = suggestion_candidates(q, scales, grid, SUGGESTION_CANDIDATES, seed)
+        picked = self.session.suggest(made, candidates, grid, count, spacing, seed)
+        return {"year": year, "region": region, "version": made.version, "classes": made.classes,
+                "candidates": len(candidates.rows), "seconds": round(time.perf_counter() - started, 4),
+                "suggestions": {"type": "FeatureCollection", "features": [{
+                    "type": "Feature", "geometry": {"type": "Point", "coordinates": [s["lon"], s["lat"]]},
+                    "properties": {"rank": i + 1, "row": s["row"], "col": s["col"],
+                                   "uncertainty": round(s["uncertainty"], 4),
+                                   "classes": [{"name": c["name"], "probability": round(c["probability"], 4)}
+                                               for c in s["classes"]]},
+                } for i, s in enumerate(picked)]}}
+
 
 def _int(body: dict, key: str, default: int | None = None) -> int:
     value = body.get(key, default)
@@ -204,6 +247,14 @@ def _int(body: dict, key: str, default: int | None = None) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise BadRequest(f"{key} must be an integer, got {value!r}") from None
+
+
+def _int_in(params, key: str, default: int, low: int, high: int) -> int:
+    """An integer parameter in low..high (its default when absent); anything else is a 400 that says so."""
+    value = _int(params, key, default)
+    if not low <= value <= high:
+        raise BadRequest(f"{key} must be in {low}..{high}, got {value}")
+    return value
 
 
 def _float(body: dict, key: str) -> float:
@@ -343,6 +394,9 @@ def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
     async def train(request: Request):
         return JSONResponse(await run_in_threadpool(explorer.train, await _body(request)))
 
+    async def suggestions(request: Request):
+        return JSONResponse(await run_in_threadpool(explorer.suggestions, request.query_params))
+
     async def class_map(request: Request):
         key = (validate_year(request.path_params["year"]), validate_region_name(request.path_params["region"]))
         made = explorer.session.maps.get(key)
@@ -360,6 +414,7 @@ def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
         Route("/api/labels", answer(labels), methods=["GET", "POST", "DELETE"]),
         Route("/api/labels/{label_id:int}", answer(label), methods=["DELETE"]),
         Route("/api/train", answer(train), methods=["POST"]),
+        Route("/api/suggestions", answer(suggestions)),
         Route("/api/classes/{year:int}/{region}.tif", answer(class_map)),
         Route("/tiles/{layer}/{year:int}/{region}/{z:int}/{x:int}/{y:int}.png", answer(tile)),
         Route("/files/{path:path}", answer(files)),

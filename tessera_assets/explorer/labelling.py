@@ -1,5 +1,6 @@
 """A labelling session: labels clicked (or drawn) in the explorer, a few-shot head trained on them,
-and the class map it makes of a partition.
+the class map it makes of a partition, and the pixels worth labelling next under that head
+(`model.suggest`), which a click turns into ordinary labels.
 
 The labels are kept in a GeoJSON file that `tessera classify` and the `fewshot_samples` asset read
 as they are (points or polygons, `label` and `year` properties), so a map made by clicking can be
@@ -16,16 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.warp import transform as warp_transform
 
 from model.fewshot import HEADS, Classifier
+from model.quantise import dequantise
+from model.suggest import MIN_PER_CLASS, suggest as suggest_pixels, uncertainty
 from resources.labelled_samples import gather_samples
-from resources.labels import LabelFeature, LabelsError, coordinates, spatial_group
-from resources.regions import PartitionId
+from resources.labels import LabelFeature, LabelsError, coordinates, pixels_of, spatial_group
+from resources.regions import PartitionId, RegionGrid
 from resources.storage.atomic import atomic_directory, atomic_file
 from resources.storage.data_root import TesseraStorage, write_class_map
 from tessera_assets.explorer.layers import class_colours
 
 MAX_LABELS = 5000
+TOP_CLASSES = 3  # the likeliest classes a suggestion names
 
 
 @dataclass
@@ -42,6 +47,41 @@ class ClassMap:
     encoder_id: str
     folder: Path  # classes.tif and confidence.tif
     version: int
+    classifier: Classifier | None = None  # the fitted head: what suggestions ask
+    sample_vectors: np.ndarray | None = None  # the embeddings it was fitted on: suggestions go elsewhere
+
+
+@dataclass
+class Candidates:
+    """Pixels a suggestion may be, on the partition's full grid, with their embeddings."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    vectors: np.ndarray  # float32 (N, D)
+
+
+def suggestion_candidates(q: np.ndarray, scales: np.ndarray, grid: RegionGrid, limit: int, seed: int) -> Candidates:
+    """The valid pixels of the displayed vectors (`Layers.display_vectors`, already in memory),
+    at most `limit` of them drawn with `seed`, each placed on the full-resolution pixel under its
+    centre. Why a sample: a head scores tens of thousands of pixels in milliseconds, a whole
+    large partition in seconds; the picks need only enough candidates to find uncertain places."""
+    h, w = scales.shape
+    valid = np.flatnonzero(np.isfinite(scales))
+    if len(valid) > limit:
+        valid = np.sort(np.random.default_rng(seed).choice(valid, limit, replace=False))
+    i, j = np.divmod(valid, w)
+    rows = np.minimum(((i + 0.5) * grid.height / h).astype(np.int64), grid.height - 1)
+    cols = np.minimum(((j + 0.5) * grid.width / w).astype(np.int64), grid.width - 1)
+    return Candidates(rows, cols, dequantise(q.reshape(h * w, -1)[valid], scales.reshape(-1)[valid]))
+
+
+def pixel_lonlat(grid: RegionGrid, rows: np.ndarray, cols: np.ndarray) -> list[tuple[float, float]]:
+    """Lon/lat of pixel centres: a label put there falls on that very pixel."""
+    if len(rows) == 0:
+        return []
+    xs, ys = rasterio.transform.xy(grid.transform, rows, cols)
+    lon, lat = warp_transform(grid.crs, "EPSG:4326", list(np.atleast_1d(xs)), list(np.atleast_1d(ys)))
+    return list(zip(lon, lat))
 
 
 def _check_geometry(geometry: dict) -> dict:
@@ -111,15 +151,8 @@ class LabelSession:
         if head not in HEADS:
             raise LabelsError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
         partition = storage.open_embeddings(year, region)
-        features = []
-        for i, f in enumerate(self.features):
-            if f["properties"].get("year", year) != year:
-                continue
-            feature = LabelFeature(f["properties"]["label"], f["geometry"], year, i, "")
-            feature.group = spatial_group(feature)
-            features.append(feature)
         # the samples, head and map of the few-shot assets, on this partition's labels
-        samples = gather_samples(features, {(year, region): partition})
+        samples = gather_samples(self._features(year), {(year, region): partition})
         counts = samples.class_counts()
         if len(counts) < 2:
             raise LabelsError(f"label pixels of at least two classes in {PartitionId(year, region)} (labelled here: "
@@ -135,6 +168,44 @@ class LabelSession:
         made = ClassMap(year, region, [str(c) for c in classifier.classes], labels, confidence,
                         counts,
                         [self.colours()[str(c)] for c in classifier.classes], partition.encoder_id, folder,
-                        time.time_ns())
+                        time.time_ns(), classifier, samples.x)
         self.maps[(year, region)] = made
         return made
+
+    def _features(self, year: int) -> list[LabelFeature]:
+        """The session's labels of `year` (and those without a year) as the labels readers make them."""
+        features = []
+        for i, f in enumerate(list(self.features)):
+            if f["properties"].get("year", year) != year:
+                continue
+            feature = LabelFeature(f["properties"]["label"], f["geometry"], year, i, "")
+            feature.group = spatial_group(feature)
+            features.append(feature)
+        return features
+
+    def labelled_positions(self, grid: RegionGrid, year: int) -> np.ndarray:
+        """(row, col) of every pixel the session's labels of `year` cover on a grid, (M, 2): labels
+        made since the last train count too, so a suggestion just labelled is not suggested again."""
+        found = [np.stack(pixels_of(f, grid), axis=1) for f in self._features(year)]
+        return np.concatenate(found).astype(np.int64) if found else np.zeros((0, 2), np.int64)
+
+    def suggest(self, made: ClassMap, candidates: Candidates, grid: RegionGrid, count: int, spacing_px: float,
+                seed: int) -> list[dict]:
+        """The pixels to label next (`model.suggest`): uncertain under the trained head, far from
+        the labels and from each other on the map and in embedding space, and some of the
+        classes with fewest labels; each with its lon/lat, its likeliest classes and its
+        uncertainty (the margin, 1 = a tie)."""
+        if made.classifier is None:
+            raise LabelsError(f"the class map of {PartitionId(made.year, made.region)} has no head: train again")
+        proba = made.classifier.predict_proba(candidates.vectors)
+        picked = suggest_pixels(proba, candidates.vectors, candidates.rows, candidates.cols, count,
+                                labelled=self.labelled_positions(grid, made.year),
+                                labelled_embeddings=made.sample_vectors, min_spacing_px=spacing_px,
+                                class_counts=np.array([made.samples.get(name, 0) for name in made.classes]),
+                                min_per_class=MIN_PER_CLASS, seed=seed)
+        margin = uncertainty(proba[picked])
+        rows, cols = candidates.rows[picked], candidates.cols[picked]
+        return [{"lon": lon, "lat": lat, "row": int(r), "col": int(c), "uncertainty": float(u),
+                 "classes": [{"name": made.classes[k], "probability": float(p[k])}
+                             for k in np.argsort(-p, kind="stable")[:TOP_CLASSES]]}
+                for (lon, lat), r, c, u, p in zip(pixel_lonlat(grid, rows, cols), rows, cols, margin, proba[picked])]

@@ -1,19 +1,23 @@
 """Few-shot classification: labels joined with embeddings, an honestly evaluated classifier, class maps."""
 
+import json
 import time
 
 import numpy as np
 import pyarrow.parquet as pq
+import rasterio
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, DagsterEventType, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from model.fewshot import Classifier, kshot_curve
+from model.area_estimate import stratified_estimate
+from model.errors import HeldOutError
+from model.fewshot import DEFAULT_HEAD, Classifier, grouped_cross_predictions, kshot_curve
 from resources.errors import EncoderMismatchError, PartitionNotMaterialisedError
 from resources.labelled_samples import gather_samples
-from resources.labels import LabelSource, LabelsError, labels_digest, read_labels
+from resources.labels import LabelSource, LabelsError, labelled_pixels, labels_digest, read_labels
 from resources.previews import class_map_png, learning_curve_png
-from resources.regions import PartitionId
+from resources.regions import PIXEL_AREA_HA, PartitionId
 from resources.storage.data_root import TesseraStorage, write_class_map
 from tessera_assets.fewshot.labels import labels
 from tessera_assets.lineage import RAW_INPUTS
@@ -38,7 +42,7 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     """Every labelled pixel of the materialised embeddings partitions with its embedding and, where
     the raw partitions exist, a raw-input baseline feature vector."""
     files = label_source.files(storage, config.labels_path)
-    features = [f for file in files for f in read_labels(file, label_source.label_field)]
+    features = [f for file in files for f in label_source.read(file)]
     partitions = {(p.year, p.region): storage.open_embeddings(p.year, p.region)
                   for p in materialised_partitions(context.instance, "embeddings")}
 
@@ -68,34 +72,49 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     })
 
 
+def feature_sets(table) -> dict[str, np.ndarray]:
+    """The samples' embeddings and, where every sample has raw inputs (not so for imported
+    embeddings), their raw-input baseline features: what each protocol compares."""
+    sets = {"embeddings": np.array(table["embedding"].to_pylist(), np.float32)}
+    if table["baseline"].null_count == 0:
+        sets["baseline"] = np.array(table["baseline"].to_pylist(), np.float32)
+    return sets
+
+
 class ClassifierConfig(Config):
-    head: str = Field("logistic", description="logistic, knn, mlp or forest")
+    head: str = Field(DEFAULT_HEAD, description="logistic, ncm (cosine nearest class mean), knn, mlp or forest")
     ks: list[str] = Field(["1", "2", "5", "10", "20", "all"], description="labels per class to evaluate")
     draws: int = 10
     seed: int = 0
 
 
-@asset(deps=[fewshot_samples], group_name="fewshot", kinds={"pytorch"}, code_version="classifier-2")
+@asset(deps=[fewshot_samples], group_name="fewshot", kinds={"scikitlearn"}, code_version="classifier-3")
 def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig, storage: TesseraStorage) -> MaterializeResult:
     """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every label."""
     started = time.perf_counter()
     table = pq.read_table(storage.fetch("fewshot", "samples", upstream_run(context, "fewshot_samples"), SAMPLES_FILE))
     y = np.array(table["label"].to_pylist())
     groups = np.array(table["group"].to_pylist())
-    x_embedding = np.array(table["embedding"].to_pylist(), np.float32)
+    features = feature_sets(table)
+    x_embedding = features["embeddings"]
     ks = [k if k == "all" else int(k) for k in config.ks]
-    curves = {"embeddings": kshot_curve(x_embedding, y, groups, ks, config.draws, config.head, config.seed)}
-    if table["baseline"].null_count == 0:  # every sample has raw inputs (not so for imported embeddings)
-        x_baseline = np.array(table["baseline"].to_pylist(), np.float32)
-        curves["baseline"] = kshot_curve(x_baseline, y, groups, ks, config.draws, config.head, config.seed)
+    curves = {name: kshot_curve(x, y, groups, ks, config.draws, config.head, config.seed) for name, x in features.items()}
     for name, curve in curves.items():
         for point in curve:
             context.log.info(f"{name} k={point['k']}: macro-F1 {point['macro_f1']:.3f} ± {point['macro_f1_std']:.3f}")
     model = Classifier(config.head).fit(x_embedding, y, seed=config.seed)
+    # reference labels for the maps' area estimates: each label predicted by a head that never saw its group
+    try:
+        heldout = {"reference": y.tolist(), "year": table["year"].to_pylist(), "region": table["region"].to_pylist(),
+                   "predicted": grouped_cross_predictions(x_embedding, y, groups, config.head, seed=config.seed).tolist()}
+    except HeldOutError as exc:  # one group of labels: maps get no area estimates from them
+        context.log.warning(f"no held-out predictions for area estimates: {exc}")
+        heldout = None
     parts = ("fewshot", "classifiers", context.run_id)
     encoder_id = table.schema.metadata.get(b"encoder_id", b"unknown").decode()
     with storage.publish(*parts) as tmp:
-        torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id}, tmp / CLASSIFIER_FILE)
+        torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id, "heldout": heldout},
+                   tmp / CLASSIFIER_FILE)
         previews = preview_metadata("learning_curve", learning_curve_png(curves, tmp / "learning_curve.png", config.head),
                                     parts, "learning curve")
     baseline = curves.get("baseline") or [None] * len(curves["embeddings"])
@@ -104,7 +123,9 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
         + (f"{b['macro_f1']:.3f} ± {b['macro_f1_std']:.3f}" if b else "no raw inputs")
         + f" | {e['accuracy']:.3f} |" for e, b in zip(curves["embeddings"], baseline))
     return MaterializeResult(metadata={
-        "head": config.head, "samples": len(y), "classes": len(np.unique(y)), "draws": config.draws,
+        "head": config.head, "samples": len(y), "classes": len(np.unique(y)),
+        "draws": config.draws,
+        **({"heldout_accuracy": round(float(np.mean(np.array(heldout["predicted"]) == y)), 4)} if heldout else {}),
         "encoder_id": encoder_id,
         **previews, "scores": MetadataValue.md(table_md),
         "curves": MetadataValue.json(curves), "seconds": round(time.perf_counter() - started, 1),
@@ -125,19 +146,59 @@ def upstream_run(context: AssetExecutionContext, asset: str) -> str:
     return latest.run_id
 
 
-def load_classifier(context: AssetExecutionContext, storage: TesseraStorage) -> tuple[Classifier, str]:
-    """The fitted head and the encoder whose embeddings it was trained on."""
+def load_classifier(context: AssetExecutionContext, storage: TesseraStorage) -> dict:
+    """The fitted head (`classifier`), the encoder whose embeddings it was trained on (`encoder_id`)
+    and its labels' held-out predictions (`heldout`)."""
     run = upstream_run(context, "fewshot_classifier")
-    saved = torch.load(storage.fetch("fewshot", "classifiers", run, CLASSIFIER_FILE), weights_only=False)
-    return saved["classifier"], saved.get("encoder_id", "unknown")
+    return torch.load(storage.fetch("fewshot", "classifiers", run, CLASSIFIER_FILE), weights_only=False)
+
+
+class LandCoverConfig(Config):
+    validation_labels: str | None = Field(None, description=(
+        "a labels file of reference pixels never used in training (ideally a stratified random sample of the "
+        "map's classes) for the area estimates; default: the training labels, each predicted by a head that "
+        "never saw its group"))
+
+
+def reference_sample(saved: dict, year: int, region: str, config: LandCoverConfig, storage: TesseraStorage,
+                     label_source: LabelSource, grid, classes_tif) -> tuple[np.ndarray, np.ndarray, str]:
+    """(map class, reference class) of each reference pixel, and where they come from."""
+    if config.validation_labels:
+        features = [f for file in label_source.files(storage, config.validation_labels)
+                    for f in read_labels(file, label_source.label_field)]
+        pixels, _ = labelled_pixels([f for f in features if f.year in (None, year)], grid, str(PartitionId(year, region)))
+        if not pixels:
+            raise LabelsError(f"none of the {len(features)} validation labels in {config.validation_labels} falls in "
+                              f"{PartitionId(year, region)}")
+        unknown = sorted({f.label for _, _, f in pixels} - set(saved["classifier"].classes))
+        if unknown:
+            raise LabelsError(f"validation labels name classes the classifier does not know: {', '.join(unknown)}")
+        with rasterio.open(classes_tif) as src:
+            mapped = src.read(1)[[r for r, _, _ in pixels], [c for _, c, _ in pixels]]
+        names = np.array(list(saved["classifier"].classes) + [""])
+        keep = mapped > 0  # a reference pixel without data is not a sample of the map
+        return (names[mapped[keep].astype(int) - 1], np.array([f.label for _, _, f in pixels])[keep],
+                f"{int(keep.sum())} validation labels ({config.validation_labels})")
+    held = saved.get("heldout")
+    if held is None:
+        raise LabelsError("the classifier has no held-out predictions (its labels form a single group, or it was made "
+                          "before area estimates existed): give validation_labels, or re-materialise fewshot_classifier")
+    here = (np.array(held["year"]) == year) & (np.array(held["region"]) == region)
+    source = "held-out training labels of this partition" if here.any() else \
+        "held-out training labels of every partition (none lies in this one)"
+    here = here if here.any() else np.ones(len(held["reference"]), bool)
+    return np.array(held["predicted"])[here], np.array(held["reference"])[here], source
 
 
 @asset(partitions_def=year_region_partitions, deps=[AssetKey("embeddings"), fewshot_classifier],
-       group_name="fewshot", kinds={"geotiff"}, code_version="land-cover-1")
-def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> MaterializeResult:
-    """The class and the classifier's confidence for every pixel, and the area of each class."""
+       group_name="fewshot", kinds={"geotiff"}, code_version="land-cover-2")
+def land_cover_map(context: AssetExecutionContext, config: LandCoverConfig, storage: TesseraStorage,
+                   label_source: LabelSource) -> MaterializeResult:
+    """The class and the classifier's confidence for every pixel, each class's mapped area, and its
+    area estimated from reference labels with a 95% confidence interval (Olofsson et al. 2014)."""
     year, region = year_and_region(context)
-    classifier, encoder_id = load_classifier(context, storage)
+    saved = load_classifier(context, storage)
+    classifier, encoder_id = saved["classifier"], saved.get("encoder_id", "unknown")
     embeddings = storage.open_embeddings(year, region)
     if embeddings.encoder_id != encoder_id:
         raise EncoderMismatchError(
@@ -148,9 +209,23 @@ def land_cover_map(context: AssetExecutionContext, storage: TesseraStorage) -> M
         counts = write_class_map(embeddings, classifier.predict_proba, len(classifier.classes), tmp)
         previews = preview_metadata("map", class_map_png(tmp / "classes.tif", list(classifier.classes), tmp / "classes.png"),
                                     parts, "land cover")
-    hectares = {str(c): round(float(n) * 0.01, 2) for c, n in zip(classifier.classes, counts)}
+        classes = [str(c) for c in classifier.classes]
+        mapped, reference, source = reference_sample(saved, year, region, config, storage, label_source,
+                                                     embeddings.grid, tmp / "classes.tif")
+        # a reference pixel whose predicted class this map never shows has no stratum here (weight 0)
+        in_map = np.isin(mapped, [c for c, n in zip(classes, counts) if n > 0])
+        if not in_map.any():
+            raise LabelsError(f"no reference pixel ({source}) falls in a class this map shows: no area estimate")
+        estimate = stratified_estimate(mapped[in_map], reference[in_map], counts, classes, PIXEL_AREA_HA)
+        report = {"reference": source, "samples_outside_map_strata": int((~in_map).sum()), **estimate.as_dict()}
+        (tmp / "area_estimates.json").write_text(json.dumps(report, indent=1))
+    hectares = {c: round(float(n) * PIXEL_AREA_HA, 2) for c, n in zip(classes, counts)}
     return MaterializeResult(metadata={
         "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)), "encoder_id": encoder_id,
+        "area_estimates": MetadataValue.md(f"reference: {source}\n\n" + estimate.markdown()),
+        "area_estimate_ha": MetadataValue.json({c: {"area_ha": round(float(a), 2), "ci95_ha": round(float(h), 2)}
+                                                for c, a, h in zip(classes, estimate.area_ha, estimate.area_ci95_ha)}),
+        "overall_accuracy": round(estimate.overall_accuracy, 4), "reference_samples": estimate.n_samples,
         **previews, "path": MetadataValue.path(storage.location(*parts)),
         "explorer": MetadataValue.url(explorer_url(year, region)),
     })

@@ -175,6 +175,31 @@ def _chromium() -> str:
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
+def _open_page(playwright, url: str):
+    """Chromium on the tiny partition's page, its tiles loaded: (browser, page, errors, map centre);
+    page errors and any dialog are collected in errors."""
+    browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{url}/#year={TINY_YEAR}&region={TINY_REGION}")
+    page.wait_for_selector("img.leaflet-tile-loaded")
+    box = page.locator("#map").bounding_box()
+    return browser, page, errors, (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
+def _label(page, classes) -> None:
+    """Label mode; three pixels a class, one above another, at each (name, x offset from the centre)."""
+    box = page.locator("#map").bounding_box()
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.check("input[name=mode][value=label]")
+    for name, dx in classes:
+        page.fill("#class-name", name)
+        for dy in (-40, 0, 40):
+            page.mouse.click(centre[0] + dx, centre[1] + dy)
+            page.wait_for_function("document.getElementById('status').textContent.includes('labels')")
+
+
 def test_the_page_in_a_real_browser(server, tmp_path):
     """Load the page, click a pixel and get results, label pixels of two classes, train, see the
     class layer; screenshots are saved in the test's temp dir."""
@@ -183,25 +208,13 @@ def test_the_page_in_a_real_browser(server, tmp_path):
     running, _ = server
     running.client.delete("/api/labels")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{running.url}/#year={TINY_YEAR}&region={TINY_REGION}")
-        page.wait_for_selector("img.leaflet-tile-loaded")
-        box = page.locator("#map").bounding_box()
-        centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        browser, page, errors, centre = _open_page(playwright, running.url)
         page.mouse.click(*centre)
         page.wait_for_selector("#results li.result")
         assert page.locator("#results li.result").count() == 20
         assert "results in" in page.locator("#status").inner_text()
         page.screenshot(path=str(tmp_path / "search.png"))
-        page.check("input[name=mode][value=label]")
-        for name, dx in (("meadow", -60), ("wood", 60), (HOSTILE, 0)):
-            page.fill("#class-name", name)
-            for dy in (-40, 0, 40):
-                page.mouse.click(centre[0] + dx, centre[1] + dy)
-                page.wait_for_function("document.getElementById('status').textContent.includes('labels')")
+        _label(page, (("meadow", -60), ("wood", 60), (HOSTILE, 0)))
         page.wait_for_function("document.querySelectorAll('.leaflet-interactive').length >= 9")
         page.on("dialog", lambda dialog: (errors.append(f"a dialog opened: {dialog.message}"), dialog.dismiss()))
         page.click("#train")
@@ -221,6 +234,40 @@ def test_the_page_in_a_real_browser(server, tmp_path):
     saved = json.loads(running.client.get("/api/labels").content)
     assert len(saved["features"]) == 9
     assert set(saved["colours"]) == {"meadow", "wood", HOSTILE}
+
+
+def test_suggested_labels_in_a_real_browser(server, tmp_path):
+    """After a train the page marks the suggested pixels; a click on one offers the classes (its
+    likeliest first, hostile names as text) and a click on a class labels it like any label: one
+    more label at that pixel, one ring fewer."""
+    from playwright.sync_api import sync_playwright
+
+    running, _ = server
+    running.client.delete("/api/labels")
+    with sync_playwright() as playwright:
+        browser, page, errors, _ = _open_page(playwright, running.url)
+        page.on("dialog", lambda dialog: (errors.append(f"a dialog opened: {dialog.message}"), dialog.dismiss()))
+        _label(page, (("meadow", -60), (HOSTILE, 60)))
+        page.fill("#suggest-count", "6")
+        page.click("#train")
+        page.wait_for_function("document.getElementById('status').textContent.includes('suggested pixels')")
+        rings = page.locator("path.suggested").count()
+        page.locator("path.suggested").first.click()
+        page.wait_for_selector(".suggestion button")
+        buttons = page.locator(".suggestion button").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "suggestion.png"))
+        page.locator(".suggestion button", has_text="meadow").click()
+        page.wait_for_function("document.getElementById('status').textContent.includes('suggestions left')")
+        left = page.locator("path.suggested").count()
+        planted = page.locator(".suggestion img, .leaflet-popup img").count()
+        browser.close()
+    assert rings == 6 and left == 5 and sorted(buttons) == sorted(["meadow", HOSTILE])
+    assert planted == 0 and errors == [], "no script ran, no element was planted"
+    saved = running.client.get("/api/labels").json()["features"]
+    assert len(saved) == 7 and saved[-1]["properties"] == {"label": "meadow", "year": TINY_YEAR}
+    again = running.client.get("/api/suggestions", params={"year": TINY_YEAR, "region": TINY_REGION, "count": 6})
+    assert saved[-1]["geometry"]["coordinates"] not in [f["geometry"]["coordinates"]
+                                                        for f in again.json()["suggestions"]["features"]]
 
 
 def test_other_sites_cannot_change_the_explorer(server):

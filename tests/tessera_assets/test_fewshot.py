@@ -14,7 +14,7 @@ from dagster import materialize
 
 from conftest import TINY_REGION, TINY_YEAR
 from model.fewshot import HEADS, Classifier, kshot_curve
-from resources.scenes.demo_catalog import CLASS_NAMES
+from resources.scenes.demo_catalog import CLASS_NAMES, ground_truth_dir
 from resources.labels import LabelSource, LabelsError, pixels_of, read_labels
 from resources.regions import make_region
 from tessera_assets.fewshot.assets import fewshot_classifier, fewshot_samples, land_cover_map
@@ -112,7 +112,8 @@ def test_knn_memory_is_bounded_whatever_the_counts():
     assert peak < 200e6, f"peak {peak / 1e6:.0f} MB"
     xs, ts = head.scale(queries[:50]), head.scale(train)
     brute = np.argsort(((xs[:, None] - ts[None]) ** 2).sum(-1), axis=1)[:, :5]
-    votes = np.stack([np.bincount(head.train_y[b], minlength=4) / 5 for b in brute])
+    target = np.unique(y, return_inverse=True)[1]
+    votes = np.stack([np.bincount(target[b], minlength=4) / 5 for b in brute])
     assert np.allclose(proba[:50], votes)
 
 
@@ -124,8 +125,9 @@ def test_a_class_missing_from_a_draws_test_set_is_not_scored_zero():
 
 
 def test_demo_labels_spread_over_parcels_and_carry_them(demo_env):
-    truth = demo_env.catalog_root / "ground_truth" / TINY_REGION
-    with rasterio.open(truth / "classes.tif") as classes, rasterio.open(truth / "parcels.tif") as parcels:
+    truth = ground_truth_dir(demo_env.catalog_root, TINY_REGION)
+    year = ground_truth_dir(demo_env.catalog_root, TINY_REGION, TINY_YEAR)
+    with rasterio.open(year / "classes.tif") as classes, rasterio.open(year / "parcels.tif") as parcels:
         class_of, parcel_of = classes.read(1), parcels.read(1)
     by_class: dict[str, list[str]] = {}
     for feature in json.loads((truth / "labels.geojson").read_text())["features"]:
@@ -169,7 +171,7 @@ def test_samples_classifier_and_map(fewshot_env):
     meta = _meta(mapped, "land_cover_map")
     with rasterio.open(env.resources["storage"].path("land_cover", str(TINY_YEAR), TINY_REGION, "classes.tif")) as src:
         classes = src.read(1)
-    with rasterio.open(env.catalog_root / "ground_truth" / TINY_REGION / "classes.tif") as src:
+    with rasterio.open(ground_truth_dir(env.catalog_root, TINY_REGION, TINY_YEAR) / "classes.tif") as src:
         truth = src.read(1)
     assert sum(meta["class_area_ha"].values()) == pytest.approx((classes > 0).sum() * 0.01, abs=0.05)
     names = sorted(meta["class_area_ha"])  # map values are 1 + the index of the sorted label names
@@ -177,6 +179,13 @@ def test_samples_classifier_and_map(fewshot_env):
     predicted = np.array([truth_id[names[c - 1]] if c else 0 for c in classes.ravel()])
     majority = np.bincount(truth.ravel()).max() / truth.size  # what a constant map would score
     assert (predicted == truth.ravel()).mean() > majority + 0.2
+    # the stratified estimates share out the mapped area: they sum to it, each with an interval
+    estimates = meta["area_estimate_ha"]
+    assert sum(e["area_ha"] for e in estimates.values()) == pytest.approx(sum(meta["class_area_ha"].values()), abs=0.05)
+    assert all(e["ci95_ha"] >= 0 for e in estimates.values()) and meta["reference_samples"] == samples["samples"]
+    assert "held-out training labels of this partition" in meta["area_estimates"]
+    report = json.loads(Path(meta["path"], "area_estimates.json").read_text())
+    assert set(report["classes"]) == set(meta["class_area_ha"])
 
 
 def test_label_problems_are_named(fewshot_env, tmp_path):

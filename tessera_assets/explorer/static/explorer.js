@@ -8,6 +8,7 @@ const layers = { base: null, similarity: null, classes: null };
 const results = L.layerGroup().addTo(map);
 const examples = L.layerGroup().addTo(map);
 const labelMarks = L.layerGroup().addTo(map);
+const suggestionMarks = L.layerGroup().addTo(map);
 let labels = [];
 let colours = {};  // class name -> colour, from the server's one palette (GET /api/labels)
 
@@ -71,6 +72,8 @@ function show(p) {
   replace("classes", null);
   results.clearLayers();
   $("results").replaceChildren();
+  suggestionMarks.clearLayers();
+  $("suggest").disabled = true;
   $("dagster").href = p.dagster;
   status(`${p.region} ${p.year}: encoder ${p.encoder_id}`);
 }
@@ -199,14 +202,16 @@ function drawLabels() {
   $("class-names").replaceChildren(...classNames().map((n) => new Option(n)));
 }
 
-async function addLabel(geometry) {
+// One path for every label: a click, a polygon, or a class picked on a suggestion. True once saved.
+async function addLabel(geometry, name = $("class-name").value) {
   try {
-    await api("/api/labels", { method: "POST", body: {
-      label: $("class-name").value, geometry, year: state.current.year } });
+    await api("/api/labels", { method: "POST", body: { label: name, geometry, year: state.current.year } });
     await loadLabels();
     status(`${labels.length} labels`);
+    return true;
   } catch (error) {
     status(error.message, true);
+    return false;
   }
 }
 
@@ -237,18 +242,74 @@ $("train").addEventListener("click", async () => {
     replace("classes", tiles("classes", `?v=${made.version}`));
     $("legend").replaceChildren(...made.classes.map((c) => {
       const item = document.createElement("li");
-      const swatch = document.createElement("span");
+      const swatch = document.createElement("span");  // the class name is a span too: only this one is a swatch
+      swatch.className = "swatch";
       swatch.style.background = c.colour;
       item.append(swatch, text(`${c.name}: ${c.samples} labelled, ${(c.pixels / 100).toFixed(1)} ha`));
       return item;
     }));
     $("dl-classes").hidden = false;
     $("dl-classes").href = `/api/classes/${p.year}/${p.region}.tif`;
-    status(`class map of ${p.region} ${p.year} in ${Math.round(performance.now() - started)} ms`);
+    $("suggest").disabled = false;
+    await loadSuggestions(`class map of ${p.region} ${p.year} in ${Math.round(performance.now() - started)} ms; `);
   } catch (error) {
     status(error.message, true);
   }
 });
+
+// -- suggested labels ------------------------------------------------------------------------------
+// After a train the server proposes the pixels worth labelling next; each is a ring on the map, and a
+// click on one offers the classes (its likeliest first): one more click labels it like any other label.
+async function loadSuggestions(prefix = "") {
+  const p = state.current;
+  const params = new URLSearchParams({ year: p.year, region: p.region, count: $("suggest-count").value });
+  try {
+    const answer = await api(`/api/suggestions?${params}`);
+    drawSuggestions(answer.suggestions.features);
+    status(`${prefix}${answer.suggestions.features.length} suggested pixels (of ${answer.candidates.toLocaleString()} ` +
+           "scored): click one to label it");
+  } catch (error) {
+    status(prefix + error.message, true);
+  }
+}
+
+function drawSuggestions(features) {
+  suggestionMarks.clearLayers();
+  for (const f of features) {
+    const [lon, lat] = f.geometry.coordinates;
+    const mark = L.circleMarker([lat, lon], { radius: 9, color: "#ffeb3b", weight: 3, dashArray: "4 3",
+                                              fillOpacity: 0.05, bubblingMouseEvents: false, className: "suggested" });
+    mark.bindTooltip(text(`suggested #${f.properties.rank}: ${f.properties.classes[0].name}?`));
+    mark.bindPopup(() => suggestionPopup(f, mark));
+    mark.addTo(suggestionMarks);
+  }
+}
+
+function suggestionPopup(feature, mark) {
+  const pr = feature.properties;
+  const box = document.createElement("div");
+  box.className = "suggestion";
+  const likely = pr.classes.map((c) => `${c.name} ${Math.round(100 * c.probability)}%`).join(", ");
+  const title = document.createElement("p");
+  title.append(text(`uncertainty ${pr.uncertainty.toFixed(2)} (1: a tie): ${likely}`));
+  box.append(title);
+  for (const name of [...new Set([...pr.classes.map((c) => c.name), ...classNames()])]) {
+    const button = document.createElement("button");
+    button.textContent = name;
+    button.style.borderLeftColor = colourOf(name);
+    button.addEventListener("click", async () => {
+      map.closePopup();
+      if (await addLabel(feature.geometry, name)) {
+        suggestionMarks.removeLayer(mark);
+        status(`${labels.length} labels; ${suggestionMarks.getLayers().length} suggestions left (train again for more)`);
+      }
+    });
+    box.append(button);
+  }
+  return box;
+}
+
+$("suggest").addEventListener("click", () => loadSuggestions());
 
 // -- clicks ----------------------------------------------------------------------------------------
 map.on("click", (e) => {

@@ -39,7 +39,7 @@ def _meta(result):
 
 
 def _truth(env) -> np.ndarray:
-    with rasterio.open(env.catalog_root / "ground_truth" / TINY_REGION / "classes.tif") as src:
+    with rasterio.open(env.catalog_root / "ground_truth" / TINY_REGION / str(TINY_YEAR) / "classes.tif") as src:
         return src.read(1)
 
 

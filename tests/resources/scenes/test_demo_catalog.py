@@ -1,0 +1,69 @@
+"""The demo's ground truth: per-year classes, biomass that the series carry, true changes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import rasterio
+import rasterio.transform
+import rasterio.warp
+from rasterio.features import rasterize
+from rasterio.warp import transform_geom
+
+from conftest import TINY_REGION, TINY_YEAR
+from resources.scenes.demo_catalog import BIOMASS_T_HA, CLASS_NAMES, ground_truth_dir, land_cover, next_year
+
+
+class _Georef:
+    def __init__(self, src):
+        self.crs, self.transform = src.crs, src.transform
+
+    def index(self, x, y):
+        return rasterio.transform.rowcol(self.transform, x, y)
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(1), _Georef(src)
+
+
+def test_changes_between_years_are_where_their_polygons_say(demo_env):
+    before, _ = _read(ground_truth_dir(demo_env.catalog_root, TINY_REGION, TINY_YEAR - 1) / "classes.tif")
+    after, src = _read(ground_truth_dir(demo_env.catalog_root, TINY_REGION, TINY_YEAR) / "classes.tif")
+    changed, _ = _read(ground_truth_dir(demo_env.catalog_root, TINY_REGION, TINY_YEAR) / "change.tif")
+    assert np.array_equal(changed == 1, before != after), "change.tif is exactly where the class changed"
+    polygons = json.loads((ground_truth_dir(demo_env.catalog_root, TINY_REGION, TINY_YEAR) / "changes.geojson").read_text())
+    kinds = {f["properties"]["kind"] for f in polygons["features"]}
+    assert {"clearing", "built-up", "rotation"} <= kinds
+    drawn = rasterize([(transform_geom("EPSG:4326", src.crs, f["geometry"]), 1) for f in polygons["features"]],
+                      out_shape=after.shape, transform=src.transform).astype(bool)
+    assert np.array_equal(drawn, changed == 1)
+    assert not (ground_truth_dir(demo_env.catalog_root, TINY_REGION, TINY_YEAR - 1) / "change.tif").exists()
+
+
+def test_labels_lie_on_stable_pixels_and_carry_their_biomass(demo_env):
+    truth = ground_truth_dir(demo_env.catalog_root, TINY_REGION)
+    classes = {y: _read(truth / str(y) / "classes.tif")[0] for y in (TINY_YEAR - 1, TINY_YEAR)}
+    biomass, src = _read(truth / str(TINY_YEAR) / "biomass.tif")
+    for feature in json.loads((truth / "labels.geojson").read_text())["features"]:
+        (x,), (y,) = rasterio.warp.transform("EPSG:4326", src.crs, [feature["geometry"]["coordinates"][0]],
+                                            [feature["geometry"]["coordinates"][1]])
+        row, col = src.index(x, y)
+        props = feature["properties"]
+        assert classes[TINY_YEAR - 1][row, col] == classes[TINY_YEAR][row, col] == props["class_id"]
+        assert props["biomass"] == round(float(biomass[row, col]), 2)
+
+
+def test_biomass_varies_within_a_class_and_scales_green_cover():
+    land = land_cover((120, 120), seed=7)
+    for cls in BIOMASS_T_HA:
+        values = land.biomass[land.classes == cls]
+        if len(values) > 50:
+            assert values.std() / values.mean() > 0.1, f"{CLASS_NAMES[cls]}: biomass varies within the class"
+    assert np.all(land.biomass[np.isin(land.classes, (5, 6, 7))] == 0)
+    later, changes = next_year(land, seed=8)
+    for change in changes:
+        assert np.all(later.classes[change.mask] == change.after) and np.all(land.classes[change.mask] == change.before)
+    untouched = ~np.logical_or.reduce([c.mask for c in changes])
+    assert np.array_equal(later.classes[untouched], land.classes[untouched])
