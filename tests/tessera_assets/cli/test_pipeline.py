@@ -8,7 +8,7 @@ from dagster import AssetKey
 from rich.console import Console
 
 from tessera_assets.cli.commands import select_assets
-from tessera_assets.cli.pipeline import plan_stages
+from tessera_assets.cli.pipeline import plan_stages, runnable
 from tessera_assets.cli.progress import PipelineView
 from tessera_assets.definitions import build_definitions
 
@@ -20,23 +20,53 @@ def _names(stages) -> list[tuple[list[str], bool]]:
 def test_stages_follow_the_graph_where_partitioning_changes():
     """Raw data per partition, then the one encoder, then embeddings and their table rows per
     partition, then what is unpartitioned downstream (the labels observed just before the samples
-    are made) and the similarity maps, which read query vectors from every partition of the table,
-    then the class maps."""
+    are made), then the change maps, which read the year before, and the similarity maps, which read
+    query vectors from every partition of the table, then the class and value maps."""
     graph = build_definitions().get_repository_def().asset_graph
     stages = plan_stages(graph, select_assets(graph))
     assert _names(stages) == [
         (["s1_raw", "s2_raw"], True),
         (["encoder_checkpoint"], False),
         (["embedding_table", "embeddings"], True),
-        (["embedding_index", "fewshot_classifier", "fewshot_samples", "labels"], False),
-        (["similarity_map"], True),
-        (["land_cover_map"], True),
+        (["embedding_index", "fewshot_classifier", "fewshot_regressor", "fewshot_samples", "labels"], False),
+        (["change_map", "similarity_map"], True),
+        (["land_cover_map", "value_map"], True),
     ]
     keys = select_assets(graph, until="table", unmet_needs=set())
     assert AssetKey("embedding_index") in keys and AssetKey("fewshot_samples") not in keys
     without_labels = select_assets(graph, unmet_needs={"labels", "queries"})
     assert {k.to_user_string() for k in without_labels} == {
-        "s1_raw", "s2_raw", "encoder_checkpoint", "embeddings", "embedding_table", "embedding_index"}
+        "s1_raw", "s2_raw", "encoder_checkpoint", "embeddings", "embedding_table", "embedding_index", "change_map"}
+    classification = select_assets(graph, until="fewshot", unmet_needs={"values"})
+    assert AssetKey("land_cover_map") in classification and AssetKey("fewshot_regressor") not in classification
+
+
+def test_a_partition_runs_only_the_assets_whose_inputs_exist():
+    """The change map of the first year reads embeddings of a year never made: that partition's run
+    leaves it out and says why, and keeps the similarity map (which reads whatever exists); the
+    second year runs both."""
+    from dagster import AssetMaterialization, DagsterInstance
+
+    from resources.regions import PartitionId
+    from tessera_assets.partitions import year_region_key
+
+    graph = build_definitions().get_repository_def().asset_graph
+    stage = next(s for s in plan_stages(graph, select_assets(graph)) if "change_map" in s.names)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("region", ["r"])
+    for year in (2021, 2022):
+        for asset in ("s2_raw", "s1_raw", "embeddings", "embedding_table"):
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition=year_region_key(year, "r")))
+    notes = []
+
+    class View:
+        def note(self, text):
+            notes.append(text)
+
+    runs = runnable(graph, stage, [PartitionId(2021, "r"), PartitionId(2022, "r")], instance, View())
+    assert [(sorted(s.names), str(p)) for s, p in runs] == [
+        (["similarity_map"], "r|2021"), (["change_map", "similarity_map"], "r|2022")]
+    assert len(notes) == 1 and notes[0].startswith("change_map r|2021: not run, it reads embeddings r|2020 (not materialised)")
 
 
 def test_the_view_shows_a_runs_own_count_and_each_finished_run():
