@@ -2,21 +2,21 @@
 TESSERA_CHANGE_REFERENCE_YEAR), calibrated per region, as rasters, patches and areas; beside the
 same calibration applied to a raw-input baseline (annual median NDVI and VV)."""
 
-
 import json
 import os
 import warnings
 
 import numpy as np
 import rasterio
-from dagster import (AssetDep, AssetExecutionContext, BetaWarning, Config, DimensionPartitionMapping, IdentityPartitionMapping,
-                     MaterializeResult, MetadataValue, MultiPartitionMapping, StaticPartitionMapping, asset)
+from dagster import (AssetDep, AssetExecutionContext, BetaWarning, Config, DimensionPartitionMapping,
+                     IdentityPartitionMapping, MaterializeResult, MetadataValue, MultiPartitionMapping,
+                     StaticPartitionMapping, asset)
 from pydantic import Field
 from rasterio.features import shapes
 from rasterio.warp import transform_geom
 
-from model.errors import CalibrationError
 from model.change import Calibration, calibrate, combined_baseline_score, cosine_distance, neighbourhood_median, patches
+from model.errors import CalibrationError
 from model.quantise import dequantise
 from resources.change_search import CHANGE_INFO
 from resources.errors import ConfigurationError, EncoderMismatchError, PartitionNotMaterialisedError
@@ -27,6 +27,7 @@ from resources.storage.data_root import EmbeddingPartition, RawPartition, Tesser
 from tessera_assets.lineage import RAW_INPUTS
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
+
 
 def reference_year(year: int) -> int:
     """The year a partition's change is measured from: TESSERA_CHANGE_REFERENCE_YEAR, else the year
@@ -86,7 +87,8 @@ def annual_medians(s2: RawPartition, s1: RawPartition) -> tuple[np.ndarray, np.n
             index = np.where(valid, (nir - red) / (nir + red), np.nan)
             ndvi[rows, cols] = np.nanmedian(index, axis=0) if len(index) else np.nan
             radar, seen = s1.read_block(window)
-            vv[rows, cols] = np.nanmedian(np.where(seen, tessera_units_to_db(radar[:, 0]), np.nan), axis=0) if len(radar) else np.nan
+            db = np.where(seen, tessera_units_to_db(radar[:, 0]), np.nan)
+            vv[rows, cols] = np.nanmedian(db, axis=0) if len(radar) else np.nan
     return ndvi, vv
 
 
@@ -192,9 +194,9 @@ def change_map(context: AssetExecutionContext, config: ChangeConfig, storage: Te
                    f"changed since {before_year}, median NDVI and VV baseline")
             metadata |= {"baseline_changed_area_ha": round(float((base_ids > 0).sum()) * PIXEL_AREA_HA, 2),
                          "baseline_patches": base_count}
-        previews = preview_metadata("map", raster_png(tmp / "score.tif", tmp / "score.png", "inferno", "change score (robust z)",
-                                                      0.0, max(2 * calibration.threshold, 1.0), outline=patch_ids > 0),
-                                    parts, f"change since {before_year}")
+        png = raster_png(tmp / "score.tif", tmp / "score.png", "inferno", "change score (robust z)", 0.0,
+                         max(2 * calibration.threshold, 1.0), outline=patch_ids > 0)
+        previews = preview_metadata("map", png, parts, f"change since {before_year}")
     return MaterializeResult(metadata={
         "reference_year": before_year, "changed_area_ha": round(float((patch_ids > 0).sum()) * PIXEL_AREA_HA, 2),
         "changed_share": round(float((patch_ids > 0).sum()) / max(1, int(valid.sum())), 5), "patches": count,

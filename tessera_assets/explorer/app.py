@@ -33,14 +33,14 @@ from resources.table.similarity import SearchFilter, Similarity, search_report, 
 from resources.storage.data_root import TesseraStorage
 from resources.table.vector_store import VectorStore
 from tessera_assets.explorer.labelling import LabelSession, suggestion_candidates
-from tessera_assets.explorer.layers import Layers, has_raw
+from tessera_assets.explorer.layers import PRODUCT_LAYERS, Layers, has_raw, products_of
 from tessera_assets.explorer.tiles import render
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20
 MAX_EXPLORER_K = 1000
 MAX_EXAMPLES = 100
-LAYERS = ("true_colour", "pca", "similarity", "classes")
+LAYERS = ("true_colour", "pca", "values", "change", "similarity", "classes")
 # suggested labels: how many at once, how far apart (10 m pixels), how many candidate pixels are scored
 MAX_SUGGESTIONS = 50
 DEFAULT_SUGGESTIONS = 10
@@ -97,7 +97,8 @@ class Explorer:
                 continue
             found.append({
                 "year": year, "region": region, "bbox": bbox, "encoder_id": partition.encoder_id,
-                "layers": [*(["true_colour"] if has_raw(self.storage, year, region) else []), "pca"],
+                "layers": [*(["true_colour"] if has_raw(self.storage, year, region) else []), "pca",
+                           *products_of(self.storage, year, region)],
                 "dagster": f"{self.dagster_url}/assets/embeddings?partition={PartitionId(year, region)}",
             })
         return found
@@ -166,6 +167,8 @@ class Explorer:
             raster = self.layers.true_colour(year, region)
         elif layer == "pca":
             raster = self.layers.pca(year, region)
+        elif layer in PRODUCT_LAYERS:
+            raster = self.layers.product(layer, year, region)
         elif layer == "similarity":
             query_id = params.get("query", "")
             threshold = float(params.get("threshold", -1.0))

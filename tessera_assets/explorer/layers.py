@@ -3,7 +3,9 @@
 - `true_colour`: the median of clear Sentinel-2 observations (B04, B03, B02) of the raw partition;
 - `pca`: the embeddings' first three principal components as false colour;
 - `similarity`: cosine similarity of every pixel to a query vector, in magma, transparent below a threshold;
-- `classes`: a class map in categorical colours, more opaque where the head is more confident.
+- `classes`: a class map in categorical colours, more opaque where the head is more confident;
+- `values`, `change`: the published value map (viridis) and change score (inferno, faint where
+  unchanged) of the partition, where `value_map` and `change_map` made them.
 
 Each is computed once per partition (and query, or trained head) at most `DISPLAY_MAX_PX` a side and
 kept in memory: the server is long-lived and tiles of one view ask for the same arrays many times.
@@ -45,11 +47,20 @@ def _rgb(colour: str) -> tuple[int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
-@lru_cache(maxsize=1)
-def _magma() -> np.ndarray:
+@lru_cache(maxsize=4)
+def _lut(name: str) -> np.ndarray:
+    """A matplotlib colour map as 256 RGB rows."""
     import matplotlib
 
-    return (matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return (matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def _magma() -> np.ndarray:
+    return _lut("magma")
+
+
+# published product layers: (product folder, raster, colour map)
+PRODUCT_LAYERS = {"values": ("value_map", "values.tif", "viridis"), "change": ("change", "score.tif", "inferno")}
 
 
 def _rgba(rgb: np.ndarray, visible: np.ndarray, alpha: np.ndarray | int = 255) -> np.ndarray:
@@ -126,6 +137,30 @@ class Layers:
         visible = finite & (np.nan_to_num(values, nan=-2) >= threshold)
         return Raster(_rgba(rgb, visible, 210), transform, self._crs(year, region))
 
+    def product(self, layer: str, year: int, region: str) -> Raster:
+        """A published map of the partition (`PRODUCT_LAYERS`) at display resolution, stretched
+        between its 2nd and 98th percentiles; the change score is faint below its threshold. Kept
+        per version of the file, so a re-materialised map shows at once."""
+        import rasterio
+
+        folder, name, cmap = PRODUCT_LAYERS[layer]
+        path = self.storage.fetch(folder, str(year), region, name)
+
+        def make() -> Raster:
+            with rasterio.open(path) as src:
+                h, w = preview_shape(src.height, src.width, DISPLAY_MAX_PX)
+                data = src.read(1, out_shape=(h, w)).astype(np.float32)
+                transform = src.transform @ Affine.scale(src.width / w, src.height / h)
+                crs = src.crs
+            finite = np.isfinite(data)
+            low, high = (np.nanpercentile(data, (2, 98)) if finite.any() else (0.0, 1.0))
+            if layer == "change":  # 0 (no change) to twice the threshold, whatever the region
+                low, high = 0.0, 6.0
+            scaled = np.clip((np.nan_to_num(data, nan=low) - low) / max(float(high - low), 1e-6), 0, 1)
+            alpha = np.where(data > 3.0, 230, 90).astype(np.uint8) if layer == "change" else 220
+            return Raster(_rgba(_lut(cmap)[(scaled * 255).astype(np.uint8)], finite, alpha), transform, crs)
+        return self.cached((layer, year, region, path.stat().st_mtime_ns), make)
+
     def classes(self, year: int, region: str, labels: np.ndarray, confidence: np.ndarray,
                 colours: list[str]) -> Raster:
         """A class raster (0 no data, 1 + class index) with its confidence, as the partition's grid;
@@ -135,6 +170,16 @@ class Layers:
         rgb = table[np.clip(labels.astype(int) - 1, 0, len(table) - 1)]
         alpha = (80 + 175 * np.nan_to_num(confidence, nan=0)).astype(np.uint8)
         return Raster(_rgba(rgb, labels > 0, alpha), grid.transform, grid.crs)
+
+
+def products_of(storage: TesseraStorage, year: int, region: str) -> list[str]:
+    """The product layers (`PRODUCT_LAYERS`) the partition has."""
+    found = []
+    for layer, (product, name, _) in PRODUCT_LAYERS.items():
+        folder = storage.folder(product, year, region)
+        if folder is not None and folder.exists(name):
+            found.append(layer)
+    return found
 
 
 def has_raw(storage: TesseraStorage, year: int, region: str) -> bool:

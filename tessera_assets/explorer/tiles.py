@@ -39,8 +39,8 @@ class Raster:
     @property
     def mercator_bounds(self) -> tuple[float, float, float, float]:
         h, w = self.rgba.shape[1:]
-        west, north = self.transform * (0, 0)
-        east, south = self.transform * (w, h)
+        west, north = self.transform @ (0, 0)
+        east, south = self.transform @ (w, h)
         return transform_bounds(self.crs, MERCATOR, west, south, east, north)
 
 

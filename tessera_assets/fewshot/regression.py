@@ -1,7 +1,6 @@
 """Few-shot regression: a continuous quantity (canopy height, biomass, yield) from the labels' value
 field, evaluated honestly on embeddings and on the raw-input baseline, and mapped for every pixel."""
 
-
 import time
 
 import numpy as np
@@ -76,8 +75,8 @@ def fewshot_regressor(context: AssetExecutionContext, config: RegressorConfig, s
     with storage.publish(*parts) as tmp:
         torch.save({"regressor": model, "curves": curves, "encoder_id": encoder_id, "unit": unit,
                     "range": [float(y.min()), float(y.max())]}, tmp / REGRESSOR_FILE)
-        previews = preview_metadata("learning_curve", regression_curve_png(curves, tmp / "learning_curve.png", config.head, unit),
-                                    parts, "regression learning curve")
+        png = regression_curve_png(curves, tmp / "learning_curve.png", config.head, unit)
+        previews = preview_metadata("learning_curve", png, parts, "regression learning curve")
     return MaterializeResult(metadata={
         "head": config.head, "samples": len(y), "value_field": unit, "draws": config.draws, "encoder_id": encoder_id,
         "value_mean": round(float(y.mean()), 3), "value_std": round(float(y.std()), 3),
@@ -106,7 +105,8 @@ def value_map(context: AssetExecutionContext, storage: TesseraStorage) -> Materi
     rng = np.random.default_rng(0)
     total, count, sample = 0.0, 0, []
     with storage.publish(*parts) as tmp:
-        with rasterio.open(tmp / "values.tif", "w", **grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))) as dst:
+        profile = grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))
+        with rasterio.open(tmp / "values.tif", "w", **profile) as dst:
             dst.set_band_description(1, unit)
             for window in grid.blocks(256):
                 q, scales = embeddings.read(window)

@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const state = { partitions: [], current: null, positives: [], negatives: [], query: null, drawing: null };
 const map = L.map("map", { doubleClickZoom: false, boxZoom: false, maxZoom: 20 });
 const layers = { base: null, similarity: null, classes: null };
+const BASE_NAMES = { pca: "embeddings (PCA)", true_colour: "true colour", values: "value map", change: "change since the year before" };
 const results = L.layerGroup().addTo(map);
 const examples = L.layerGroup().addTo(map);
 const labelMarks = L.layerGroup().addTo(map);
@@ -65,7 +66,7 @@ function show(p) {
   location.hash = `year=${p.year}&region=${p.region}`;
   const [w, s, e, n] = p.bbox;
   map.fitBounds([[s, w], [n, e]]);
-  $("base").replaceChildren(...p.layers.map((l) => new Option(l === "pca" ? "embeddings (PCA)" : "true colour", l)));
+  $("base").replaceChildren(...p.layers.map((l) => new Option(BASE_NAMES[l] || l, l)));
   $("base").value = "pca";
   replace("base", tiles("pca"));
   replace("similarity", null);

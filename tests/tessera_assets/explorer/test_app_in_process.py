@@ -1,5 +1,7 @@
-"""GET /api/suggestions in process (Starlette's test client) on a synthetic partition: two classes
-that blend into each other across the middle columns, so the pixels worth labelling are known."""
+"""The explorer app in process (Starlette's test client) on a synthetic partition, two classes
+that blend into each other across the middle columns, so the pixels worth labelling are known:
+GET /api/suggestions, and the published maps of a partition as layers."""
+
 
 from __future__ import annotations
 
@@ -152,3 +154,22 @@ def test_another_partition_or_new_embeddings_are_refused(world):
     assert stale.status_code == 400 and "train again" in stale.json()["error"]
     foreign = client.get("/api/suggestions", params={"year": YEAR, "region": REGION}, headers={"host": "evil.example"})
     assert foreign.status_code == 403
+
+
+def _layers(client) -> list[str]:
+    return next(p for p in client.get("/api/partitions").json() if p["region"] == REGION)["layers"]
+
+
+def test_published_maps_become_layers_of_their_partition(world):
+    client, grid, folder = world
+    assert _layers(client) == ["pca"], "no value or change map yet"
+    storage = TesseraStorage(root=str(folder.parents[2]))
+    values = np.tile(np.linspace(0, 100, grid.width, dtype=np.float32), (grid.height, 1))
+    with storage.publish("value_map", str(YEAR), REGION) as tmp:
+        with rasterio.open(tmp / "values.tif", "w", **grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))) as dst:
+            dst.write(values, 1)
+    assert _layers(client) == ["pca", "values"]
+    tile = client.get(f"/tiles/values/{YEAR}/{REGION}/0/0/0.png")
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/png"
+    assert client.get(f"/tiles/change/{YEAR}/{REGION}/0/0/0.png").status_code == 404, "no change map: not found"
+    assert client.get(f"/tiles/height/{YEAR}/{REGION}/0/0/0.png").status_code == 400
