@@ -173,7 +173,9 @@ def run_demo(years: list[int], region_names: list[str] | None, verbose: bool = F
     report.example_search(resources, max(years))
     report.fewshot(results, resources["storage"], chosen[0].name, max(years))
     report.headline(results, resources["storage"], catalog_folder, chosen[0].name, max(years))
-    print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
+    report.products(resources["storage"], max(years), chosen[0].name)
+    print(f"\ndone in {time.perf_counter() - started:.1f} s")
+    report.next_commands(saved_queries(), max(years))
     return 0
 
 

@@ -99,6 +99,29 @@ def change(meta: dict, storage, partition) -> None:
               f"{meta['false_alarm_rate']}); {storage.location('change', partition.year, partition.region)}/patches.geojson")
 
 
+# where each product of a partition is, by asset: (folder under the data root, its main file)
+PRODUCTS = (("embeddings", "embeddings", "embeddings.tif"), ("land_cover_map", "land_cover", "classes.tif"),
+            ("value_map", "value_map", "values.tif"), ("change_map", "change", "patches.geojson"),
+            ("similarity_map", "similarity", ""))
+
+
+def products(storage, year: int, region: str) -> None:
+    """Where the partition's products are on disk (or on the object store)."""
+    print(f"\nproducts of {region} {year}:")
+    for asset, folder, name in PRODUCTS:
+        if storage.folder(folder, year, region) is not None:
+            print(f"  {asset:<15} {storage.location(folder, year, region)}/{name}")
+
+
+def next_commands(queries: dict, year: int) -> None:
+    """The three commands to try next."""
+    print("next:\n  make dev        # the Dagster UI on this instance: assets, previews, checks, lineage\n"
+          "  make serve      # the map explorer: search by clicking, label, train, suggested labels")
+    if queries:
+        name, spec = next(iter(sorted(queries.items())))
+        print(f"  .venv/bin/tessera search --lon {spec['lon']} --lat {spec['lat']} --year {year}   # pixels like '{name}'")
+
+
 def _point(curve: list[dict], key: str, at) -> dict | None:
     return next((p for p in curve if str(p[key]) == str(at)), None)
 
