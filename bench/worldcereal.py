@@ -1,6 +1,6 @@
 """k-shot on real labelled crop pixels (WorldCereal extractions), embeddings against the raw baseline; JSON.
 
-    .venv/bin/python bench/worldcereal.py [--steps 200]
+    .venv/bin/python bench/worldcereal.py [--steps 200] [--heads logistic ncm]
 
 The fixture holds 500 labelled points (Uganda, South Sudan, Kenya; 2017) with 12 monthly S2/S1
 composites. The encoder (tessera-small) is pretrained self-supervised on those same series without
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from model.config import preset
-from model.fewshot import baseline_features, kshot_curve
+from model.fewshot import DEFAULT_HEAD, HEADS, baseline_features, kshot_curve
 from model.inference import embed_series
 from model.pretrain import PretrainConfig, pretrain
 from model.series import PixelSeries
@@ -57,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--heads", nargs="+", default=[DEFAULT_HEAD], choices=HEADS)
     args = parser.parse_args()
     series, labels = load(FIXTURE)
     codes, counts = np.unique(labels, return_counts=True)
@@ -80,10 +81,12 @@ def main() -> None:
                      "loss_first": round(encoder.metadata["losses"][0], 2),
                      "loss_last10": round(float(np.mean(encoder.metadata["losses"][-10:])), 2)},
     }
-    for name, x in (("embeddings", embeddings), ("baseline", baseline)):
-        curve = kshot_curve(x, y, groups, ks, args.draws, "logistic")
-        report[name] = [{"k": p["k"], "macro_f1": round(p["macro_f1"], 3), "macro_f1_std": round(p["macro_f1_std"], 3),
-                         "accuracy": round(p["accuracy"], 3)} for p in curve]
+    for head in args.heads:
+        for name, x in (("embeddings", embeddings), ("baseline", baseline)):
+            curve = kshot_curve(x, y, groups, ks, args.draws, head)
+            report.setdefault(head, {})[name] = [
+                {"k": p["k"], "macro_f1": round(p["macro_f1"], 3), "macro_f1_std": round(p["macro_f1_std"], 3),
+                 "accuracy": round(p["accuracy"], 3)} for p in curve]
     print(json.dumps(report, indent=2))
 
 
