@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.errors import CalibrationError
+from model.quantise import unit_rows
 
 MAD_TO_SD = 1.4826  # a normal distribution's standard deviation per median absolute deviation
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1 - cosine of each row pair (rows of a and b); 0 same direction, 2 opposite."""
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return 1.0 - np.sum(a * b, axis=-1) / np.maximum(norms, 1e-12)
+    return 1.0 - np.sum(unit_rows(a) * unit_rows(b), axis=-1)
 
 
 @dataclass(frozen=True)

@@ -475,18 +475,14 @@ def _write_ground_truth(root: Path, region: Region, lands: dict[int, LandCover],
 
 def _write_changes(folder: Path, grid: RegionGrid, changes: list[tuple[str, int, int, np.ndarray]]) -> None:
     """change.tif (1 = changed since the year before) and changes.geojson, one (multi)polygon per change."""
-    from rasterio.features import shapes
-
     changed = np.zeros(grid.shape, np.uint8)
     features = []
     for kind, before, after, mask in changes:
         changed[mask] = 1
-        polygons = [g["coordinates"] for g, _ in shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform)]
-        if not polygons:
+        geometry = grid.polygons(mask.astype(np.uint8)).get(1)
+        if geometry is None:
             continue
-        geometry = {"type": "Polygon", "coordinates": polygons[0]} if len(polygons) == 1 else \
-            {"type": "MultiPolygon", "coordinates": polygons}
-        features.append({"type": "Feature", "geometry": rasterio.warp.transform_geom(grid.crs, "EPSG:4326", geometry),
+        features.append({"type": "Feature", "geometry": geometry,
                          "properties": {"kind": kind, "from": CLASS_NAMES[before], "to": CLASS_NAMES[after],
                                         "area_ha": round(float(mask.sum()) * PIXEL_AREA_HA, 2)}})
     with rasterio.open(folder / "change.tif", "w", **grid.geotiff_profile(count=1, dtype="uint8", nodata=None)) as dst:

@@ -12,8 +12,6 @@ from dagster import (AssetDep, AssetExecutionContext, BetaWarning, Config, Dimen
                      IdentityPartitionMapping, MaterializeResult, MetadataValue, MultiPartitionMapping,
                      StaticPartitionMapping, asset)
 from pydantic import Field
-from rasterio.features import shapes
-from rasterio.warp import transform_geom
 
 from model.change import Calibration, calibrate, combined_baseline_score, cosine_distance, neighbourhood_median, patches
 from model.errors import CalibrationError
@@ -115,18 +113,13 @@ def _patch_features(patch_ids: np.ndarray, score: np.ndarray, grid) -> list[dict
     """Each changed patch as one GeoJSON (multi)polygon in lon/lat with its area and scores."""
     from scipy import ndimage
 
-    rings: dict[int, list] = {}
-    for geometry, value in shapes(patch_ids, mask=patch_ids > 0, transform=grid.transform, connectivity=8):
-        rings.setdefault(int(value), []).append(geometry["coordinates"])
-    index = sorted(rings)
+    geometries = grid.polygons(patch_ids)
+    index = list(geometries)
     sizes = np.bincount(patch_ids.ravel(), minlength=max(index, default=0) + 1)
     means, highs = ndimage.mean(score, patch_ids, index), ndimage.maximum(score, patch_ids, index)
     features = []
     for patch, mean, high in zip(index, np.atleast_1d(means), np.atleast_1d(highs)):
-        polygons = rings[patch]
-        geometry = {"type": "Polygon", "coordinates": polygons[0]} if len(polygons) == 1 else \
-            {"type": "MultiPolygon", "coordinates": polygons}
-        features.append({"type": "Feature", "geometry": transform_geom(grid.crs, "EPSG:4326", geometry),
+        features.append({"type": "Feature", "geometry": geometries[patch],
                          "properties": {"patch": patch, "area_ha": round(float(sizes[patch]) * PIXEL_AREA_HA, 2),
                                         "mean_score": round(float(mean), 2), "max_score": round(float(high), 2)}})
     return features
