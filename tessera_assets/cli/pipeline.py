@@ -237,10 +237,12 @@ def _follow(launched: LaunchedRun, instance: DagsterInstance, view) -> None:
 
 
 def missing_inputs(asset_graph, asset: AssetKey, within: tuple[AssetKey, ...], partition: PartitionId,
-                   instance: DagsterInstance) -> list[str]:
+                   instance: DagsterInstance, materialised: dict[AssetKey, set[str]] | None = None) -> list[str]:
     """The partitions outside its run (`within`) that `asset` would read for `partition` and the
     instance has not materialised (a change map of the first year reads the embeddings of the year
-    before): that asset is left out of the partition's run, and the terminal says why."""
+    before): that asset is left out of the partition's run, and the terminal says why.
+    `materialised` keeps each parent's materialised partitions across calls (one query a parent)."""
+    materialised = {} if materialised is None else materialised
     from dagster._core.definitions.partitions.context import partition_loading_context
 
     from tessera_assets.partitions import year_region_key
@@ -255,7 +257,9 @@ def missing_inputs(asset_graph, asset: AssetKey, within: tuple[AssetKey, ...], p
             if isinstance(asset_graph.get_partition_mapping(asset, parent), AllPartitionMapping):
                 continue  # it reads whichever partitions exist (the similarity map: every partition of the table)
             wanted = asset_graph.get_parent_partition_keys_for_child(key, parent, asset).partitions_subset
-            have = instance.get_materialized_partitions(parent)
+            if parent not in materialised:
+                materialised[parent] = instance.get_materialized_partitions(parent)
+            have = materialised[parent]
             missing += [f"{parent.to_user_string()} {PartitionId.parse(k)} (not materialised)"
                         for k in wanted.get_partition_keys() if k not in have]
     return sorted(set(missing))
@@ -265,10 +269,11 @@ def runnable(asset_graph, stage: Stage, partitions: list[PartitionId], instance:
              view=None) -> list[tuple[Stage, PartitionId]]:
     """Each partition's run of the stage, with only the assets whose inputs outside the run exist."""
     runs = []
+    materialised: dict[AssetKey, set[str]] = {}  # asked of the instance once a parent, not once a partition
     for partition in partitions:
         ready: list[AssetKey] = []
         for asset in stage.assets:  # in the graph's order: an asset left out leaves out what reads it in the run
-            missing = missing_inputs(asset_graph, asset, stage.assets, partition, instance)
+            missing = missing_inputs(asset_graph, asset, stage.assets, partition, instance, materialised)
             missing += [f"{p.to_user_string()} {partition}, left out" for p in asset_graph.get(asset).parent_keys
                         if p in stage.assets and p not in ready]
             if missing and view:
