@@ -7,6 +7,7 @@ folders are hidden (`.name-tmp-...`) and `TesseraStorage.partitions` never lists
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import shutil
 import tempfile
@@ -26,6 +27,10 @@ from rasterio.windows import Window
 from model.encoder import TesseraEncoder
 from model.quantise import cosine_to, dequantise
 from resources.storage.atomic import atomic_directory, atomic_file, is_published, temporary_sibling
+from resources.storage.cog import cogs_in
+from resources.storage.product_catalog import (CATALOG_FILE, COLLECTION_FILE, ITEM_FILE, PRODUCTS, Product,
+                                               catalog_document, collection_document, item_links, partition_item,
+                                               product_of)
 from resources.errors import ConfigurationError, PartitionNotMaterialisedError
 from resources.storage.object_store import ObjectRoot, is_object_uri, new_version
 from resources.regions import RegionGrid
@@ -76,17 +81,23 @@ class TesseraStorage(ConfigurableResource):
     # -- partitions ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def publish(self, *parts: str | int) -> Iterator[Path]:
-        """A fresh local folder to write a partition into; when the block ends without an error it
-        replaces the published partition in one step, else it vanishes and the old one stays."""
+        """A fresh local folder to write a partition into; when the block ends without an error its
+        GeoTIFFs become COGs (`cog`), its STAC item is written into it (`product_catalog`), and it
+        replaces the published partition in one step; else it vanishes and the old one stays."""
         parts = tuple(str(p) for p in parts)
         if self.remote is None:
             with atomic_directory(self.path(*parts)) as tmp:
                 yield tmp
-            return
-        version = new_version()  # taken at the start: the last run to start wins
-        with temporary_sibling(self.local("staging") / "partition") as tmp:
-            yield tmp
-            self.remote.publish(tmp, "/".join(parts), version)
+                _finish_partition(tmp, parts, "/".join(parts))
+        else:
+            version = new_version()  # taken at the start: the last run to start wins
+            with temporary_sibling(self.local("staging") / "partition") as tmp:
+                yield tmp
+                _finish_partition(tmp, parts, f"{'/'.join(parts)}/{version}")
+                self.remote.publish(tmp, "/".join(parts), version)
+        found = product_of(parts)
+        if found is not None:
+            self.refresh_catalog(found[0])
 
     def publish_file(self, data: bytes, *parts: str | int, name: str) -> str:
         """A file added to a published partition (or a new one): the partition is published again
@@ -99,6 +110,45 @@ class TesseraStorage(ConfigurableResource):
                 current.store.download_prefix(current.key, tmp)
             (tmp / name).write_bytes(data)
         return f"{self.location(*parts)}/{name}"
+
+    def refresh_catalog(self, product: Product | None = None) -> str:
+        """Rewrite a product's STAC collection (every product's, without one) from the items of
+        its published partitions, and the root catalog; returns where the catalog is. Under a
+        local root one writer at a time (a lock file), so a listing never loses a partition."""
+        products = [product] if product else list(PRODUCTS)
+        with contextlib.ExitStack() as stack:
+            if self.remote is None:
+                lock = stack.enter_context(open(self.local() / ".catalog-lock", "w"))
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            for each in products:
+                items = []
+                for year, region in self.partitions(*each.parts):
+                    folder = self.folder(*each.parts, year, region)
+                    data = folder.read_bytes(ITEM_FILE) if folder is not None else None
+                    if data:
+                        key = folder.key if folder.store is not None else "/".join((*each.parts, str(year), region))
+                        items.append((key, json.loads(data)))
+                relative = f"{'/'.join(each.parts)}/{COLLECTION_FILE}"
+                if items or self._has_document(relative):  # an emptied product's collection says so
+                    self._write_document(relative, collection_document(each, items))
+            listed = [p for p in PRODUCTS if self.partitions(*p.parts)]
+            self._write_document(CATALOG_FILE, catalog_document(listed))
+        return self.location_of(CATALOG_FILE)
+
+    def location_of(self, relative: str) -> str:
+        """Where a file under the data root is, for people and clients (a path or a URI)."""
+        return self.remote.uri(relative) if self.remote is not None else str(self.path(relative))
+
+    def _has_document(self, relative: str) -> bool:
+        return self.remote.exists(relative) if self.remote is not None else self.path(relative).exists()
+
+    def _write_document(self, relative: str, document: dict) -> None:
+        body = json.dumps(document, indent=1).encode()
+        if self.remote is not None:
+            self.remote.put(relative, body)
+            return
+        with atomic_file(self.path(relative)) as tmp:
+            tmp.write_bytes(body)
 
     def folder(self, *parts: str | int) -> Folder | None:
         """The published partition folder, or None."""
@@ -133,6 +183,8 @@ class TesseraStorage(ConfigurableResource):
                 shutil.rmtree(self.path(*parts))
             else:
                 self.remote.unpublish("/".join(parts))
+        if found:
+            self.refresh_catalog()
         return len(found)
 
     def fetch(self, *parts: str) -> Path:
@@ -258,6 +310,15 @@ class TesseraStorage(ConfigurableResource):
     def load_encoder(self, encoder_id: str | None = None) -> TesseraEncoder:
         """The current encoder, or a kept one by id."""
         return TesseraEncoder.from_checkpoint(self.encoder_checkpoint(encoder_id or self.current_encoder_id()))
+
+
+def _finish_partition(folder: Path, parts: tuple[str, ...], key: str) -> None:
+    """What every partition gets before it is published: COGs, and its STAC item (for a catalogued
+    product), whose links are relative to `key`, where it is published."""
+    cogs_in(folder)
+    item = partition_item(folder, parts)
+    if item is not None:
+        (folder / ITEM_FILE).write_text(json.dumps(item_links(item, key, product_of(parts)[0]), indent=1))
 
 
 @dataclass(frozen=True)
@@ -445,15 +506,20 @@ def write_similarity_raster(partition: EmbeddingPartition, query: np.ndarray, pa
     return {"mean": total / count if count else float("nan"), "above_0.9": above / count if count else 0.0}
 
 
-def write_class_map(partition: EmbeddingPartition, predict_proba, classes: int, folder: Path,
+def write_class_map(partition: EmbeddingPartition, predict_proba, class_names: list[str], folder: Path,
                     block: int = 256) -> np.ndarray:
-    """`classes.tif` (uint8: 1 + class index, 0 = no data) and `confidence.tif` (float32 max
-    probability), block by block; returns the pixel count of each class."""
+    """`classes.tif` (uint8: 1 + class index, 0 = no data; the names in its `class_names` tag, so
+    the file explains itself in QGIS or xarray) and `confidence.tif` (float32 max probability),
+    block by block; returns the pixel count of each class."""
     grid = partition.grid
+    classes = len(class_names)
     counts = np.zeros(classes, np.int64)
     with rasterio.open(folder / "classes.tif", "w", **grid.geotiff_profile(count=1, dtype="uint8", nodata=0)) as classes_out, \
             rasterio.open(folder / "confidence.tif", "w",
                           **grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))) as confidence_out:
+        classes_out.set_band_description(1, "class: 0 no data, else 1 + index into class_names")
+        classes_out.update_tags(1, class_names=json.dumps([str(c) for c in class_names]))
+        confidence_out.set_band_description(1, "classifier's top probability")
         for window in grid.blocks(block):
             q, scales = partition.read(window)
             valid = np.isfinite(scales)

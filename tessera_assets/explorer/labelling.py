@@ -160,7 +160,7 @@ class LabelSession:
         classifier = Classifier(head).fit(samples.x, samples.y)
         folder = storage.local("explorer", "class_maps", str(year)) / region
         with atomic_directory(folder) as tmp:
-            write_class_map(partition, classifier.predict_proba, len(classifier.classes), tmp)
+            write_class_map(partition, classifier.predict_proba, list(classifier.classes), tmp)
         with rasterio.open(folder / "classes.tif") as src:
             labels = src.read(1)
         with rasterio.open(folder / "confidence.tif") as src:

@@ -206,7 +206,7 @@ def land_cover_map(context: AssetExecutionContext, config: LandCoverConfig, stor
             f"{embeddings.encoder_id}: re-materialise the partition's embeddings or the few-shot assets")
     parts = ("land_cover", str(year), region)
     with storage.publish(*parts) as tmp:
-        counts = write_class_map(embeddings, classifier.predict_proba, len(classifier.classes), tmp)
+        counts = write_class_map(embeddings, classifier.predict_proba, list(classifier.classes), tmp)
         previews = preview_metadata("map", class_map_png(tmp / "classes.tif", list(classifier.classes), tmp / "classes.png"),
                                     parts, "land cover")
         classes = [str(c) for c in classifier.classes]

@@ -139,6 +139,16 @@ def test_a_demo_partition_end_to_end_on_s3(s3_user_env, s3_endpoint):
     for product in ("raw/s2", "raw/s1", "embeddings", "land_cover"):
         assert f"{POINTERS}/{product}/{TINY_YEAR}/{TINY_REGION}.json" in keys, product
     assert storage.kept_encoders() == [here.encoder_id]
+    # the STAC catalog and the xarray API work on the object store as on a folder
+    from tessera_assets.products import open_embeddings
+
+    catalog = json.loads(storage.remote.get("catalog.json"))
+    assert "./embeddings/collection.json" in [link["href"] for link in catalog["links"]]
+    collection = json.loads(storage.remote.get("embeddings/collection.json"))
+    version = storage.folder("embeddings", TINY_YEAR, TINY_REGION).key[len("embeddings/"):]
+    assert [link["href"] for link in collection["links"] if link["rel"] == "item"] == [f"./{version}/item.json"]
+    opened = open_embeddings(TINY_YEAR, TINY_REGION, root="s3://tessera/prod")
+    np.testing.assert_array_equal(opened.embeddings.values, np.moveaxis(here.read()[0], -1, 0))
     assert storage.read_file(f"embeddings/{TINY_YEAR}/{TINY_REGION}/preview.png")[:8] == b"\x89PNG\r\n\x1a\n"
     assert storage.read_file(f"land_cover/{TINY_YEAR}/{TINY_REGION}/classes.png")[:4] == b"\x89PNG"
     # nothing but the demo catalog (a source) and caches on the local disk; no secret anywhere

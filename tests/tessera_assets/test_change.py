@@ -79,3 +79,15 @@ def test_changes_like_a_clearing_rank_the_clearing_first(changed):
     assert hits == sorted(hits, key=lambda f: -f["properties"]["similarity"])
     with pytest.raises(SearchError, match="outside region"):
         similar_changes(storage, TINY_YEAR, TINY_REGION, 10.0, 45.0)
+
+
+def test_the_change_map_opens_in_xarray(changed):
+    pytest.importorskip("rioxarray")
+    from tessera_assets.products import open_change_map
+
+    env, _, result = changed
+    ds = open_change_map(TINY_YEAR, TINY_REGION, root=str(env.root / "data"))
+    assert {"score", "changed", "patch_ids", "baseline_changed"} <= set(ds.data_vars)
+    assert ds.attrs["reference_year"] == TINY_YEAR - 1
+    assert float((ds.changed == 1).sum()) * 0.01 == pytest.approx(_meta(result)["changed_area_ha"], abs=0.005)
+    assert bool(((ds.patch_ids > 0) == (ds.changed == 1)).all())  # 255: no data

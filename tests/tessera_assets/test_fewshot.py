@@ -293,3 +293,17 @@ def test_an_edited_labels_file_marks_fewshot_samples_stale(fewshot_env, tmp_path
     (folder / "fields.geojson").write_text(json.dumps(edited))
     changed, status = observe_and_status()
     assert changed != first and status == StaleStatus.STALE, "an edited labels file marks the samples stale"
+
+
+def test_the_class_map_opens_in_xarray_with_its_class_names(fewshot_env):
+    pytest.importorskip("rioxarray")
+    from tessera_assets.products import open_class_map
+
+    env, _, _, mapped, _ = fewshot_env
+    ds = open_class_map(TINY_YEAR, TINY_REGION, root=str(env.root / "data"))
+    meta = _meta(mapped, "land_cover_map")
+    assert ds.attrs["class_names"] == sorted(meta["class_area_ha"])
+    counts = np.bincount(ds.classes.values.ravel(), minlength=len(ds.attrs["class_names"]) + 1)[1:]
+    assert {n: round(c * 0.01, 2) for n, c in zip(ds.attrs["class_names"], counts)} == meta["class_area_ha"]
+    assert set(json.loads(ds.attrs["area_estimates"])["classes"]) == set(meta["class_area_ha"])
+    assert float(ds.confidence.max()) <= 1.0

@@ -37,7 +37,7 @@ def test_replacing_a_partition_never_leaves_it_missing(tmp_path):
 def test_in_progress_and_failed_partitions_are_never_listed(tmp_path):
     storage = TesseraStorage(root=str(tmp_path))
     with storage.publish("embeddings", 2022, "demo") as tmp:
-        (tmp / "embeddings.tif").write_bytes(b"partial")
+        (tmp / "encoder.json").write_text("{}")
         assert storage.partitions("embeddings") == [], "a partition being written is hidden"
     assert storage.partitions("embeddings") == [(2022, "demo")]
     try:
