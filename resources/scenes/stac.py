@@ -110,6 +110,11 @@ class SearchResult:
 
     scenes: list[Scene] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    layouts: dict[str, int] = field(default_factory=dict)  # the item layout each item was read by: items
+
+    def layout(self) -> str:
+        """The layouts the items were read by, for people: `earth-search (64 items)`."""
+        return ", ".join(f"{name} ({n} item{'s' * (n != 1)})" for name, n in sorted(self.layouts.items())) or "none"
 
 
 BASELINE_04_START = dt.date(2022, 1, 25)  # first acquisitions processed with baseline 04.00 (the offset)
@@ -236,14 +241,20 @@ class StacCatalog(ConfigurableResource):
     def _named_provider(self) -> str | None:
         return provider_of_url(self.url) if self.provider == "auto" else self.provider
 
+    def layout_of(self, item: dict[str, Any], sensor: Sensor) -> str | None:
+        """The name of the provider layout an item is read by: the named provider, or with `auto`
+        the one a known API's URL or the item's own asset keys say; None when none fits."""
+        name = self._named_provider() or detect_provider(item, sensor)
+        if name is None and self.asset_keys:
+            return "planetary-computer"  # its keys are our band names, the user's map goes over them
+        return name
+
     def provider_for(self, item: dict[str, Any], sensor: Sensor) -> Provider | str:
         """The asset names to read an item by (the provider's, with the mask chosen and the user's
         `asset_keys` over them), or the reason none fits."""
-        name = self._named_provider() or detect_provider(item, sensor)
+        name = self.layout_of(item, sensor)
         if name is None:
-            if not self.asset_keys:
-                return "its asset keys fit no known provider: name the provider, or map the keys with asset_keys"
-            name = "planetary-computer"  # its keys are our band names, the user's map goes over them
+            return "its asset keys fit no known provider: name the provider, or map the keys with asset_keys"
         return self._mapped(name, sensor)
 
     def _check_asset_keys(self) -> None:
@@ -318,6 +329,9 @@ class StacCatalog(ConfigurableResource):
                 result.rejected.append((item["id"], scene))
             else:
                 result.scenes.append(scene)
+                layout = self.layout_of(item, sensor) + (" (asset_keys over it)" if self.asset_keys else "")
+                layout = layout if self.provider != "auto" else f"auto: {layout}"
+                result.layouts[layout] = result.layouts.get(layout, 0) + 1
         result.scenes.sort(key=lambda s: (s.datetime, s.id))
         return result
 

@@ -134,7 +134,7 @@ def run_region(region_names: list[str], years: list[int], until: str | None, ref
     if outcomes is None:
         return 1
     report.summary(collected(outcomes))
-    print(f"\ndone in {time.perf_counter() - started:.1f} s; browse with: make dev")
+    report.done(outcomes, time.perf_counter() - started, "; browse with: make dev")
     return 0
 
 
@@ -174,7 +174,7 @@ def run_demo(years: list[int], region_names: list[str] | None, verbose: bool = F
     report.fewshot(results, resources["storage"], chosen[0].name, max(years))
     report.headline(results, resources["storage"], catalog_folder, chosen[0].name, max(years))
     report.products(resources["storage"], max(years), chosen[0].name)
-    print(f"\ndone in {time.perf_counter() - started:.1f} s")
+    report.done(outcomes, time.perf_counter() - started)
     report.next_commands(saved_queries(), max(years))
     return 0
 

@@ -27,6 +27,14 @@ def failed_checks(outcomes) -> None:
             print(f"check failed: {asset} {check} {partition}: {meaning}", file=sys.stderr)
 
 
+def done(outcomes, seconds: float, then: str = "") -> None:
+    """The last line of a materialising command: its time, and how many checks failed (each is
+    listed where the runs ended), so a run that "finished" with failed checks never looks clean."""
+    failed = sum(len(o.failed_checks) for o in outcomes)
+    print(f"\ndone in {seconds:.1f} s" + (f"; {failed} asset check{'s' * (failed != 1)} FAILED (listed above)"
+                                          if failed else "") + then)
+
+
 def summary(results: dict[tuple[str, str], dict]) -> None:
     encoder = results.get(("encoder_checkpoint", ""))
     if encoder:
@@ -42,6 +50,27 @@ def summary(results: dict[tuple[str, str], dict]) -> None:
         print(f"{key:<18} {s2.get('observations', '-'):>6} {s2.get('coverage_at_least_5', '-'):>8} "
               f"{s1.get('observations', '-'):>6} {emb.get('pixels_embedded', emb.get('pixels_with_data', '-')):>9} "
               f"{emb.get('pixels_per_second', '-'):>8} {emb.get('no_data_fraction', '-'):>8}")
+    inputs(results)
+
+
+def _reasons(table: str) -> list[str]:
+    """The reasons of a `| scene | reason |` metadata table, most frequent first."""
+    rows = [line.split("|")[2].strip() for line in str(table).splitlines()[2:] if line.count("|") >= 3]
+    return sorted(set(rows), key=lambda r: (-rows.count(r), r))
+
+
+def inputs(results: dict[tuple[str, str], dict]) -> None:
+    """Which item layout each catalog's items were read by, and every input left out, by partition:
+    what a person must know to trust the figures above."""
+    layouts = {(asset[:2], meta["catalog_layout"]) for (asset, _), meta in results.items() if "catalog_layout" in meta}
+    if layouts:
+        print("catalog layouts: " + "; ".join(f"{sensor} {layout}" for sensor, layout in sorted(layouts)))
+    for (asset, key), meta in sorted(results.items()):
+        skipped = meta.get("scenes_skipped", 0) if asset in ("s2_raw", "s1_raw") else 0
+        if skipped:
+            reasons = _reasons(meta.get("skipped_reasons", ""))
+            print(f"left out: {asset} {key}: {skipped} of {meta['scenes_found']} scenes ({'; '.join(reasons[:3])}"
+                  f"{'; ...' if len(reasons) > 3 else ''}); the rest were used", file=sys.stderr)
 
 
 def example_search(resources: dict, year: int) -> None:

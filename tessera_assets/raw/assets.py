@@ -96,7 +96,7 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
     found = catalog.search(sensor, region.bbox, year)
     collection = catalog.collection(sensor)
     context.log.info(f"{len(found.scenes)} {collection} scenes for {region_name} {year}, "
-                     f"{len(found.rejected)} rejected")
+                     f"{len(found.rejected)} rejected; item layout {found.layout()}")
     if not found.scenes:
         reasons = "; ".join(f"{i}: {r}" for i, r in found.rejected[:5])
         raise NoScenesFoundError(
@@ -126,6 +126,7 @@ def _materialize_raw(sensor: Sensor, context: AssetExecutionContext, storage: Te
     skipped = found.rejected + report.skipped
     skipped_md = "\n".join(f"| {i} | {r} |" for i, r in skipped[:50])
     metadata = {
+        "catalog_layout": found.layout(),  # which provider's asset names the items were read by
         "scenes_found": len(found.scenes) + len(found.rejected),
         "scenes_used": report.scenes_used,
         "scenes_skipped": len(skipped),

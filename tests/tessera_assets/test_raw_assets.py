@@ -134,6 +134,7 @@ def test_metadata_and_checks(ingested):
                 "coverage_any_valid", "ingest_seconds", "peak_rss_mb", "preview"):
         assert key in meta
     assert meta["scenes_used"] <= meta["scenes_found"]
+    assert meta["catalog_layout"] == f"demo ({meta['scenes_found'] - meta['scenes_skipped']} items)"
     assert meta["preview"].startswith("![s2 composite](data:image/png;base64,")
     checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {("s2_raw", "enough_observations"): True, ("s2_raw", "physical_range"): True,

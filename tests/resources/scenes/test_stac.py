@@ -205,6 +205,26 @@ def test_auto_tells_the_provider_from_the_api_url_or_the_items_asset_keys():
     assert scene_from_item(odd, "s2", mapped.provider_for(odd, "s2")).hrefs["B04"] == pc["assets"]["B04"]["href"]
 
 
+def test_a_search_says_which_layout_auto_read_each_item_by(tmp_path):
+    """A static catalog of Planetary Computer and Earth Search items: the search result counts the
+    items by the layout `auto` detected, what the partition metadata and the terminal show."""
+    pc = dict(_load("stac-geoparquet", "sentinel-2-l2a-pc.json")[0])
+    es = next(f for f in _load("pystac-client", "earth-search-v1_search_cloud-lte-40_page1.json")["features"]
+              if f["collection"] == "sentinel-2-l2a")
+    same_place = {k: pc[k] for k in ("bbox", "geometry")}  # both found by one search
+    items = [pc, dict(es, **same_place, properties=dict(es["properties"], datetime=pc["properties"]["datetime"]))]
+    (tmp_path / "catalog.json").write_text(json.dumps({
+        "type": "Catalog", "id": "mixed", "stac_version": "1.0.0", "description": "mixed layouts",
+        "links": [{"rel": "item", "href": f"./{i}.json"} for i in range(len(items))]}))
+    for i, item in enumerate(items):
+        (tmp_path / f"{i}.json").write_text(json.dumps(dict(item, links=[])))
+    west, south, east, north = pc["bbox"]
+    found = StacCatalog(url=str(tmp_path / "catalog.json"), provider="auto").search(
+        "s2", (west, south, east, north), int(pc["properties"]["datetime"][:4]))
+    assert found.layouts == {"auto: planetary-computer": 1, "auto: earth-search": 1}, found.rejected
+    assert found.layout() == "auto: earth-search (1 item), auto: planetary-computer (1 item)"
+
+
 def test_the_s2_mask_names_its_asset_and_a_missing_one_is_explained():
     item = _cdse_item("05.11", with_raster_metadata=True)
     item["assets"]["MSK_CLDPRB_20m"] = {"href": "s3://eodata/Sentinel-2/MSI/L2A/2023/06/01/MSK_CLDPRB_20m.jp2"}

@@ -1,0 +1,27 @@
+"""What the terminal tells a person at the end of a run: layouts, inputs left out, failed checks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from tessera_assets.cli import report
+
+
+def test_layouts_and_left_out_inputs_are_printed_by_partition(capsys):
+    table = "| scene | reason |\n|---|---|\n| S2A_1 | no SCL asset |\n| S2A_2 | no SCL asset |\n| S2B_3 | cloudy |"
+    results = {("s2_raw", "2022|tiny"): {"catalog_layout": "auto: earth-search (12 items)", "scenes_found": 15,
+                                         "scenes_skipped": 3, "skipped_reasons": table},
+               ("s1_raw", "2022|tiny"): {"catalog_layout": "demo (40 items)", "scenes_found": 40, "scenes_skipped": 0}}
+    report.inputs(results)
+    out, err = capsys.readouterr()
+    assert "catalog layouts: s1 demo (40 items); s2 auto: earth-search (12 items)" in out
+    assert "left out: s2_raw 2022|tiny: 3 of 15 scenes (no SCL asset; cloudy); the rest were used" in err
+
+
+def test_the_last_line_counts_failed_checks(capsys):
+    outcomes = [SimpleNamespace(failed_checks=[("s2_raw", "enough_observations", "2022|tiny")]),
+                SimpleNamespace(failed_checks=[])]
+    report.done(outcomes, 12.34)
+    assert capsys.readouterr().out.strip() == "done in 12.3 s; 1 asset check FAILED (listed above)"
+    report.done([SimpleNamespace(failed_checks=[])], 1.0, "; browse with: make dev")
+    assert capsys.readouterr().out.strip() == "done in 1.0 s; browse with: make dev"
