@@ -21,6 +21,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,7 +36,9 @@ from rasterio.transform import rowcol
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
+from model.quantise import dequantise
 from resources.storage.atomic import atomic_file
+from resources.storage.cog import to_cog
 from resources.errors import TileSourceError
 from resources.regions import PIXEL_SIZE_M, RegionGrid, utm_crs_for
 from resources.storage.data_root import EmbeddingPartition, EmbeddingWriter
@@ -343,11 +346,35 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def export_partition(partition: EmbeddingPartition, year: int, bbox: tuple[float, float, float, float],
-                     root: Path) -> list[Path]:
-    """Write (or fill in) every tile the region touches; returns the tiles' vector files."""
+@dataclass
+class TileFill:
+    """What a region gives one tile: the tile's grid, and for each tile pixel inside the region
+    the region's int8 vector and scale (`inside`: (H, W) bool; `vectors`, `scales`: those pixels)."""
+
+    lon: float
+    lat: float
+    tile: RegionGrid
+    inside: np.ndarray
+    vectors: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return tile_name(self.lon, self.lat)
+
+    def where(self, tile_has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tile pixels to fill, (H, W), and which of the region's pixels go there: where the
+        region has a vector and the tile has none yet (`tile_has`), never overwriting what another
+        region's export put there."""
+        fill = np.zeros(self.inside.shape, bool)
+        fill[self.inside] = np.isfinite(self.scales)
+        fill &= ~tile_has
+        return fill, fill[self.inside]
+
+
+def tile_fills(partition: EmbeddingPartition, bbox: tuple[float, float, float, float]) -> Iterator[TileFill]:
+    """The region's pixels on each geotessera tile it touches, one tile at a time."""
     region = partition.grid
-    written = []
     for lon, lat in tile_centres(bbox):
         tile = tile_grid(lon, lat)
         r, c, inside = _region_indices(tile, region)
@@ -356,27 +383,64 @@ def export_partition(partition: EmbeddingPartition, year: int, bbox: tuple[float
         window = Window(int(c[inside].min()), int(r[inside].min()),
                         int(c[inside].max() - c[inside].min() + 1), int(r[inside].max() - r[inside].min() + 1))
         vectors, scales = partition.read(window)
-        name = tile_name(lon, lat)
-        folder = root / REPRESENTATION_DIR / str(year) / name
+        rr, cc = r[inside] - window.row_off, c[inside] - window.col_off
+        yield TileFill(lon, lat, tile, inside, vectors[rr, cc], scales[rr, cc])
+
+
+def export_partition(partition: EmbeddingPartition, year: int, bbox: tuple[float, float, float, float],
+                     root: Path) -> list[Path]:
+    """Write (or fill in) every tile the region touches as geotessera's .npy pair; returns the
+    tiles' vector files."""
+    written = []
+    for fill in tile_fills(partition, bbox):
+        folder = root / REPRESENTATION_DIR / str(year) / fill.name
         folder.mkdir(parents=True, exist_ok=True)
-        vec_path, scale_path = folder / f"{name}.npy", folder / f"{name}_scales.npy"
+        vec_path, scale_path = folder / f"{fill.name}.npy", folder / f"{fill.name}_scales.npy"
         if vec_path.exists():
             tile_vectors, tile_scales = np.load(vec_path), np.load(scale_path)
         else:
-            tile_vectors = np.zeros((tile.height, tile.width, vectors.shape[-1]), np.int8)
-            tile_scales = np.full((tile.height, tile.width), np.nan, np.float32)
-        rr, cc = r[inside] - window.row_off, c[inside] - window.col_off
-        source_scales = scales[rr, cc]
-        fill = np.zeros(inside.shape, bool)
-        fill[inside] = np.isfinite(source_scales)
-        fill &= ~np.isfinite(tile_scales)  # never overwrite what another export put there
-        take = fill[inside]
-        tile_vectors[fill] = vectors[rr[take], cc[take]]
-        tile_scales[fill] = source_scales[take]
+            tile_vectors = np.zeros((fill.tile.height, fill.tile.width, fill.vectors.shape[-1]), np.int8)
+            tile_scales = np.full((fill.tile.height, fill.tile.width), np.nan, np.float32)
+        target, take = fill.where(np.isfinite(tile_scales))
+        tile_vectors[target], tile_scales[target] = fill.vectors[take], fill.scales[take]
         _save_npy(vec_path, tile_vectors)
         _save_npy(scale_path, tile_scales)
-        _write_landmask(root / LANDMASK_DIR / f"{name}.tiff", tile)
+        _write_landmask(root / LANDMASK_DIR / f"{fill.name}.tiff", fill.tile)
         written.append(vec_path)
+    return written
+
+
+def tiff_name(lon: float, lat: float, year: int) -> str:
+    """geotessera's GeoTIFF tile name, the one TorchGeo's `TesseraEmbeddings` parses
+    (`grid_<lon>_<lat>_<year>.tiff`)."""
+    return f"{tile_name(lon, lat)}_{year}.tiff"
+
+
+def export_tiffs(partition: EmbeddingPartition, year: int, bbox: tuple[float, float, float, float],
+                 root: Path) -> list[Path]:
+    """Every tile the region touches as geotessera's GeoTIFF: float32, one band a dimension, NaN
+    where there is no vector, on the tile's UTM grid, a COG; under
+    `global_0.1_degree_representation/<year>/grid_<lon>_<lat>/`. A tile another region already
+    filled is filled in, never overwritten. Returns the files."""
+    written = []
+    for fill in tile_fills(partition, bbox):
+        path = root / REPRESENTATION_DIR / str(year) / fill.name / tiff_name(fill.lon, fill.lat, year)
+        dim = fill.vectors.shape[-1]
+        if path.exists():
+            with rasterio.open(path) as src:
+                values = src.read()
+        else:
+            values = np.full((dim, fill.tile.height, fill.tile.width), np.nan, np.float32)
+        target, take = fill.where(np.isfinite(values[0]))
+        values[:, target] = dequantise(fill.vectors[take], fill.scales[take]).T
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            with rasterio.open(tmp, "w", **fill.tile.geotiff_profile(count=dim, dtype="float32", nodata=float("nan"),
+                                                                      predictor=3)) as dst:
+                dst.write(values)
+                dst.descriptions = tuple(f"dim_{i:03d}" for i in range(dim))
+            to_cog(tmp)
+        written.append(path)
     return written
 
 

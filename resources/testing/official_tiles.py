@@ -43,10 +43,10 @@ def write_official_tiles(root, year: int, centres, dim: int = 128, seed: int = 0
     return root
 
 
-def random_partition(folder, region):
+def random_partition(folder, region, seed: int = 0):
     """An embeddings partition of random vectors over a region (its first three rows without data)."""
     grid = region.grid
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     vectors = rng.normal(0, 1, (grid.height, grid.width, 128)).astype(np.float32)
     vectors[:3] = np.nan  # a strip without data
     q, scales = quantise(vectors)

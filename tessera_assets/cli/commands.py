@@ -274,6 +274,13 @@ def run_export(args) -> int:
     region = resources["regions"].get(args.region)
     partition = resources["storage"].open_embeddings(validate_year(args.year), region.name)
     root = Path(args.out)
+    if args.format == "tiff":
+        from resources.official.tiles import export_tiffs
+
+        tiffs = export_tiffs(partition, args.year, region.bbox, root)
+        print(f"wrote {len(tiffs)} float32 GeoTIFF tiles under {root} ({', '.join(p.name for p in tiffs)}): "
+              f"geotessera's --format tiff layout, which TorchGeo's TesseraEmbeddings(paths={str(root)!r}) reads")
+        return 0
     if args.format == "zarr":
         from resources.official.zarr_store import export_zarr
 

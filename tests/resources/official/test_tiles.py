@@ -58,6 +58,61 @@ def test_export_writes_official_layout_with_the_same_vectors(tmp_path):
     assert np.array_equal(np.load(written[0]), before)
 
 
+# TorchGeo's TesseraEmbeddings (0.9): RasterDataset parses file names with re.VERBOSE
+TORCHGEO_GLOB = "grid_*.tiff"
+TORCHGEO_REGEX = r"""
+    ^grid
+    _(?P<lon>[0-9.-]+)
+    _(?P<lat>[0-9.-]+)
+    _(?P<date>[0-9]{4})
+    .tiff$
+"""
+
+
+def test_tiff_export_is_the_layout_torchgeo_reads(tmp_path):
+    """geotessera's GeoTIFF layout, checked against TorchGeo's file-name contract and read with
+    rasterio as TorchGeo does: float32, 128 bands, the tile's UTM grid, NaN where there is no data;
+    values are the dequantised vectors; a second region fills the same tile without overwriting."""
+    import re
+
+    from model.quantise import dequantise
+    from resources.official.tiles import export_tiffs
+
+    cogeo = pytest.importorskip("rio_cogeo.cogeo")
+    region = make_region("fens", [0.12, 52.21, 0.16, 52.23], 1000)
+    (tmp_path / "emb").mkdir()
+    partition, q, scales = random_partition(tmp_path / "emb", region)
+    root = tmp_path / "tiffs"
+    written = export_tiffs(partition, 2022, region.bbox, root)
+    assert [p.relative_to(root).as_posix() for p in written] == [
+        "global_0.1_degree_representation/2022/grid_0.15_52.25/grid_0.15_52.25_2022.tiff"]
+    path = written[0]
+    assert path.match(TORCHGEO_GLOB)
+    match = re.match(TORCHGEO_REGEX, path.name, re.VERBOSE)
+    assert match and match.group("lon", "lat", "date") == ("0.15", "52.25", "2022")
+    tile = tile_grid(0.15, 52.25)
+    with rasterio.open(path) as src:
+        assert (src.count, src.dtypes[0], src.crs, src.transform, src.shape) == \
+            (128, "float32", tile.crs, tile.transform, (tile.height, tile.width))
+        values = np.moveaxis(src.read(), 0, -1)
+    assert cogeo.cog_validate(str(path), strict=True)[0]
+    lon, lat = 0.14, 52.222
+    (x,), (y,) = warp_transform("EPSG:4326", tile.crs, [lon], [lat])
+    tr, tc = rasterio.transform.rowcol(tile.transform, x, y)
+    cx, cy = rasterio.transform.xy(tile.transform, tr, tc)
+    rr, rc = rasterio.transform.rowcol(region.grid.transform, cx, cy)
+    assert np.array_equal(values[tr, tc], dequantise(q[rr, rc], scales[rr, rc]))
+    assert np.isnan(values[0, 0]).all()
+    filled = np.isfinite(values[..., 0]).sum()
+    neighbour = make_region("fens-east", [0.16, 52.21, 0.19, 52.23], 1000)
+    (tmp_path / "emb2").mkdir()
+    other, _, _ = random_partition(tmp_path / "emb2", neighbour, seed=1)
+    export_tiffs(other, 2022, neighbour.bbox, root)
+    with rasterio.open(path) as src:
+        again = np.moveaxis(src.read(), 0, -1)
+    assert np.array_equal(again[tr, tc], values[tr, tc]) and np.isfinite(again[..., 0]).sum() > filled
+
+
 # --- official tiles in ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
