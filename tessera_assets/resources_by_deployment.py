@@ -24,15 +24,21 @@ AWS_ENDPOINT_URL plus AWS_ALLOW_HTTP=true for MinIO); TESSERA_REGIONS the region
 TESSERA_LABELS the labels file or folder the `labels` asset observes (default `labels`).
 
 The other resources are imported where they are built: a one-off `tessera search` needs only the
-vector store, and importing the raster and model stack would triple its start-up."""
+embedding table (`table_store`, no Dagster), and importing the raster and model stack would triple
+its start-up."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from resources.errors import ConfigurationError
-from resources.table.vector_store import VectorStore
+
+if TYPE_CHECKING:
+    from resources.table.store import TableStore
+    from resources.table.vector_store import VectorStore
 
 PLANETARY_COMPUTER_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
 EARTH_SEARCH_API = "https://earth-search.aws.element84.com/v1"
@@ -58,8 +64,23 @@ def data_uri() -> str:
     return os.environ.get("TESSERA_DATA_URI", f"{tessera_home()}/data").rstrip("/")
 
 
+def lancedb_uri() -> str:
+    """The embedding table's database: TESSERA_LANCEDB_URI, by default the lancedb folder of the data root."""
+    return os.environ.get("TESSERA_LANCEDB_URI", f"{data_uri()}/lancedb")
+
+
+def table_store() -> TableStore:
+    """The embedding table without Dagster: what a one-off `tessera search` opens."""
+    from resources.table.store import TableStore
+
+    return TableStore(uri=lancedb_uri())
+
+
 def vector_store() -> VectorStore:
-    return VectorStore(uri=os.environ.get("TESSERA_LANCEDB_URI", f"{data_uri()}/lancedb"))
+    """The same table as the assets' `vectors` resource (imports Dagster)."""
+    from resources.table.vector_store import VectorStore
+
+    return VectorStore(uri=lancedb_uri())
 
 
 def official_tiles():

@@ -1,4 +1,4 @@
-"""An embeddings partition as rows of the embedding table (schema in `resources.table.vector_store`)."""
+"""An embeddings partition as rows of the embedding table (schema in `resources.table.store`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rasterio.warp import transform as warp_transform
 from model.quantise import dequantise
 from resources.regions import RegionGrid
 from resources.storage.data_root import EmbeddingPartition
-from resources.table.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, row_key, table_schema
+from resources.table.store import FILTER_RESOLUTIONS, KEY_RESOLUTION, row_key, table_schema
 
 
 def h3_cells(lat: np.ndarray, lon: np.ndarray) -> dict[int, np.ndarray]:

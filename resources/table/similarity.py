@@ -22,7 +22,7 @@ from model.errors import VectorDimensionError
 from model.quantise import unit_rows
 from resources.table.filters import all_of, between, equals, is_in, not_equals
 from resources.errors import SearchError, single_encoder
-from resources.table.vector_store import FILTER_RESOLUTIONS, KEY_RESOLUTION, VectorStore, row_key
+from resources.table.store import FILTER_RESOLUTIONS, KEY_RESOLUTION, TableStore, row_key
 
 MAX_K = 10_000
 EARTH_RADIUS_M = 6_371_008.8
@@ -113,7 +113,8 @@ class TableFacts:
 
 
 class Similarity:
-    """Queries over one VectorStore, answered by the table's own LanceDB indexes.
+    """Queries over one TableStore (or the VectorStore resource, which is one), answered by the
+    table's own LanceDB indexes.
 
     A query opens nothing but the table, so a fresh process answers its first query as fast as a
     warm one. Filters are prefilters (scalar indexes); when they keep at most
@@ -123,7 +124,7 @@ class Similarity:
     until k are found, so a filtered search never comes back short while k rows match (probing
     "as far as needed" from the start costs 2-3x on every filtered query: measured)."""
 
-    def __init__(self, store: VectorStore):
+    def __init__(self, store: TableStore):
         self.store = store
         self.table = store.table()
         if self.table is None or self.table.count_rows() == 0:

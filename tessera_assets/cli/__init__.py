@@ -1,8 +1,10 @@
 """The `tessera` command line: one-off searches, the demo pipeline, few-shot maps, exports, regions.
 
-Commands import what they use: a search needs only the embedding table, and starts without the
+Commands import what they use, when they run: `--help` and argument errors need only argparse; a
+search needs only the embedding table (`resources.table.store`, no Dagster), and starts without the
 raster, model and orchestration stack that the materialising commands (`tessera_assets.cli.commands`)
 load. What those run, and in which order, is Dagster's asset graph (`tessera_assets.cli.pipeline`).
+`bench/startup.py` measures what each start costs.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import time
 
 from model.errors import ModelError
 from resources.errors import TesseraError
-from resources.table.similarity import SearchFilter, Similarity, format_results, search_report, write_results
-from tessera_assets.resources_by_deployment import vector_store
 
 
 def run_search(args) -> int:
+    from resources.table.similarity import SearchFilter, Similarity, format_results, search_report, write_results
+    from tessera_assets.resources_by_deployment import table_store
+
     started = time.perf_counter()
-    similarity = Similarity(vector_store())
+    similarity = Similarity(table_store())
     query, _ = similarity.vector_at(args.lon, args.lat, args.year)
     filters = SearchFilter(years=args.years or [args.year], regions=args.search_regions,
                            bbox=tuple(args.bbox) if args.bbox else None, h3_cells=args.h3,

@@ -6,6 +6,48 @@ import yaml
 from tessera_assets.cli import main
 
 
+START_PROBE = """
+import sys
+from tessera_assets.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as stop:  # --help
+    code = stop.code
+loaded = sorted({name.split(".")[0] for name in sys.modules} & {"dagster", "lancedb", "numpy", "torch", "rasterio"})
+print("loaded:", ",".join(loaded))
+sys.exit(code)
+"""
+
+
+def _start(*argv: str, **env: str) -> str:
+    """`tessera ARGV` in a fresh interpreter; its output ends with the heavy stacks it imported."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", START_PROBE, *argv], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[3], env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_help_and_a_one_off_search_start_without_the_stacks_they_do_not_use(tmp_path):
+    """`--help` imports no library stack, and `tessera search` only the embedding table's: Dagster
+    (~0.5 s to import) is for the commands that materialise (`bench/startup.py` measures the starts)."""
+    import numpy as np
+
+    from resources.table.store import TableStore
+    from resources.testing.synthetic_table import ORIGIN, clustered, synthetic_rows
+
+    uri = str(tmp_path / "lancedb")
+    TableStore(uri=uri).write_partition(2022, "r", synthetic_rows(clustered(300, np.random.default_rng(0))).to_batches(), 128)
+    assert _start("--help").splitlines()[-1] == "loaded: "
+    out = _start("search", "--lon", str(ORIGIN[1]), "--lat", str(ORIGIN[0]), "--year", "2022", "-k", "3",
+                 TESSERA_LANCEDB_URI=uri)
+    assert "searched 300 of 300 rows" in out and out.splitlines()[1].split()[1] == "1.0000", "the pixel finds itself"
+    assert out.splitlines()[-1] == "loaded: lancedb,numpy"
+
+
 def test_regions_add_and_list(tmp_path, monkeypatch, capsys):
     regions = tmp_path / "regions.yaml"
     regions.write_text(yaml.safe_dump({"regions": {}}))
