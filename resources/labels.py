@@ -1,7 +1,8 @@
-"""Labelled points and polygons from GeoJSON, GeoParquet or CSV, located on region grids.
+"""Labelled points and polygons from the files people draw them in (GeoJSON, GeoPackage, Shapefile,
+KML, FlatGeobuf, GeoParquet, CSV), located on region grids.
 
-Coordinates must be WGS84 longitude/latitude (GeoJSON's and GeoParquet's default); a file that
-declares another CRS is refused rather than silently misplaced. A polygon contributes every pixel
+Geometries in a declared CRS are reprojected to WGS84 lon/lat; coordinates outside the lon/lat range
+(a projected file that declares no CRS) are refused rather than silently misplaced. A polygon contributes every pixel
 whose centre it contains, and all of them share one group, so evaluation can keep a polygon on one
 side of the train/test split. Points may name their group (a `group` property or column, such as
 the field a survey point was taken in); otherwise a point's group is its H3 cell at resolution 8
@@ -13,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,19 +47,92 @@ class LabelFeature:
     value: float | None = None  # the quantity a regression learns (the labels source's `value_field`)
 
 
-def _check_geojson_crs(document: dict, path: Path) -> None:
-    crs = (document.get("crs") or {}).get("properties", {}).get("name")
-    if crs and crs not in WGS84_NAMES:
-        raise LabelsError(f"{path}: labels are in CRS {crs}; reproject them to WGS84 lon/lat (EPSG:4326)")
+GEOMETRY_TYPES = ("Point", "Polygon", "MultiPolygon")
+# what people draw labels in: QGIS (GeoPackage, Shapefile), geojson.io (GeoJSON), Google Earth (KML)
+OGR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".kml", ".fgb")
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".geoparquet")
 
 
-def _point_from_wkb(blob: bytes) -> dict:
-    order = "<" if blob[0] == 1 else ">"
-    kind = struct.unpack(order + "I", blob[1:5])[0]
-    if kind != 1:
-        raise LabelsError(f"GeoParquet geometry type {kind} is not supported: use points, or GeoJSON for polygons")
-    x, y = struct.unpack(order + "dd", blob[5:21])
-    return {"type": "Point", "coordinates": [x, y]}
+@dataclass
+class _Row:
+    """One feature as a reader found it: its geometry in the file's CRS, and its fields."""
+
+    geometry: dict | None
+    fields: dict
+
+
+def _ogr_rows(path: Path) -> tuple[str | None, list[_Row]]:
+    """The features of any file GDAL reads as vectors (pyogrio): the file's CRS and its rows."""
+    import pyogrio
+    import shapely
+
+    try:
+        meta, table = pyogrio.read_arrow(path)
+    except Exception as exc:  # pyogrio's DataSourceError and friends: the file is not what it says
+        raise LabelsError(f"{path}: cannot be read as a vector file ({exc})") from None
+    geometry = meta.get("geometry_name") or "wkb_geometry"
+    if geometry not in table.column_names:
+        raise LabelsError(f"{path}: has no geometry column")
+    shapes = shapely.from_wkb(table[geometry].to_numpy(zero_copy_only=False))
+    fields = table.drop_columns([geometry]).to_pylist()
+    return meta.get("crs"), [_Row(shapely.geometry.mapping(g) if g is not None else None, f)
+                             for g, f in zip(shapes, fields)]
+
+
+def _parquet_rows(path: Path) -> tuple[str | None, list[_Row]]:
+    """The features of a GeoParquet file (WKB geometries, its CRS in the `geo` metadata)."""
+    import pyarrow.parquet as pq
+    import shapely
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise LabelsError(f"{path}: cannot be read as Parquet ({exc})") from None
+    geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}") or b"{}")
+    column = geo.get("primary_column", "geometry")
+    if column not in table.column_names:
+        raise LabelsError(f"{path}: GeoParquet needs a {column!r} geometry column")
+    crs = (geo.get("columns", {}).get(column, {}) or {}).get("crs", "EPSG:4326")  # GeoParquet's default: lon/lat
+    crs = json.dumps(crs) if isinstance(crs, dict) else crs
+    try:
+        shapes = shapely.from_wkb(table[column].to_numpy(zero_copy_only=False))
+    except shapely.errors.GEOSException as exc:
+        raise LabelsError(f"{path}: its {column!r} column is not WKB geometry ({exc})") from None
+    fields = table.drop_columns([column]).to_pylist()
+    return crs, [_Row(shapely.geometry.mapping(g) if g is not None else None, f) for g, f in zip(shapes, fields)]
+
+
+def _csv_rows(path: Path, needed: set[str]) -> tuple[str, list[_Row]]:
+    """Points of a CSV file with lon and lat columns (WGS84 by definition)."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"lon", "lat", *needed} - set(reader.fieldnames or [])
+        if missing:
+            raise LabelsError(f"{path}: CSV lacks the columns {', '.join(sorted(missing))} "
+                              f"(need lon, lat, {', '.join(sorted(needed))})")
+        rows = []
+        for i, row in enumerate(reader):
+            try:
+                lon, lat = float(row["lon"]), float(row["lat"])
+            except ValueError:
+                raise LabelsError(f"{path}: row {i + 2} has a non-numeric lon/lat") from None
+            rows.append(_Row({"type": "Point", "coordinates": [lon, lat]}, row))
+    return "EPSG:4326", rows
+
+
+def _is_wgs84(crs: str | None, path: Path) -> bool:
+    """Whether the file's declared CRS is lon/lat already; a CRS that PROJ cannot read is refused."""
+    if crs is None or crs in WGS84_NAMES:
+        return True
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(crs) == CRS.from_epsg(4326)
+    except CRSError:
+        raise LabelsError(f"{path}: declares the CRS {crs[:80]!r}, which PROJ does not know: save it in a known "
+                          "CRS (e.g. EPSG:4326)") from None
 
 
 def _value(raw: object, path: Path, index: int, value_field: str | None) -> float | None:
@@ -75,77 +148,56 @@ def _value(raw: object, path: Path, index: int, value_field: str | None) -> floa
     return value
 
 
+def _year(raw: object, path: Path, index: int) -> int | None:
+    if raw in (None, ""):
+        return None
+    try:
+        return int(float(raw))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise LabelsError(f"{path}: feature {index} has a year that is no number ({raw!r})") from None
+
+
 def read_labels(path: str | Path, label_field: str = "label", value_field: str | None = None) -> list[LabelFeature]:
     """The features of a labels file, each with its class (`label_field`) and, when `value_field`
-    names one, the number a regression learns (canopy height, biomass, yield)."""
+    names one, the number a regression learns (canopy height, biomass, yield). GeoJSON, GeoPackage,
+    Shapefile, KML and FlatGeobuf are read by GDAL (pyogrio), GeoParquet by pyarrow, CSV points by
+    their lon/lat columns; geometries in any CRS the file declares are reprojected to lon/lat."""
     path = Path(path)
     if not path.exists():
         raise LabelsError(f"labels file not found: {path}")
     if path.stat().st_size == 0:
         raise LabelsError(f"labels file is empty: {path}")
-    features: list[LabelFeature] = []
     suffix = path.suffix.lower()
-    if suffix in (".geojson", ".json"):
-        document = json.loads(path.read_text())
-        _check_geojson_crs(document, path)
-        for i, feature in enumerate(document.get("features") or []):
-            props = feature.get("properties") or {}
-            geometry = feature.get("geometry")
-            if not geometry or geometry.get("type") not in ("Point", "Polygon", "MultiPolygon"):
-                kind = geometry.get("type") if geometry else "no geometry"
-                raise LabelsError(f"{path}: feature {i} has {kind}; labels must be Points or (Multi)Polygons")
-            if label_field not in props:
-                raise LabelsError(f"{path}: feature {i} has no {label_field!r} property")
-            year = props.get("year")
-            features.append(LabelFeature(str(props[label_field]), geometry, int(year) if year else None, i,
-                                         _group(props.get("group")), _value(props.get(value_field), path, i, value_field)))
-    elif suffix == ".csv":
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"lon", "lat", label_field, *([value_field] if value_field else [])} - set(reader.fieldnames or [])
-            if missing:
-                raise LabelsError(f"{path}: CSV lacks the columns {', '.join(sorted(missing))} (need lon, lat, {label_field})")
-            for i, row in enumerate(reader):
-                try:
-                    lon, lat = float(row["lon"]), float(row["lat"])
-                except ValueError:
-                    raise LabelsError(f"{path}: row {i + 2} has a non-numeric lon/lat") from None
-                year = row.get("year")
-                features.append(LabelFeature(row[label_field], {"type": "Point", "coordinates": [lon, lat]},
-                                             int(year) if year else None, i, _group(row.get("group")),
-                                             _value(row.get(value_field), path, i + 2, value_field)))
-    elif suffix in (".parquet", ".geoparquet"):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}") or b"{}")
-        column = geo.get("primary_column", "geometry")
-        crs = (geo.get("columns", {}).get(column, {}) or {}).get("crs")
-        if crs is not None:
-            code = crs if isinstance(crs, str) else f"{crs.get('id', {}).get('authority')}:{crs.get('id', {}).get('code')}"
-            if code not in WGS84_NAMES:
-                raise LabelsError(f"{path}: labels are in CRS {code}; reproject them to WGS84 lon/lat (EPSG:4326)")
-        if column not in table.column_names or label_field not in table.column_names:
-            raise LabelsError(f"{path}: GeoParquet needs a {column!r} geometry and a {label_field!r} column")
-        if value_field and value_field not in table.column_names:
-            raise LabelsError(f"{path}: GeoParquet has no {value_field!r} column")
-        def optional(name: str) -> list:
-            return table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
-
-        rows = zip(table[column].to_pylist(), table[label_field].to_pylist(), optional("year"), optional("group"),
-                   optional(value_field) if value_field else [None] * table.num_rows)
-        for i, (blob, label, year, group, value) in enumerate(rows):
-            features.append(LabelFeature(str(label), _point_from_wkb(blob), int(year) if year else None, i,
-                                         _group(group), _value(value, path, i, value_field)))
+    if suffix in CSV_SUFFIXES:
+        crs, rows = _csv_rows(path, {label_field, *([value_field] if value_field else [])})
+    elif suffix in PARQUET_SUFFIXES:
+        crs, rows = _parquet_rows(path)
+    elif suffix in OGR_SUFFIXES:
+        crs, rows = _ogr_rows(path)
     else:
-        raise LabelsError(f"{path}: unknown labels format {suffix!r}: use .geojson, .csv or .parquet")
+        raise LabelsError(f"{path}: unknown labels format {suffix!r}: use {', '.join(LABEL_SUFFIXES)}")
+    reproject = not _is_wgs84(crs, path)
+    features: list[LabelFeature] = []
+    for i, row in enumerate(rows):
+        geometry = row.geometry
+        if not geometry or geometry.get("type") not in GEOMETRY_TYPES:
+            kind = geometry.get("type") if geometry else "no geometry"
+            raise LabelsError(f"{path}: feature {i} has {kind}; labels must be Points or (Multi)Polygons")
+        if label_field not in row.fields or row.fields[label_field] in (None, ""):
+            raise LabelsError(f"{path}: feature {i} has no {label_field!r} "
+                              f"(its fields: {', '.join(sorted(row.fields)) or 'none'})")
+        if reproject:
+            geometry = transform_geom(crs, "EPSG:4326", geometry)
+        features.append(LabelFeature(str(row.fields[label_field]), geometry, _year(row.fields.get("year"), path, i), i,
+                                     _group(row.fields.get("group")),
+                                     _value(row.fields.get(value_field), path, i, value_field)))
     if not features:
         raise LabelsError(f"labels file has no features: {path}")
     for f in features:
         for lon, lat in coordinates(f.geometry):
             if not (-180 <= lon <= 180 and -90 <= lat <= 90):
                 raise LabelsError(f"{path}: feature {f.index} has coordinates ({lon}, {lat}) outside lon/lat range; "
-                                  "is it in a projected CRS?")
+                                  "does the file declare its CRS?")
         if not f.group:
             f.group = spatial_group(f)
     return features
@@ -215,7 +267,7 @@ def labelled_pixels(features: list[LabelFeature], grid: RegionGrid, where: str) 
     return pixels, hits
 
 
-LABEL_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
+LABEL_SUFFIXES = (*OGR_SUFFIXES, *CSV_SUFFIXES, *PARQUET_SUFFIXES)
 
 
 class LabelSource(ConfigurableResource):
@@ -246,10 +298,10 @@ def label_files(path: str, storage: "TesseraStorage") -> list[Path]:
     else:
         target = Path(path)
         if not target.exists():
-            raise LabelsError(f"no labels at {path}: a labels file or folder (.geojson, .csv, .parquet)")
+            raise LabelsError(f"no labels at {path}: a labels file or folder ({', '.join(LABEL_SUFFIXES)})")
         files = [p for p in target.iterdir() if p.suffix.lower() in LABEL_SUFFIXES] if target.is_dir() else [target]
     if not files:
-        raise LabelsError(f"no labels files (.geojson, .csv, .parquet) in {path}")
+        raise LabelsError(f"no labels files ({', '.join(LABEL_SUFFIXES)}) in {path}")
     return sorted(files)
 
 

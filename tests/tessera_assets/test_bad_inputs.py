@@ -45,8 +45,7 @@ def env(tmp_path_factory):
     (labels / "line.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0.2, 52.3], [0.21, 52.31]]},
          "properties": {"label": "hedge"}}]}))
-    (labels / "crs.geojson").write_text(json.dumps({"type": "FeatureCollection", "crs": {
-        "type": "name", "properties": {"name": "EPSG:27700"}}, "features": []}))
+    (labels / "broken.gpkg").write_bytes(b"SQLite format 3\0" + bytes(200))  # a GeoPackage cut short
     (root / "garbage.pt").write_bytes(b"not a checkpoint")
     import torch
 
@@ -210,11 +209,11 @@ CASES = [
      "static STAC catalog not found"),
     ("stac: an item without the bands", lambda e: item_without_bands(), "missing assets B02"),
     # labels
-    ("labels: projected coordinates", lambda e: raises(labels(e.root, "projected.csv")), "projected CRS"),
+    ("labels: projected coordinates", lambda e: raises(labels(e.root, "projected.csv")), "outside lon/lat range; does the file declare its CRS"),
     ("labels: empty file", lambda e: raises(labels(e.root, "empty.geojson")), "labels file is empty"),
     ("labels: missing columns", lambda e: raises(labels(e.root, "columns.csv")), "CSV lacks the columns lat, lon"),
     ("labels: lines", lambda e: raises(labels(e.root, "line.geojson")), "labels must be Points or (Multi)Polygons"),
-    ("labels: another CRS", lambda e: raises(labels(e.root, "crs.geojson")), "labels are in CRS EPSG:27700"),
+    ("labels: a broken GeoPackage", lambda e: raises(labels(e.root, "broken.gpkg")), "cannot be read as a vector file"),
     # checkpoints
     ("checkpoint: missing file", lambda e: checkpoint(e.root / "missing.pt"), "checkpoint not found"),
     ("checkpoint: not a checkpoint", lambda e: checkpoint(e.root / "garbage.pt"), "cannot read checkpoint"),

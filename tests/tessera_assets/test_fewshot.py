@@ -66,10 +66,6 @@ def test_label_formats_and_their_errors(tmp_path):
     table = pa.table({"geometry": [struct.pack("<BIdd", 1, 1, lon, lat)], "label": ["water"]})
     pq.write_table(table.replace_schema_metadata({b"geo": json.dumps(geo).encode()}), tmp_path / "p.parquet")
     assert read_labels(tmp_path / "p.parquet")[0].label == "water"
-    bad_crs = dict(doc, crs={"type": "name", "properties": {"name": "EPSG:32631"}})
-    (tmp_path / "utm.geojson").write_text(json.dumps(bad_crs))
-    with pytest.raises(LabelsError, match="CRS EPSG:32631"):
-        read_labels(tmp_path / "utm.geojson")
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(LabelsError, match="empty"):
         read_labels(tmp_path / "empty.csv")
@@ -82,8 +78,68 @@ def test_label_formats_and_their_errors(tmp_path):
     with pytest.raises(LabelsError, match="feature 0 has LineString"):
         read_labels(tmp_path / "line.geojson")
     (tmp_path / "projected.csv").write_text("lon,lat,label\n643160,5676260,a\n")
-    with pytest.raises(LabelsError, match="projected CRS"):
+    with pytest.raises(LabelsError, match="does the file declare its CRS"):
         read_labels(tmp_path / "projected.csv")
+
+
+def _write_vector(path, shapes, fields: dict, crs: str, driver: str) -> None:
+    """A vector file as QGIS or Google Earth would write it (GDAL, through pyogrio)."""
+    import shapely
+    from pyogrio.raw import write
+
+    names = list(fields)
+    write(path, shapely.to_wkb(shapes), [np.array(fields[n], dtype=object) for n in names], fields=names,
+          crs=crs, driver=driver, geometry_type="Unknown")
+
+
+def test_labels_as_qgis_geojson_io_and_google_earth_write_them(tmp_path):
+    """GeoPackage and Shapefile in UTM, GeoParquet with a PROJJSON CRS, KML and a GeoJSON with a
+    MultiPolygon: each read, reprojected to lon/lat, its class from the chosen field; and every bad
+    file refused naming the file and the feature."""
+    import shapely
+    import shapely.affinity
+    import shapely.geometry
+    import shapely.ops
+    from rasterio.warp import transform as warp
+
+    lon, lat = 5.052, 51.218
+    (x,), (y,) = warp("EPSG:4326", "EPSG:32631", [lon], [lat])
+    square = shapely.box(x, y, x + 70, y + 110)
+    point = shapely.Point(x + 5, y + 5)
+    fields = {"crop": ["maize", "wheat"], "biomass": ["4.5", "6.0"]}
+    _write_vector(tmp_path / "fields.gpkg", [square, point], fields, "EPSG:32631", "GPKG")
+    _write_vector(tmp_path / "fields.shp", [square, point.buffer(4)], fields, "EPSG:32631", "ESRI Shapefile")  # one type
+    lonlat = shapely.ops.transform(lambda xs, ys: warp("EPSG:32631", "EPSG:4326", xs, ys), square)
+    _write_vector(tmp_path / "fields.kml", [lonlat, shapely.Point(lon, lat)], fields, "EPSG:4326", "KML")
+    grid = make_region("t", [5.05, 51.216, 5.0557, 51.2196], 100).grid
+    for name in ("fields.gpkg", "fields.shp", "fields.kml"):
+        polygon, dot = read_labels(tmp_path / name, label_field="crop", value_field="biomass")
+        assert (polygon.label, dot.label, polygon.value) == ("maize", "wheat", 4.5), name
+        assert polygon.geometry["type"] == "Polygon" and 50 < len(pixels_of(polygon, grid)[0]) < 120, name
+        got = dot.geometry["coordinates"] if dot.geometry["type"] == "Point" else shapely.geometry.shape(
+            dot.geometry).centroid.coords[0]
+        assert abs(got[0] - lon) < 2e-4 and abs(got[1] - lat) < 2e-4, name  # 5 m off, as drawn
+    from pyproj import CRS
+
+    projjson = CRS.from_epsg(32631).to_json_dict()  # the CRS as GeoParquet writes it
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {"encoding": "WKB", "crs": projjson}}}
+    table = pa.table({"geometry": shapely.to_wkb([square]), "crop": ["maize"]})
+    pq.write_table(table.replace_schema_metadata({b"geo": json.dumps(geo).encode()}), tmp_path / "utm.parquet")
+    assert len(pixels_of(read_labels(tmp_path / "utm.parquet", label_field="crop")[0], grid)[0]) > 50
+    two = shapely.MultiPolygon([lonlat, shapely.affinity.translate(lonlat, 0.002, 0)])
+    doc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"crop": "rye"},
+                                                      "geometry": shapely.geometry.mapping(two)}]}
+    (tmp_path / "multi.geojson").write_text(json.dumps(doc))
+    assert read_labels(tmp_path / "multi.geojson", label_field="crop")[0].geometry["type"] == "MultiPolygon"
+    (tmp_path / "broken.gpkg").write_bytes(b"SQLite format 3\0" + b"\x00" * 200)
+    with pytest.raises(LabelsError, match="broken.gpkg: cannot be read as a vector file"):
+        read_labels(tmp_path / "broken.gpkg")
+    with pytest.raises(LabelsError, match=r"fields.gpkg: feature 0 has no 'label' \(its fields: biomass, crop\)"):
+        read_labels(tmp_path / "fields.gpkg")
+    _write_vector(tmp_path / "road.gpkg", [shapely.LineString([(x, y), (x + 9, y)])], {"crop": ["road"]},
+                  "EPSG:32631", "GPKG")
+    with pytest.raises(LabelsError, match="road.gpkg: feature 0 has LineString"):
+        read_labels(tmp_path / "road.gpkg", label_field="crop")
 
 
 def test_points_may_name_their_group_and_otherwise_neighbours_share_one(tmp_path):
