@@ -76,9 +76,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true",
                      help="make unpartitioned assets that feed others (the encoder) again, even if materialised")
     export = commands.add_parser("export", help="write embeddings in the official geotessera layouts")
-    export.add_argument("--format", choices=["tiles", "zarr"], default="tiles",
+    export.add_argument("--format", choices=["tiles", "zarr", "tiff"], default="tiles",
                         help="tiles: .npy tiles, landmasks and registries (geotessera 0.7.5 and 0.11); zarr: the "
-                             "0.11 Zarr store, one group per UTM zone")
+                             "0.11 Zarr store, one group per UTM zone; tiff: float32 128-band GeoTIFF tiles, "
+                             "geotessera's --format tiff layout that TorchGeo's TesseraEmbeddings reads")
     export.add_argument("--year", type=int, required=True)
     export.add_argument("--region", required=True)
     export.add_argument("--out", required=True, help="tile root (geotessera's embeddings_dir) or Zarr store path")

@@ -118,7 +118,7 @@ def test_run_materialises_any_region_through_the_instance(tmp_path, monkeypatch,
 def test_downloaded_official_tiles_give_search_and_a_class_map_without_raw_data(tmp_path, monkeypatch, capsys):
     """The README's path for a user holding official tiles: point TESSERA_EMBEDDINGS_TILES at them,
     `tessera run` imports and indexes a region, `tessera search` and `tessera classify` work, and the
-    vectors export again as tiles and as a Zarr store."""
+    vectors export again as tiles, as a Zarr store and as GeoTIFF tiles."""
     import json
 
     from resources.testing.official_tiles import BOUNDARY_BBOX, write_official_tiles
@@ -153,6 +153,11 @@ def test_downloaded_official_tiles_give_search_and_a_class_map_without_raw_data(
     assert "registries in" in capsys.readouterr().out
     again = json.loads((tmp_path / "again" / "tessera_metadata.json").read_text())
     assert (again["dataset_version"], again["dataset_variant"]) == ("1.1", "cambridge"), "official vectors pass through"
+    assert main(["export", "--format", "tiff", "--year", "2024", "--region", "border", "--out",
+                 str(tmp_path / "tiffs")]) == 0
+    assert "TorchGeo" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "tiffs").rglob("*.tiff")) == sorted(
+        f"{p.parent.name}_2024.tiff" for p in (tmp_path / "again").rglob("grid_*_scales.npy"))
 
 
 EXTRA_DEFINITIONS = '''
