@@ -4,6 +4,8 @@
     emb = open_embeddings(2022, "demo", dequantise=True)    # float32 (dim, y, x), NaN: no data
     emb.embeddings.sel(dim=slice(0, 3)).mean(["x", "y"]).compute()
     open_class_map(2022, "demo").classes.plot()
+    search(0.1046, 52.2065, 2022, k=10).to_pandas()         # the pixels most like one pixel
+    similarity_to(0.1046, 52.2065, 2022, "demo").plot()     # ... and the map of how like it each is
 
 Each function returns an `xarray.Dataset` on the partition's own grid: dims `(dim|band, y, x)` with
 x/y coordinates in the grid's CRS, the CRS and transform attached (rioxarray: `ds.rio.crs`,
@@ -23,6 +25,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import xarray as xr
 
     from resources.storage.data_root import Folder, TesseraStorage
@@ -149,6 +152,46 @@ def open_similarity_map(year: int, region: str, query: str, *, root: str | None 
     folder = _partition(data_root(root), "similarity", year, region, f"{query}.tif")
     return xr.Dataset({"similarity": _single(folder, f"{query}.tif", chunks)},
                       attrs={"year": year, "region": region, "query": query, "source": str(folder)})
+
+
+def search(lon: float, lat: float, year: int, *, k: int = 10, years: list[int] | None = None,
+           regions: list[str] | None = None, root: str | None = None) -> "pa.Table":
+    """The k pixels most like the pixel at (lon, lat) in `year` (cosine), best first, from the
+    embedding table (`<root>/lancedb`, or the deployment's): columns key, lon, lat, year, region,
+    h3 cells and similarity. `years` / `regions` limit where to look (default: the query's year).
+    `.to_pandas()` gives a DataFrame."""
+    from resources.table.similarity import SearchFilter, Similarity
+    from resources.table.store import TableStore
+    from tessera_assets.resources_by_deployment import lancedb_uri
+
+    store = TableStore(uri=f"{root.rstrip('/')}/lancedb" if root else lancedb_uri())
+    similarity = Similarity(store)
+    query, _ = similarity.vector_at(lon, lat, year)
+    return similarity.search(query, k=k, filters=SearchFilter(years=years or [year], regions=regions))
+
+
+def similarity_to(lon: float, lat: float, year: int, region: str, *, query_year: int | None = None,
+                  root: str | None = None, chunks: int = CHUNK) -> "xr.DataArray":
+    """How like the pixel at (lon, lat) of `query_year` (default `year`) every pixel of a
+    partition is: cosine similarity (y, x), NaN where there is no data, computed lazily from the
+    stored int8 vectors (the per-pixel scale cancels in a cosine)."""
+    import numpy as np
+    from rasterio.warp import transform
+
+    query = open_embeddings(query_year or year, region, root=root, chunks=chunks, dequantise=True).embeddings
+    (x,), (y,) = transform("EPSG:4326", query.rio.crs, [lon], [lat])
+    vector = query.sel(x=x, y=y, method="nearest").values.astype(np.float32)
+    if not np.isfinite(vector).all():
+        from resources.errors import PartitionNotMaterialisedError
+
+        raise PartitionNotMaterialisedError(f"({lon}, {lat}) has no embedding in {region} {query_year or year}")
+    stored = open_embeddings(year, region, root=root, chunks=chunks)
+    vectors, scales = stored.embeddings.astype(np.float32), stored.scales
+    unit = vector / np.linalg.norm(vector)
+    cosine = (vectors * unit[:, None, None]).sum("dim") / np.sqrt((vectors ** 2).sum("dim"))
+    cosine = cosine.where(np.isfinite(scales))
+    cosine.attrs = {"description": f"cosine similarity to ({lon}, {lat}) of {query_year or year}"}
+    return cosine.rename("similarity")
 
 
 def product_catalog(root: str | None = None) -> str:

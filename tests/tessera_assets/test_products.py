@@ -42,3 +42,24 @@ def test_a_missing_partition_is_named(embedded_env):
         open_embeddings(1999, "nowhere", root=str(env.root / "data"))
     with pytest.raises(PartitionNotMaterialisedError, match="no value_map"):
         open_value_map(1999, TINY_REGION, root=str(env.root / "data"))
+
+
+def test_a_similarity_map_from_the_api_is_the_similarity_of_the_stored_vectors(embedded_env):
+    from model.quantise import cosine_to
+    from tessera_assets.products import similarity_to
+
+    env, _, _, _ = embedded_env
+    stored = env.resources["storage"].open_embeddings(TINY_YEAR, TINY_REGION)
+    vectors, scales = stored.read()
+    grid = stored.grid
+    row, col = grid.height // 2, grid.width // 2
+    from rasterio.transform import xy
+    from rasterio.warp import transform
+
+    x, y = xy(grid.transform, row, col)
+    (lon,), (lat,) = transform(grid.crs, "EPSG:4326", [x], [y])
+    sim = similarity_to(lon, lat, TINY_YEAR, TINY_REGION, root=str(env.root / "data"))
+    assert sim.dims == ("y", "x") and sim.chunks is not None
+    expected = cosine_to(vectors, scales, dequantise(vectors[row, col], scales[row, col]))
+    assert np.allclose(sim.values, expected, atol=1e-5, equal_nan=True)
+    assert sim.values[row, col] == pytest.approx(1.0, abs=1e-5)
