@@ -9,11 +9,21 @@ export DAGSTER_HOME ?= $(CURDIR)/.tessera/dagster
 
 .PHONY: install demo test test-fast dev serve clean
 
+# uv installs the project in seconds where pip takes minutes (README: "Install"); where uv cannot be
+# had or fails, pip does it. uv reads PIP_FIND_LINKS's folders too (where this machine keeps torch).
+UV_ENV := $(if $(PIP_FIND_LINKS),UV_FIND_LINKS="$(PIP_FIND_LINKS)")
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[test]"
+	@if $(BIN)/pip install --quiet uv >/dev/null 2>&1 \
+	   && $(UV_ENV) $(BIN)/uv pip install --quiet --python $(BIN)/python $(TORCH_SPEC) \
+	   && $(UV_ENV) $(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]"; then \
+	  echo "installed with uv"; \
+	else \
+	  echo "uv unavailable or failed: installing with pip (a few minutes)"; \
+	  $(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet $(TORCH_SPEC) \
+	  && $(BIN)/pip install --quiet -e ".[test]"; \
+	fi
 	touch $@
 
 install: $(BIN)/.installed
