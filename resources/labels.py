@@ -311,3 +311,45 @@ def labels_digest(files: list[Path]) -> str:
     for file in sorted(files):
         digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+# labels out, for the tools people draw and check them in: suffix -> (GDAL driver, media type)
+EXPORT_FORMATS = {".geojson": ("GeoJSON", "application/geo+json"),
+                  ".gpkg": ("GPKG", "application/geopackage+sqlite3"),
+                  ".kml": ("KML", "application/vnd.google-earth.kml+xml"),
+                  ".csv": (None, "text/csv")}
+
+
+def export_labels(features: list[dict], suffix: str) -> bytes:
+    """GeoJSON features (lon/lat, a `label` property, maybe a `year`) as a file of another format:
+    GeoJSON, GeoPackage and KML written by GDAL (pyogrio), in EPSG:4326; CSV as `lon,lat,label,year,wkt`
+    (a polygon's lon/lat is its centroid; its shape is in `wkt`), which `read_labels` reads back as
+    points."""
+    import tempfile
+
+    import shapely
+    import shapely.geometry
+
+    if suffix not in EXPORT_FORMATS:
+        raise LabelsError(f"labels export as {', '.join(EXPORT_FORMATS)}, not {suffix!r}")
+    if not features:
+        raise LabelsError("there are no labels to export")
+    shapes = [shapely.geometry.shape(f["geometry"]) for f in features]
+    labels = [str(f["properties"]["label"]) for f in features]
+    years = [f["properties"].get("year") for f in features]
+    driver, _ = EXPORT_FORMATS[suffix]
+    if driver is None:
+        rows = ["lon,lat,label,year,wkt"]
+        for shape, label, year in zip(shapes, labels, years):
+            point = shape if shape.geom_type == "Point" else shape.centroid
+            quoted = '"' + label.replace('"', '""') + '"'
+            rows.append(f'{point.x:.7f},{point.y:.7f},{quoted},{year or ""},"{shape.wkt}"')
+        return ("\n".join(rows) + "\n").encode()
+    from pyogrio.raw import write
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"labels{suffix}"
+        write(path, shapely.to_wkb(shapes), [np.array(labels, dtype=object), np.array(
+            [int(y) if y else None for y in years], dtype=object)], fields=["label", "year"], crs="EPSG:4326",
+            driver=driver, geometry_type="Unknown")
+        return path.read_bytes()

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from resources.errors import PartitionNotMaterialisedError, TesseraError
 from tessera_assets.errors import BadRequest
-from resources.labels import LabelsError
+from resources.labels import EXPORT_FORMATS, LabelsError, export_labels
 from resources.regions import PartitionId, RegionCatalog, validate_region_name, validate_year
 from resources.table.similarity import SearchFilter, Similarity, search_report, write_results
 from resources.storage.data_root import TesseraStorage
@@ -47,6 +47,7 @@ DEFAULT_SUGGESTIONS = 10
 DEFAULT_SPACING_PX = 5
 MAX_SPACING_PX = 200
 SUGGESTION_CANDIDATES = 20_000
+MAP_PRODUCTS = ("land_cover", "value_map", "change", "similarity")  # whose GeoTIFFs download from /api/maps
 SUGGESTION_PARAMS = ("year", "region", "count", "spacing", "seed")
 
 
@@ -190,6 +191,15 @@ class Explorer:
         parts = relative.split("/")
         if not relative.endswith(".png") or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             raise BadRequest(f"{relative}: only PNG files of published partitions are served")
+        return self.storage.read_file(relative)
+
+    def map_file(self, relative: str) -> bytes:
+        """A map's GeoTIFF (a COG) of a published partition, `<product>/<year>/<region>/<name>.tif`,
+        for QGIS; only the map products' GeoTIFFs are served."""
+        parts = relative.split("/")
+        if (len(parts) != 4 or parts[0] not in MAP_PRODUCTS or not parts[3].endswith(".tif")
+                or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
+            raise BadRequest(f"{relative}: maps download as <{'|'.join(MAP_PRODUCTS)}>/<year>/<region>/<name>.tif")
         return self.storage.read_file(relative)
 
     # -- labels ------------------------------------------------------------------------------------
@@ -387,6 +397,18 @@ def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
                             headers={"content-disposition": 'attachment; filename="labels.geojson"'}
                             if request.query_params.get("download") else None)
 
+    async def labels_file(request: Request):
+        suffix = "." + request.path_params["format"]
+        data = await run_in_threadpool(export_labels, explorer.session.geojson()["features"], suffix)
+        return Response(data, media_type=EXPORT_FORMATS[suffix][1],
+                        headers={"content-disposition": f'attachment; filename="labels{suffix}"'})
+
+    async def map_file(request: Request):
+        relative = request.path_params["path"]
+        data = await run_in_threadpool(explorer.map_file, relative)
+        return Response(data, media_type="image/tiff",
+                        headers={"content-disposition": f'attachment; filename="{"-".join(relative.split("/"))}"'})
+
     async def label(request: Request):
         await run_in_threadpool(explorer.session.remove, request.path_params["label_id"])
         return JSONResponse({"removed": request.path_params["label_id"]})
@@ -416,6 +438,8 @@ def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
         Route("/api/search/{query}.{format}", answer(results)),
         Route("/api/labels", answer(labels), methods=["GET", "POST", "DELETE"]),
         Route("/api/labels/{label_id:int}", answer(label), methods=["DELETE"]),
+        Route("/api/labels.{format}", answer(labels_file)),
+        Route("/api/maps/{path:path}", answer(map_file)),
         Route("/api/train", answer(train), methods=["POST"]),
         Route("/api/suggestions", answer(suggestions)),
         Route("/api/classes/{year:int}/{region}.tif", answer(class_map)),

@@ -18,7 +18,7 @@ with warnings.catch_warnings():  # starlette's note about httpx2, not about this
     from starlette.testclient import TestClient
 
 from model.quantise import quantise
-from resources.labels import LabelFeature, pixels_of
+from resources.labels import LabelFeature, pixels_of, read_labels
 from resources.regions import RegionCatalog
 from resources.storage.data_root import EmbeddingWriter, TesseraStorage
 from resources.table.vector_store import VectorStore
@@ -173,3 +173,39 @@ def test_published_maps_become_layers_of_their_partition(world):
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/png"
     assert client.get(f"/tiles/change/{YEAR}/{REGION}/0/0/0.png").status_code == 404, "no change map: not found"
     assert client.get(f"/tiles/height/{YEAR}/{REGION}/0/0/0.png").status_code == 400
+
+
+def test_labels_export_in_every_format_and_read_back(world, tmp_path):
+    client, grid, _ = world
+    assert client.get("/api/labels.kml").status_code == 400, "no labels yet"
+    _train(client, grid)
+    square = {"type": "Polygon", "coordinates": [[[5.051, 51.217], [5.052, 51.217], [5.052, 51.218], [5.051, 51.218],
+                                                  [5.051, 51.217]]]}
+    assert client.post("/api/labels", json={"geometry": square, "label": 'odd "name"', "year": YEAR}).status_code == 201
+    sent = client.get("/api/labels").json()["features"]
+    for suffix in ("geojson", "gpkg", "kml", "csv"):
+        response = client.get(f"/api/labels.{suffix}")
+        assert response.status_code == 200, response.text
+        assert f'filename="labels.{suffix}"' in response.headers["content-disposition"]
+        (tmp_path / f"back.{suffix}").write_bytes(response.content)
+        back = read_labels(tmp_path / f"back.{suffix}")
+        assert [f.label for f in back] == [f["properties"]["label"] for f in sent], suffix
+        assert {f.year for f in back} == {YEAR}, suffix
+        kinds = {f.geometry["type"] for f in back}
+        assert kinds == ({"Point"} if suffix == "csv" else {"Point", "Polygon"}), suffix
+    assert client.get("/api/labels.shp").status_code == 400
+
+
+def test_maps_download_as_geotiffs_and_nothing_else_does(world):
+    client, grid, folder = world
+    storage = TesseraStorage(root=str(folder.parents[2]))
+    with storage.publish("value_map", str(YEAR), REGION) as tmp:
+        with rasterio.open(tmp / "values.tif", "w", **grid.geotiff_profile(count=1, dtype="float32", nodata=float("nan"))) as dst:
+            dst.write(np.ones((grid.height, grid.width), np.float32), 1)
+    response = client.get(f"/api/maps/value_map/{YEAR}/{REGION}/values.tif")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/tiff"
+    with rasterio.MemoryFile(response.content) as memory, memory.open() as src:
+        assert src.crs == grid.crs and src.read(1).min() == 1.0
+    for bad in (f"embeddings/{YEAR}/{REGION}/embeddings.tif", f"value_map/{YEAR}/{REGION}/item.json",
+                f"value_map/{YEAR}/../../regions.yaml", f"value_map/{YEAR}/{REGION}/.hidden.tif"):
+        assert client.get(f"/api/maps/{bad}").status_code in (400, 404), bad
