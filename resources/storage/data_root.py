@@ -25,6 +25,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from model.encoder import TesseraEncoder
+from model.model_card import model_card
 from model.quantise import cosine_to, dequantise
 from resources.storage.atomic import atomic_directory, atomic_file, is_published, temporary_sibling
 from resources.storage.cog import cogs_in
@@ -40,6 +41,7 @@ ENCODER_CHECKPOINT = "encoder.pt"
 CURRENT_ENCODER = "current.json"  # models/current.json: the pointer to the current encoder
 DOWNLOADED = ".downloaded"  # in a cached copy of an object-store version: every file is there
 ENCODER_FILE = "encoder.json"  # in an embeddings partition: the identity of the encoder that made it
+MODEL_CARD = "MODEL_CARD.md"  # beside each kept checkpoint
 
 
 class TesseraStorage(ConfigurableResource):
@@ -88,12 +90,12 @@ class TesseraStorage(ConfigurableResource):
         if self.remote is None:
             with atomic_directory(self.path(*parts)) as tmp:
                 yield tmp
-                _finish_partition(tmp, parts, "/".join(parts))
+                _finish_partition(tmp, parts, "/".join(parts), self._key_of)
         else:
             version = new_version()  # taken at the start: the last run to start wins
             with temporary_sibling(self.local("staging") / "partition") as tmp:
                 yield tmp
-                _finish_partition(tmp, parts, f"{'/'.join(parts)}/{version}")
+                _finish_partition(tmp, parts, f"{'/'.join(parts)}/{version}", self._key_of)
                 self.remote.publish(tmp, "/".join(parts), version)
         found = product_of(parts)
         if found is not None:
@@ -134,6 +136,13 @@ class TesseraStorage(ConfigurableResource):
             listed = [p for p in PRODUCTS if self.partitions(*p.parts)]
             self._write_document(CATALOG_FILE, catalog_document(listed))
         return self.location_of(CATALOG_FILE)
+
+    def _key_of(self, *parts: str) -> str | None:
+        """Where a published folder is under the root (with its version on an object store), or None."""
+        folder = self.folder(*parts)
+        if folder is None:
+            return None
+        return folder.key if folder.store is not None else "/".join(parts)
 
     def location_of(self, relative: str) -> str:
         """Where a file under the data root is, for people and clients (a path or a URI)."""
@@ -259,13 +268,17 @@ class TesseraStorage(ConfigurableResource):
             return np.zeros(shape, np.uint16)
 
     # -- encoders --------------------------------------------------------------------------------
-    def keep_encoder(self, encoder: TesseraEncoder, files: dict[str, Path] | None = None) -> str:
-        """The checkpoint (and `files` beside it, e.g. its loss curve) published once under its
-        identity, never overwritten (the same id means the same weights); returns where it is."""
+    def keep_encoder(self, encoder: TesseraEncoder, files: dict[str, Path] | None = None,
+                     source: str = "pretrained") -> str:
+        """The checkpoint, its model card and `files` beside it (e.g. its loss curve), published
+        once under its identity, never overwritten (the same id means the same weights); returns
+        where the checkpoint is."""
         parts = ("models", encoder.identity.id)
         if self.folder(*parts) is None:
             with self.publish(*parts) as tmp:
                 encoder.save(tmp / ENCODER_CHECKPOINT)
+                (tmp / MODEL_CARD).write_text(model_card(encoder.identity.to_dict(), encoder.config.to_dict(),
+                                                         encoder.parameter_count(), encoder.metadata, source))
                 for name, path in (files or {}).items():
                     shutil.copyfile(path, tmp / name)
         return self.folder(*parts) / ENCODER_CHECKPOINT
@@ -274,7 +287,7 @@ class TesseraStorage(ConfigurableResource):
                         files: dict[str, Path] | None = None) -> str:
         """Keep the checkpoint and make it current with one small pointer write, so readers see the
         old or the new encoder, never neither (two runs at once: the last write wins)."""
-        checkpoint = self.keep_encoder(encoder, files)
+        checkpoint = self.keep_encoder(encoder, files, str((extra or {}).get("source", "pretrained")))
         body = json.dumps(encoder.identity.to_dict() | {"checkpoint": checkpoint} | (extra or {}), indent=1)
         if self.remote is not None:
             self.remote.put(f"models/{CURRENT_ENCODER}", body.encode())
@@ -312,11 +325,11 @@ class TesseraStorage(ConfigurableResource):
         return TesseraEncoder.from_checkpoint(self.encoder_checkpoint(encoder_id or self.current_encoder_id()))
 
 
-def _finish_partition(folder: Path, parts: tuple[str, ...], key: str) -> None:
+def _finish_partition(folder: Path, parts: tuple[str, ...], key: str, locate) -> None:
     """What every partition gets before it is published: COGs, and its STAC item (for a catalogued
     product), whose links are relative to `key`, where it is published."""
     cogs_in(folder)
-    item = partition_item(folder, parts)
+    item = partition_item(folder, parts, locate)
     if item is not None:
         (folder / ITEM_FILE).write_text(json.dumps(item_links(item, key, product_of(parts)[0]), indent=1))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,12 @@ def _embedding_fields(folder: Path, assets: dict[str, dict]) -> dict[str, Any]:
     }
 
 
-def partition_item(folder: Path, parts: tuple[str, ...]) -> dict[str, Any] | None:
+def partition_item(folder: Path, parts: tuple[str, ...],
+                   locate: Callable[..., str | None] = lambda *parts: "/".join(parts)) -> dict[str, Any] | None:
     """The STAC Item of a partition folder (its files as assets), or None if `parts` is not a
-    catalogued product. `folder` is the finished local folder about to be published."""
+    catalogued product. `folder` is the finished local folder about to be published; `locate`
+    gives the key under the data root where another published folder is (with its version on an
+    object store), or None."""
     found = product_of(parts)
     if found is None:
         return None
@@ -167,15 +171,21 @@ def partition_item(folder: Path, parts: tuple[str, ...]) -> dict[str, Any] | Non
         "end_datetime": f"{year}-12-31T23:59:59Z", "tessera:year": year, "tessera:region": region,
         "processing:datetime": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    links = []
     if product.parts == ("embeddings",):
         extensions.append(EMB)
         properties |= _embedding_fields(Path(folder), assets)
+        # the model card beside the encoder's checkpoint (models/<id>/), relative to the data root
+        model = locate("models", properties["tessera:encoder_id"])
+        if model:
+            links.append({"rel": "emb:model", "href": f"{model}/MODEL_CARD.md", "type": "text/markdown",
+                          "title": "the encoder's model card"})
     return {
         "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": extensions,
         "id": f"{product.id}-{year}-{region}", "collection": product.id,
         "geometry": {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north], [west, north],
                                                          [west, south]]]},
-        "bbox": [west, south, east, north], "properties": properties, "assets": assets, "links": [],
+        "bbox": [west, south, east, north], "properties": properties, "assets": assets, "links": links,
     }
 
 
@@ -184,9 +194,10 @@ def item_links(item: dict[str, Any], item_key: str, product: Product) -> dict[st
     published (`item_key`: its folder's key under the data root, with any version prefix)."""
     up = "../" * len(item_key.split("/"))
     collection = f"{up}{'/'.join(product.parts)}/{COLLECTION_FILE}"
+    own = [dict(link, href=up + link["href"]) for link in item.get("links", [])]  # written from the data root
     item["links"] = [{"rel": "root", "href": f"{up}{CATALOG_FILE}", "type": "application/json"},
                      {"rel": "collection", "href": collection, "type": "application/json"},
-                     {"rel": "parent", "href": collection, "type": "application/json"}]
+                     {"rel": "parent", "href": collection, "type": "application/json"}, *own]
     return item
 
 

@@ -100,3 +100,16 @@ def test_a_collection_follows_publishes_and_deletes(tmp_path):
     assert storage.delete_region("a") == 1
     collection = json.loads((tmp_path / "data" / "value_map" / "collection.json").read_text())
     assert [l["href"] for l in collection["links"] if l["rel"] == "item"] == ["./2022/b/item.json"]
+
+
+def test_embeddings_link_the_model_card_of_their_encoder(embedded_env):
+    env, _, _, _ = embedded_env
+    folder = env.root / "data" / "embeddings" / str(TINY_YEAR) / TINY_REGION
+    item = json.loads((folder / "item.json").read_text())
+    link = next(link for link in item["links"] if link["rel"] == "emb:model")
+    card = (folder / link["href"]).resolve()
+    encoder_id = item["properties"]["tessera:encoder_id"]
+    assert card == (env.root / "data" / "models" / encoder_id / "MODEL_CARD.md").resolve()
+    text = card.read_text()
+    assert text.startswith(f"# Model card: {encoder_id}") and "## Training" in text and "Barlow Twins" in text
+    assert "## Limitations" in text and "arXiv:2506.20380" in text
