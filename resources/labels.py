@@ -105,19 +105,22 @@ def _parquet_rows(path: Path) -> tuple[str | None, list[_Row]]:
 
 def _csv_rows(path: Path, needed: set[str]) -> tuple[str, list[_Row]]:
     """Points of a CSV file with lon and lat columns (WGS84 by definition)."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"lon", "lat", *needed} - set(reader.fieldnames or [])
-        if missing:
-            raise LabelsError(f"{path}: CSV lacks the columns {', '.join(sorted(missing))} "
-                              f"(need lon, lat, {', '.join(sorted(needed))})")
-        rows = []
-        for i, row in enumerate(reader):
-            try:
-                lon, lat = float(row["lon"]), float(row["lat"])
-            except ValueError:
-                raise LabelsError(f"{path}: row {i + 2} has a non-numeric lon/lat") from None
-            rows.append(_Row({"type": "Point", "coordinates": [lon, lat]}, row))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"lon", "lat", *needed} - set(reader.fieldnames or [])
+            if missing:
+                raise LabelsError(f"{path}: CSV lacks the columns {', '.join(sorted(missing))} "
+                                  f"(need lon, lat, {', '.join(sorted(needed))})")
+            rows = []
+            for i, row in enumerate(reader):
+                try:
+                    lon, lat = float(row["lon"]), float(row["lat"])
+                except (TypeError, ValueError):  # a short row gives None
+                    raise LabelsError(f"{path}: row {i + 2} has a missing or non-numeric lon/lat") from None
+                rows.append(_Row({"type": "Point", "coordinates": [lon, lat]}, row))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(f"{path}: not a UTF-8 CSV file ({exc})") from None
     return "EPSG:4326", rows
 
 

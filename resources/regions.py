@@ -25,6 +25,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from resources.errors import (
+    ConfigurationError,
     InvalidBBoxError,
     InvalidRegionNameError,
     RegionTooLargeError,
@@ -59,8 +60,8 @@ def validate_year(year: int | str) -> int:
 
 def validate_bbox(bbox: tuple[float, float, float, float] | list[float]) -> tuple[float, float, float, float]:
     """West, south, east, north in degrees; UTM only spans 80 S .. 84 N, so neither do we."""
-    if len(bbox) != 4:
-        raise InvalidBBoxError(f"bbox must be 4 numbers W S E N, got {len(bbox)}: {list(bbox)}")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise InvalidBBoxError(f"bbox must be 4 numbers W S E N, got {str(bbox)[:80]}")
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -247,15 +248,29 @@ class RegionCatalog(ConfigurableResource):
         return (path.read_text() if path.exists() else None), None
 
     def _read(self) -> dict[str, dict]:
+        """The `regions` mapping, each entry a mapping with a `bbox`; a file of another shape (not
+        YAML, no mapping, an entry without a bbox) is a ConfigurationError naming the file."""
         text, _ = self._text()
-        document = yaml.safe_load(text or "") or {}
-        return dict(document.get("regions") or {})
+        try:
+            document = yaml.safe_load(text or "") or {}
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"regions file {self.path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        regions = document.get("regions") if isinstance(document, dict) else None
+        if regions is None and not document:
+            return {}
+        if not isinstance(regions, dict):
+            raise ConfigurationError(f"regions file {self.path} must hold `regions:` mapping names to "
+                                     "{bbox: [W, S, E, N]}")
+        for name, spec in regions.items():
+            if not isinstance(spec, dict) or "bbox" not in spec:
+                raise ConfigurationError(f"regions file {self.path}: region {str(name)[:40]!r} needs a bbox: [W, S, E, N]")
+        return {str(name): spec for name, spec in regions.items()}
+
+    def _region(self, name: str, spec: dict) -> Region:
+        return make_region(name, spec["bbox"], self.max_area_km2, spec.get("demo") is True)
 
     def all(self) -> list[Region]:
-        return [
-            make_region(name, spec["bbox"], self.max_area_km2, bool(spec.get("demo", False)))
-            for name, spec in sorted(self._read().items())
-        ]
+        return [self._region(name, spec) for name, spec in sorted(self._read().items())]
 
     def get(self, name: str) -> Region:
         spec = self._read().get(name)
@@ -264,7 +279,7 @@ class RegionCatalog(ConfigurableResource):
             raise UnknownRegionError(
                 f"unknown region {name!r} (known: {known}); add it with `tessera regions add`"
             )
-        return make_region(name, spec["bbox"], self.max_area_km2, bool(spec.get("demo", False)))
+        return self._region(name, spec)
 
     def add(self, name: str, bbox: list[float] | tuple[float, ...]) -> Region:
         """Validate, then add the region to the file (see `_edit`)."""

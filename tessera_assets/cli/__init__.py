@@ -44,14 +44,19 @@ def run_serve(args) -> int:
 
     import uvicorn
 
+    from tessera_assets.explorer.access import check_exposure
     from tessera_assets.explorer.app import Explorer, create_app
     from tessera_assets.resources_by_deployment import build_resources
 
+    access = check_exposure(args.host, args.tokens, args.read_only)  # before anything is opened
     resources = build_resources()
     explorer = Explorer(resources["storage"], resources["regions"], resources["vectors"], args.dagster_url)
-    print(f"tessera explorer on http://{args.host}:{args.port}/ ({len(explorer.partitions())} partitions)")
+    mode = (f"{len(set(access.tokens.values()))} users with tokens" if access.needs_token else "this machine only"
+            if not access.read_only else "read-only") + (", read-only" if access.read_only and access.needs_token else "")
+    print(f"tessera explorer on http://{args.host}:{args.port}/ ({len(explorer.partitions())} partitions; {mode})")
     threading.Thread(target=explorer.warm, daemon=True).start()
-    uvicorn.run(create_app(explorer, args.host), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(explorer, args.host, access), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
     return 0
 
 
@@ -121,6 +126,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--dagster-url", default="http://127.0.0.1:3000", help="the Dagster UI the page links to")
+    serve.add_argument("--tokens", help="a YAML mapping of user name to access token; beyond loopback this or "
+                                        "--read-only is required (each user labels and trains in their own file)")
+    serve.add_argument("--read-only", action="store_true", help="share search and maps, with labelling and training off")
     regions = commands.add_parser("regions", help="list or add regions")
     region_commands = regions.add_subparsers(dest="regions_command", required=True)
     region_commands.add_parser("list")

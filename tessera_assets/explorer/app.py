@@ -32,6 +32,7 @@ from resources.regions import PartitionId, RegionCatalog, validate_region_name, 
 from resources.table.similarity import SearchFilter, Similarity, search_report, write_results
 from resources.storage.data_root import TesseraStorage
 from resources.table.vector_store import VectorStore
+from tessera_assets.explorer.access import COOKIE, LOCAL_USER, Access
 from tessera_assets.explorer.labelling import LabelSession, suggestion_candidates
 from tessera_assets.explorer.layers import PRODUCT_LAYERS, Layers, has_raw, products_of
 from tessera_assets.explorer.tiles import render
@@ -65,11 +66,20 @@ class Explorer:
         self.storage, self.regions, self.vectors = storage, regions, vectors
         self.dagster_url = dagster_url.rstrip("/")
         self.layers = Layers(storage)
-        self.session = LabelSession(storage.local("explorer") / "labels.geojson")
+        self.sessions: dict[str, LabelSession] = {}
         self.queries: OrderedDict[str, Query] = OrderedDict()
         self._ids = itertools.count(1)
         self._similarity: Similarity | None = None
         self._lock = threading.Lock()
+
+    def session(self, user: str = LOCAL_USER) -> LabelSession:
+        """A user's labels and class maps: the local user's in `labels.geojson`, each other user's
+        in `labels-<user>.geojson` (user names are checked when the tokens file is read)."""
+        with self._lock:
+            if user not in self.sessions:
+                name = "labels.geojson" if user == LOCAL_USER else f"labels-{user}.geojson"
+                self.sessions[user] = LabelSession(self.storage.local("explorer") / name)
+            return self.sessions[user]
 
     def warm(self) -> None:
         """Compute every partition's base layers and open the table, so the first view and the
@@ -162,7 +172,7 @@ class Explorer:
             return path.read_bytes()
 
     # -- tiles -------------------------------------------------------------------------------------
-    def tile(self, layer: str, year: int, region: str, z: int, x: int, y: int, params) -> bytes:
+    def tile(self, layer: str, year: int, region: str, z: int, x: int, y: int, params, user: str = LOCAL_USER) -> bytes:
         year, region = validate_year(year), validate_region_name(region)
         if layer == "true_colour":
             raster = self.layers.true_colour(year, region)
@@ -175,7 +185,7 @@ class Explorer:
             threshold = float(params.get("threshold", -1.0))
             raster = self.layers.similarity(year, region, query_id, self.query(query_id).vector, threshold)
         elif layer == "classes":
-            made = self.session.maps.get((year, region))
+            made = self.session(user).maps.get((year, region))
             if made is None:
                 raise PartitionNotMaterialisedError(f"no class map of {PartitionId(year, region)} yet: label and train first")
             raster = self.layers.cached(("classes", year, region, made.version),
@@ -203,19 +213,19 @@ class Explorer:
         return self.storage.read_file(relative)
 
     # -- labels ------------------------------------------------------------------------------------
-    def add_label(self, body: dict) -> dict:
+    def add_label(self, body: dict, user: str = LOCAL_USER) -> dict:
         geometry = body.get("geometry") or {"type": "Point", "coordinates": [_float(body, "lon"), _float(body, "lat")]}
         year = body.get("year")
-        return self.session.add(str(body.get("label", "")), geometry, validate_year(int(year)) if year else None)
+        return self.session(user).add(str(body.get("label", "")), geometry, validate_year(int(year)) if year else None)
 
-    def train(self, body: dict) -> dict:
-        made = self.session.train(self.storage, validate_year(_int(body, "year")),
+    def train(self, body: dict, user: str = LOCAL_USER) -> dict:
+        made = self.session(user).train(self.storage, validate_year(_int(body, "year")),
                                   validate_region_name(str(body.get("region", ""))), str(body.get("head", "logistic")))
         return {"year": made.year, "region": made.region, "version": made.version, "encoder_id": made.encoder_id,
                 "classes": [{"name": name, "colour": made.colours[i], "samples": made.samples.get(name, 0),
                              "pixels": int((made.labels == i + 1).sum())} for i, name in enumerate(made.classes)]}
 
-    def suggestions(self, params) -> dict:
+    def suggestions(self, params, user: str = LOCAL_USER) -> dict:
         """The pixels worth labelling next under the partition's trained head (`model.suggest`),
         from a sample of its displayed pixels; query parameters `year`, `region`, `count`
         (1..MAX_SUGGESTIONS), `spacing` (pixels, 0..MAX_SPACING_PX) and `seed`."""
@@ -230,7 +240,8 @@ class Explorer:
         count = _int_in(params, "count", DEFAULT_SUGGESTIONS, 1, MAX_SUGGESTIONS)
         spacing = _int_in(params, "spacing", DEFAULT_SPACING_PX, 0, MAX_SPACING_PX)
         seed = _int_in(params, "seed", 0, 0, 2 ** 31 - 1)
-        made = self.session.maps.get((year, region))
+        session = self.session(user)
+        made = session.maps.get((year, region))
         if made is None:
             raise PartitionNotMaterialisedError(f"no class map of {PartitionId(year, region)} yet: label and train first")
         partition = self.storage.open_embeddings(year, region)
@@ -240,7 +251,7 @@ class Explorer:
         q, scales, _ = self.layers.display_vectors(year, region)
         grid = partition.grid
         candidates = suggestion_candidates(q, scales, grid, SUGGESTION_CANDIDATES, seed)
-        picked = self.session.suggest(made, candidates, grid, count, spacing, seed)
+        picked = session.suggest(made, candidates, grid, count, spacing, seed)
         return {"year": year, "region": region, "version": made.version, "classes": made.classes,
                 "candidates": len(candidates.rows), "seconds": round(time.perf_counter() - started, 4),
                 "suggestions": {"type": "FeatureCollection", "features": [{
@@ -344,20 +355,45 @@ def refusal(method: str, headers, hosts: tuple[str, ...] | None) -> str | None:
     return None
 
 
-def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
+def create_app(explorer: Explorer, bind_host: str = "127.0.0.1", access: Access | None = None) -> Starlette:
+    """The HTTP service. `access` says who may use it (`tessera_assets.explorer.access`): by default
+    the one local user; with tokens, every request but the page and its login names a user."""
     handled = (TesseraError, LabelsError, BadRequest, ValueError, FileNotFoundError)
     hosts = allowed_hosts(bind_host)
+    access = access or Access()
 
-    def answer(fn):
+    def answer(fn, public: bool = False, writes: tuple[str, ...] = ()):
+        """The endpoint behind the guards: the Host and origin rules, then (unless `public`) a
+        user's token, and no `writes` (methods) in read-only mode."""
         async def endpoint(request: Request):
             problem = refusal(request.method, request.headers, hosts)
             if problem:
                 return JSONResponse({"error": problem}, status_code=403)
+            if not public:
+                user = access.user(request.headers, request.cookies)
+                if user is None:
+                    return JSONResponse({"error": "this explorer needs your access token (sign in on its page, or "
+                                                  "send Authorization: Bearer <token>)"}, status_code=401)
+                if access.read_only and request.method in writes:
+                    return JSONResponse({"error": "this explorer is read-only: labels and training are off"},
+                                        status_code=403)
+                request.state.user = user
             try:
                 return await fn(request)
             except handled as exc:
                 return _error(exc)
         return endpoint
+
+    async def login(request: Request):
+        token = str((await _body(request)).get("token", ""))
+        if access.needs_token and access.user_of(token) is None:
+            return JSONResponse({"error": "unknown token"}, status_code=401)
+        response = JSONResponse({"user": access.user_of(token) if access.needs_token else LOCAL_USER,
+                                 "read_only": access.read_only})
+        if access.needs_token:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                                path="/")
+        return response
 
     async def page(request: Request):
         return FileResponse(STATIC / "index.html")
@@ -383,23 +419,25 @@ def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
     async def tile(request: Request):
         p = request.path_params
         png = await run_in_threadpool(explorer.tile, p["layer"], p["year"], p["region"], p["z"], p["x"], p["y"],
-                                      request.query_params)
+                                      request.query_params, request.state.user)
         return Response(png, media_type="image/png", headers={"cache-control": "no-cache"})
 
     async def labels(request: Request):
         if request.method == "POST":
-            return JSONResponse(await run_in_threadpool(explorer.add_label, await _body(request)), status_code=201)
+            return JSONResponse(await run_in_threadpool(explorer.add_label, await _body(request), request.state.user),
+                                status_code=201)
+        session = explorer.session(request.state.user)
         if request.method == "DELETE":
-            await run_in_threadpool(explorer.session.clear)
+            await run_in_threadpool(session.clear)
             return JSONResponse({"removed": "all"})
-        return JSONResponse(explorer.session.geojson() | {"colours": explorer.session.colours()},
+        return JSONResponse(session.geojson() | {"colours": session.colours()},
                             media_type="application/geo+json",
                             headers={"content-disposition": 'attachment; filename="labels.geojson"'}
                             if request.query_params.get("download") else None)
 
     async def labels_file(request: Request):
         suffix = "." + request.path_params["format"]
-        data = await run_in_threadpool(export_labels, explorer.session.geojson()["features"], suffix)
+        data = await run_in_threadpool(export_labels, explorer.session(request.state.user).geojson()["features"], suffix)
         return Response(data, media_type=EXPORT_FORMATS[suffix][1],
                         headers={"content-disposition": f'attachment; filename="labels{suffix}"'})
 
@@ -410,37 +448,38 @@ def create_app(explorer: Explorer, bind_host: str = "127.0.0.1") -> Starlette:
                         headers={"content-disposition": f'attachment; filename="{"-".join(relative.split("/"))}"'})
 
     async def label(request: Request):
-        await run_in_threadpool(explorer.session.remove, request.path_params["label_id"])
+        await run_in_threadpool(explorer.session(request.state.user).remove, request.path_params["label_id"])
         return JSONResponse({"removed": request.path_params["label_id"]})
 
     async def files(request: Request):
         return Response(await run_in_threadpool(explorer.data_file, request.path_params["path"]), media_type="image/png")
 
     async def train(request: Request):
-        return JSONResponse(await run_in_threadpool(explorer.train, await _body(request)))
+        return JSONResponse(await run_in_threadpool(explorer.train, await _body(request), request.state.user))
 
     async def suggestions(request: Request):
-        return JSONResponse(await run_in_threadpool(explorer.suggestions, request.query_params))
+        return JSONResponse(await run_in_threadpool(explorer.suggestions, request.query_params, request.state.user))
 
     async def class_map(request: Request):
         key = (validate_year(request.path_params["year"]), validate_region_name(request.path_params["region"]))
-        made = explorer.session.maps.get(key)
+        made = explorer.session(request.state.user).maps.get(key)
         if made is None:
             raise PartitionNotMaterialisedError(f"no class map of {PartitionId(*key)} yet: label and train first")
         return FileResponse(made.folder / "classes.tif", media_type="image/tiff",
                             filename=f"classes-{key[1]}-{key[0]}.tif")
 
     return Starlette(routes=[
-        Route("/", answer(page)),
+        Route("/", answer(page, public=True)),
+        Route("/api/login", answer(login, public=True), methods=["POST"]),
         Route("/api/partitions", answer(partitions)),
         Route("/api/regions", answer(regions)),
         Route("/api/search", answer(search), methods=["POST"]),
         Route("/api/search/{query}.{format}", answer(results)),
-        Route("/api/labels", answer(labels), methods=["GET", "POST", "DELETE"]),
-        Route("/api/labels/{label_id:int}", answer(label), methods=["DELETE"]),
+        Route("/api/labels", answer(labels, writes=("POST", "DELETE")), methods=["GET", "POST", "DELETE"]),
+        Route("/api/labels/{label_id:int}", answer(label, writes=("DELETE",)), methods=["DELETE"]),
         Route("/api/labels.{format}", answer(labels_file)),
         Route("/api/maps/{path:path}", answer(map_file)),
-        Route("/api/train", answer(train), methods=["POST"]),
+        Route("/api/train", answer(train, writes=("POST",)), methods=["POST"]),
         Route("/api/suggestions", answer(suggestions)),
         Route("/api/classes/{year:int}/{region}.tif", answer(class_map)),
         Route("/tiles/{layer}/{year:int}/{region}/{z:int}/{x:int}/{y:int}.png", answer(tile)),

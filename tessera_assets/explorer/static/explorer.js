@@ -20,14 +20,26 @@ function text(value) {
   return span;
 }
 
-async function api(path, options = {}) {
+async function api(path, options = {}, signedIn = false) {
   const response = await fetch(path, {
     ...options, headers: { "content-type": "application/json" },
     body: options.body === undefined ? undefined : JSON.stringify(options.body),
   });
   const data = await response.json();
+  if (response.status === 401 && !signedIn && await signIn()) return api(path, options, true);
   if (!response.ok) throw new Error(data.error || response.statusText);
   return data;
+}
+
+// A shared explorer asks for the user's access token once; the server keeps it in an HttpOnly
+// cookie (never in a URL, never readable by scripts), which tiles and downloads then carry too.
+async function signIn() {
+  const token = window.prompt("This explorer is shared: your access token");
+  if (!token) return false;
+  const response = await fetch("/api/login", { method: "POST", headers: { "content-type": "application/json" },
+                                               body: JSON.stringify({ token }) });
+  if (!response.ok) status("that token is not known here", true);
+  return response.ok;
 }
 
 function status(text, error = false) {
