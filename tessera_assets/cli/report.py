@@ -3,6 +3,7 @@ example search and the few-shot scores."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -62,9 +63,16 @@ def _reasons(table: str) -> list[str]:
 def inputs(results: dict[tuple[str, str], dict]) -> None:
     """Which item layout each catalog's items were read by, and every input left out, by partition:
     what a person must know to trust the figures above."""
-    layouts = {(asset[:2], meta["catalog_layout"]) for (asset, _), meta in results.items() if "catalog_layout" in meta}
+    layouts: dict[str, dict[str, int]] = {}  # sensor -> layout -> items, over every partition
+    for (asset, _), meta in results.items():
+        for part in str(meta.get("catalog_layout", "")).split(", ") if "catalog_layout" in meta else []:
+            found = re.match(r"^(.*) \((\d+) items?\)$", part)
+            if found:
+                sensor = layouts.setdefault(asset[:2], {})
+                sensor[found.group(1)] = sensor.get(found.group(1), 0) + int(found.group(2))
     if layouts:
-        print("catalog layouts: " + "; ".join(f"{sensor} {layout}" for sensor, layout in sorted(layouts)))
+        print("catalog layouts: " + "; ".join(f"{sensor} " + ", ".join(f"{name} ({n} items)" for name, n in sorted(kinds.items()))
+                                              for sensor, kinds in sorted(layouts.items())))
     for (asset, key), meta in sorted(results.items()):
         skipped = meta.get("scenes_skipped", 0) if asset in ("s2_raw", "s1_raw") else 0
         if skipped:

@@ -11,10 +11,12 @@ def test_layouts_and_left_out_inputs_are_printed_by_partition(capsys):
     table = "| scene | reason |\n|---|---|\n| S2A_1 | no SCL asset |\n| S2A_2 | no SCL asset |\n| S2B_3 | cloudy |"
     results = {("s2_raw", "2022|tiny"): {"catalog_layout": "auto: earth-search (12 items)", "scenes_found": 15,
                                          "scenes_skipped": 3, "skipped_reasons": table},
-               ("s1_raw", "2022|tiny"): {"catalog_layout": "demo (40 items)", "scenes_found": 40, "scenes_skipped": 0}}
+               ("s1_raw", "2022|tiny"): {"catalog_layout": "demo (40 items)", "scenes_found": 40, "scenes_skipped": 0},
+               ("s2_raw", "2021|tiny"): {"catalog_layout": "auto: earth-search (10 items), auto: cdse (1 item)",
+                                         "scenes_found": 11, "scenes_skipped": 0}}
     report.inputs(results)
     out, err = capsys.readouterr()
-    assert "catalog layouts: s1 demo (40 items); s2 auto: earth-search (12 items)" in out
+    assert "catalog layouts: s1 demo (40 items); s2 auto: cdse (1 items), auto: earth-search (22 items)" in out
     assert "left out: s2_raw 2022|tiny: 3 of 15 scenes (no SCL asset; cloudy); the rest were used" in err
 
 
