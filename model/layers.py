@@ -143,6 +143,35 @@ def encoder_layer_inference(layer: nn.TransformerEncoderLayer, x: torch.Tensor) 
     return out.view(batch, steps, width)
 
 
+def encoder_layer_training(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """A post-norm ReLU encoder layer with autograd: the arithmetic of `layer(x)` (dropout where
+    PyTorch applies it), without `nn.MultiheadAttention`'s copies. That module works sequence-first,
+    so it transposes the batch, copies the packed Q/K/V projection into a (3, T, B, width) block and
+    indexes it, whose backward fills a zero tensor of that size for each of Q, K and V; with 40 steps
+    it also takes the fused flash kernel, slower than two products and a softmax here. Measured on
+    the demo preset (batch 128, 40 steps, 2 cores): see `bench/pretrain.py`."""
+    if layer.norm_first or layer.activation_relu_or_gelu != 1:
+        return layer(x)  # not a layout any preset builds
+    batch, steps, width = x.shape
+    attn = layer.self_attn
+    heads = attn.num_heads
+    flat = x.reshape(batch * steps, width)
+    qkv = F.linear(flat, attn.in_proj_weight, attn.in_proj_bias).view(batch, steps, 3, heads, width // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (batch, heads, steps, head width) views
+    a = _attention_training(q, k, v, attn.dropout if layer.training else 0.0).transpose(1, 2).reshape(batch * steps, width)
+    y = layer.norm1(flat + layer.dropout1(F.linear(a, attn.out_proj.weight, attn.out_proj.bias)))
+    hidden = layer.dropout(F.relu(F.linear(y, layer.linear1.weight, layer.linear1.bias), inplace=True))
+    return layer.norm2(y + layer.dropout2(F.linear(hidden, layer.linear2.weight, layer.linear2.bias))).view(batch, steps, width)
+
+
+def _attention_training(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Softmax attention with autograd, dropout on the weights as `nn.MultiheadAttention` applies it."""
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5), dim=-1)
+    return torch.matmul(F.dropout(weights, dropout) if dropout > 0 else weights, v)
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention over the time steps. On CPU the 40 x 40 score matrices are too small for
     the fused flash kernel, which ran ~3x slower here than two batched products and a softmax
@@ -214,7 +243,8 @@ class SensorBackbone(nn.Module):
             for layer in self.transformer_encoder:
                 x = layer(x)
         elif self.training or torch.is_grad_enabled():
-            x = self.transformer_encoder(x)
+            for layer in self.transformer_encoder.layers:
+                x = encoder_layer_training(layer, x)
         else:
             for layer in self.transformer_encoder.layers:
                 x = encoder_layer_inference(layer, x)
