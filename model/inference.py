@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from model.dense import cpu_bf16_kernels, pack_for_cpu
+from model.dense import pack_for_cpu
 from model.encoder import TesseraEncoder
 from model.layers import CPU_INFERENCE_ROWS
 from model.selection import select_inputs
@@ -46,13 +46,19 @@ def available_cpus() -> int:
 
 
 def best_precision(device: torch.device, requested: str = "auto") -> Precision:
+    """`auto`: bf16 on GPUs that have it, fp32 on every CPU. bf16 on a CPU pays only on some: on a
+    2-core Zen 4 its packed oneDNN kernels ran the large presets' products ~1.4x faster than fp32,
+    but on a 2-core Xeon with avx512_bf16 (no AMX) its GEMMs ran at 155 against 259 GFLOP/s in
+    fp32, and the demo preset embedded at 1,042 against 1,367 px/s (`bench/embed.py --presets
+    tessera-demo`). fp32 also gives the same embeddings on every kind of CPU, within float rounding;
+    ask for `bf16` where it is measured faster."""
     if requested in ("fp32", "bf16"):
         return requested  # type: ignore[return-value]
     if requested != "auto":
         raise ValueError(f"unknown precision {requested!r}: use auto, fp32 or bf16")
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_bf16_kernels() else "fp32"  # elsewhere bf16 runs on slower portable kernels
+    return "fp32"
 
 
 def prepare_for_inference(encoder: TesseraEncoder, device: torch.device, precision: Precision,

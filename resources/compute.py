@@ -10,8 +10,9 @@ from model.inference import Precision, available_cpus, best_device, best_precisi
 
 
 class ComputeDevice(ConfigurableResource):
-    """`auto` picks CUDA when present and otherwise the CPU; bf16 on GPUs and on CPUs with native
-    bf16 units (embeddings within cosine 0.999 of fp32), fp32 elsewhere."""
+    """`auto` picks CUDA when present and otherwise the CPU; bf16 on GPUs (embeddings within cosine
+    0.999 of fp32), fp32 on CPUs (`model.inference.best_precision` says why; `precision="bf16"`
+    asks for it on a CPU with bf16 units)."""
 
     device: str = "auto"
     precision: str = "auto"

@@ -9,7 +9,6 @@ import torch
 from conftest import fixtures_dir
 from model.config import preset
 from model import dense as dense_module
-from model import inference as inference_module
 from model.dense import dense, onednn_packing_available, pack_for_cpu
 from model.encoder import TesseraEncoder
 from model.errors import CheckpointError
@@ -166,6 +165,13 @@ def _packed_bf16_layers_equal_plain_ones_and_stay_close_to_fp32(packing: bool):
     assert cosine.min() > 0.999
 
 
+def test_auto_precision_is_fp32_on_every_cpu_and_bf16_only_when_asked():
+    assert best_precision(torch.device("cpu")) == "fp32"
+    assert best_precision(torch.device("cpu"), "bf16") == "bf16"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        best_precision(torch.device("cpu"), "fp16")
+
+
 def test_bf16_layers_on_this_cpu():
     """Whichever kind of CPU this is: packed where oneDNN has bf16 kernels for it, plain elsewhere."""
     _packed_bf16_layers_equal_plain_ones_and_stay_close_to_fp32(onednn_packing_available())
@@ -174,7 +180,5 @@ def test_bf16_layers_on_this_cpu():
 def test_bf16_layers_without_onednn_bf16_kernels(monkeypatch):
     """The AVX2-only path, run on any CPU: explicit bf16 packs nothing and still embeds."""
     monkeypatch.setattr(dense_module, "cpu_bf16_kernels", lambda: False)
-    monkeypatch.setattr(inference_module, "cpu_bf16_kernels", lambda: False)
     assert not onednn_packing_available()
-    assert best_precision(torch.device("cpu")) == "fp32", "auto precision is fp32 without bf16 kernels"
     _packed_bf16_layers_equal_plain_ones_and_stay_close_to_fp32(False)

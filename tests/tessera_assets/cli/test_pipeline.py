@@ -8,7 +8,7 @@ from dagster import AssetKey
 from rich.console import Console
 
 from tessera_assets.cli.commands import select_assets
-from tessera_assets.cli.pipeline import plan_stages, runnable
+from tessera_assets.cli.pipeline import plan_stages, runnable, stage_run_limit
 from tessera_assets.cli.progress import PipelineView
 from tessera_assets.definitions import build_definitions
 
@@ -67,6 +67,23 @@ def test_a_partition_runs_only_the_assets_whose_inputs_exist():
     assert [(sorted(s.names), str(p)) for s, p in runs] == [
         (["similarity_map"], "r|2021"), (["change_map", "similarity_map"], "r|2022")]
     assert len(notes) == 1 and notes[0].startswith("change_map r|2021: not run, it reads embeddings r|2020 (not materialised)")
+
+
+def test_no_stage_starts_more_runs_than_its_pools_admit(tmp_path, monkeypatch):
+    """Under the deployment's instance file (pools of one, four runs), the stages with a `gpu` or
+    `lancedb` step start one run at a time, the others four; a pool's own limit, once set, counts."""
+    from tessera_assets.cli.commands import dagster_instance
+
+    graph = build_definitions().get_repository_def().asset_graph
+    stages = {tuple(sorted(s.names)): s for s in plan_stages(graph, select_assets(graph))}
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    with dagster_instance() as instance:
+        limits = {names: stage_run_limit(graph, stage, instance) for names, stage in stages.items()}
+        assert limits[("s1_raw", "s2_raw")] == 4 and limits[("change_map", "similarity_map")] == 4
+        assert limits[("embedding_table", "embeddings")] == 1 and limits[("encoder_checkpoint",)] == 1
+        instance.event_log_storage.set_concurrency_slots("gpu", 2)
+        instance.event_log_storage.set_concurrency_slots("lancedb", 3)
+        assert stage_run_limit(graph, stages[("embedding_table", "embeddings")], instance) == 2
 
 
 def test_the_view_shows_a_runs_own_count_and_each_finished_run():
