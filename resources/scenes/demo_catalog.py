@@ -14,7 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import multiprocessing
+import os
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -516,22 +519,51 @@ def ensure_demo_catalog(root: Path, regions: list[Region], spec: DemoSpec = Demo
     return root / "catalog.json"
 
 
+def _lands(region: Region, spec: DemoSpec) -> tuple[dict[int, LandCover], dict[int, list[Change]]]:
+    """The region's land cover each year and its changes since the year before (deterministic)."""
+    _, width, height = _tile_grid(region.grid)
+    lands = {spec.years[0]: land_cover((height, width), _seed(region.name))}
+    changes: dict[int, list[Change]] = {}
+    for before, year in zip(spec.years, spec.years[1:]):
+        lands[year], changes[year] = next_year(lands[before], _seed(region.name, "change", year))
+    return lands, changes
+
+
+class _Items(list):
+    """Collects a region-year's items in a worker process, as dictionaries to send back."""
+
+    def add_item(self, item: pystac.Item) -> None:
+        self.append(item.to_dict())
+
+
+def _scenes_of(root: Path, region: Region, year: int, spec: DemoSpec) -> tuple[list[dict], list[dict]]:
+    """One region-year's scenes written under `root`; its S2 and S1 items (a worker's task)."""
+    s2, s1 = _Items(), _Items()
+    _write_region_year(root, region, year, spec, _lands(region, spec)[0][year], s2, s1)
+    return s2, s1
+
+
 def _generate(root: Path, regions: list[Region], spec: DemoSpec) -> None:
+    """The region-years' scenes are independent (each draws from its own seed), so they are written
+    by one process per CPU at once; the items join the collections in region, year order, so the
+    catalog is the same whatever the number of processes."""
     with atomic_directory(root) as tmp:
         catalog = pystac.Catalog("tessera-demo", "Synthetic Sentinel-1/2 scenes for the tessera demo")
         extent = pystac.Extent(pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]]))
         s2 = pystac.Collection("sentinel-2-l2a", "Demo Sentinel-2 L2A (Planetary Computer layout)", extent)
         s1 = pystac.Collection("sentinel-1-rtc", "Demo Sentinel-1 RTC (Planetary Computer layout)", extent)
         catalog.add_children([s2, s1])
-        for region in regions:
-            _, width, height = _tile_grid(region.grid)
-            lands = {spec.years[0]: land_cover((height, width), _seed(region.name))}
-            changes: dict[int, list[Change]] = {}
-            for before, year in zip(spec.years, spec.years[1:]):
-                lands[year], changes[year] = next_year(lands[before], _seed(region.name, "change", year))
-            _write_ground_truth(tmp, region, lands, changes)
-            for year in spec.years:
-                _write_region_year(tmp, region, year, spec, lands[year], s2, s1)
+        tasks = [(region, year) for region in regions for year in spec.years]
+        processes = max(1, min(len(tasks), len(os.sched_getaffinity(0))))
+        # spawned, not forked: the caller may be a Dagster step process with threads running
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            scenes = [pool.submit(_scenes_of, tmp, region, year, spec) for region, year in tasks]
+            for region in regions:
+                _write_ground_truth(tmp, region, *_lands(region, spec))
+            for future in scenes:
+                s2_items, s1_items = future.result()
+                s2.add_items([pystac.Item.from_dict(d) for d in s2_items])
+                s1.add_items([pystac.Item.from_dict(d) for d in s1_items])
         catalog.normalize_hrefs(str(tmp))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(pystac.CatalogType.SELF_CONTAINED)

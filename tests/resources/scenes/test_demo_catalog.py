@@ -67,3 +67,27 @@ def test_biomass_varies_within_a_class_and_scales_green_cover():
         assert np.all(later.classes[change.mask] == change.after) and np.all(land.classes[change.mask] == change.before)
     untouched = ~np.logical_or.reduce([c.mask for c in changes])
     assert np.array_equal(later.classes[untouched], land.classes[untouched])
+
+
+def test_the_catalog_is_the_same_whatever_the_number_of_processes(tmp_path, monkeypatch):
+    """Region-years are written side by side; their items join the collections in one order."""
+    import hashlib
+
+    import resources.scenes.demo_catalog as demo_catalog
+    from resources.regions import make_region
+
+    regions = [make_region("one", [5.05, 51.216, 5.0535, 51.218], 100),
+               make_region("two", [18.85, -33.95, 18.8535, -33.948], 100)]
+
+    def digest(folder):
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    demo_catalog.ensure_demo_catalog(tmp_path / "parallel", regions)
+    monkeypatch.setattr(demo_catalog.os, "sched_getaffinity", lambda pid: {0})
+    demo_catalog.ensure_demo_catalog(tmp_path / "serial", regions)
+    parallel, serial = digest(tmp_path / "parallel"), digest(tmp_path / "serial")
+    assert parallel == serial and len(parallel) > 100
+    ids = [json.loads((tmp_path / "serial" / name).read_text())["id"] for name in serial
+           if name.startswith("sentinel-1-rtc/") and name.endswith(".json") and name.count("/") == 2]
+    assert {i.split("_")[2] for i in ids} == {"one", "two"}
