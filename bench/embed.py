@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from busy import one_busy_process
 from model.config import ModelConfig, preset, preset_normalisation
 from model.dense import dense, pack_for_cpu
 from model.encoder import TesseraEncoder
@@ -244,13 +244,6 @@ def tile_import(year: int = 2024) -> dict:
             "zarr_import_s": round(zarr_s, 2), "zarr_px_per_s": round(pixels / zarr_s)}
 
 
-def _spin(stop) -> None:
-    """One CPU-bound competitor, as another tenant's process would be."""
-    x = 0
-    while not stop.is_set():
-        x = (x * 1103515245 + 12345) % 2147483648
-
-
 def measure(name: str, precisions: list[str], pixels: int, batch: int, device: torch.device, gemm: dict,
             t2: int, t1: int, intra_op: bool = False) -> dict:
     flop = flops_per_pixel(preset(name), t2, t1)
@@ -301,10 +294,7 @@ def main() -> None:
             entry["solo_intra_op"] = measure(name, precisions, pixels, batch, device, gemm, t2, t1, intra_op=True)
         report["presets"][name] = entry
     if args.busy and not cuda:
-        stop = multiprocessing.Event()
-        competitor = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
-        competitor.start()
-        try:
+        with one_busy_process():
             busy_gemm = {p: gemm_flops(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in precisions}
             report["busy_gemm_gflops"] = {p: round(v / 1e9, 1) for p, v in busy_gemm.items()}
             for name in names:  # our workers, and every operation split across threads (PyTorch's way)
@@ -318,9 +308,6 @@ def main() -> None:
                     "intra_op_px_per_s": busy_intra[p]["px_per_s"],
                     "intra_op_share_of_its_solo": round(busy_intra[p]["px_per_s"] / solo_intra[p]["px_per_s"], 3),
                 } for p in precisions}
-        finally:
-            stop.set()
-            competitor.join()
     home = Path(args.home)
     if cuda:
         report["host_selection_px_per_s"] = {

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -23,14 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
+from busy import one_busy_process  # noqa: E402
 from resources.testing.explorer_server import ExplorerServer  # noqa: E402
 from tessera_assets.explorer.tiles import lonlat_to_tile  # noqa: E402
-
-
-def _spin(stop) -> None:
-    x = 0
-    while not stop.is_set():
-        x = (x * 1103515245 + 12345) % 2147483648
 
 
 def _stats(seconds: list[float]) -> dict:
@@ -91,14 +85,8 @@ def main() -> None:
             sys.exit("no embeddings partitions: run `make demo` first")
         measure(server.client, partitions, 5, seed=1)  # warm-up: every layer computed once
         report = {"partitions": len(partitions), "alone": measure(server.client, partitions, args.clicks, seed=0)}
-        stop = multiprocessing.Event()
-        competitor = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
-        competitor.start()
-        try:
+        with one_busy_process():
             report["beside_one_busy_process"] = measure(server.client, partitions, args.clicks, seed=2)
-        finally:
-            stop.set()
-            competitor.join()
     print(json.dumps(report, indent=2))
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import sys
 import tempfile
 import time
@@ -37,7 +36,8 @@ from torch.utils import flop_counter  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import model.pretrain as pretraining  # noqa: E402
-from embed import _spin, gemm_flops  # noqa: E402
+from busy import one_busy_process  # noqa: E402
+from embed import gemm_flops  # noqa: E402
 from model.config import preset, preset_normalisation  # noqa: E402
 from model.encoder import TesseraEncoder  # noqa: E402
 from model.layers import SensorBackbone, doy_encoding  # noqa: E402
@@ -202,14 +202,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report["solo"] = measure(pool, args.preset, args.steps, args.batch_size, args.rounds, Path(tmp))
         if args.busy:
-            stop = multiprocessing.Event()
-            competitor = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
-            competitor.start()
-            try:
+            with one_busy_process():
                 report["busy"] = measure(pool, args.preset, args.steps, args.batch_size, args.rounds, Path(tmp))
-            finally:
-                stop.set()
-                competitor.join()
     print(json.dumps(report, indent=2))
 
 
