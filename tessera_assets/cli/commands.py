@@ -134,6 +134,7 @@ def run_region(region_names: list[str], years: list[int], until: str | None, ref
     if outcomes is None:
         return 1
     report.summary(collected(outcomes))
+    report.stage_times(outcomes)
     report.done(outcomes, time.perf_counter() - started, "; browse with: make dev")
     return 0
 
@@ -170,6 +171,7 @@ def run_demo(years: list[int], region_names: list[str] | None, verbose: bool = F
         return 1
     results = collected(outcomes)
     report.summary(results)
+    report.stage_times(outcomes)
     report.example_search(resources, max(years))
     report.fewshot(results, resources["storage"], chosen[0].name, max(years))
     report.headline(results, resources["storage"], catalog_folder, chosen[0].name, max(years))

@@ -132,6 +132,8 @@ class RunOutcome:
     materialised: dict[tuple[str, str], dict] = field(default_factory=dict)
     failed_checks: list[tuple[str, str, str]] = field(default_factory=list)  # (asset, check, partition)
     error: str | None = None
+    started: float = 0.0  # time.perf_counter() when the run was launched
+    planned: Stage | None = None  # the planned stage it belongs to (`stage` may hold fewer of its assets)
 
     @property
     def label(self) -> str:
@@ -195,7 +197,7 @@ def outcome_of(launched: LaunchedRun, instance: DagsterInstance) -> RunOutcome:
     run = instance.get_run_by_id(launched.run_id)
     success = run is not None and run.status == DagsterRunStatus.SUCCESS
     outcome = RunOutcome(launched.stage, launched.partition, launched.run_id, success,
-                         time.perf_counter() - launched.started)
+                         time.perf_counter() - launched.started, started=launched.started)
     key = str(launched.partition or "")
     failures = []
     for record in instance.all_logs(launched.run_id):
@@ -345,6 +347,7 @@ def execute(location: CodeLocation, stages: list[Stage], partitions: list[Partit
                 continue
             running.remove(finished)
             done.append(outcome_of(finished, instance))
+            done[-1].planned = stage
             if view:
                 view.run_finished(finished.run_id, done[-1].success, done[-1].seconds, done[-1].error,
                                   str(logs / f"{finished.run_id}.log"))

@@ -36,6 +36,17 @@ def done(outcomes, seconds: float, then: str = "") -> None:
                                           if failed else "") + then)
 
 
+def stage_times(outcomes) -> None:
+    """Each planned stage's wall time (its runs side by side) and its runs' count, in the order run."""
+    stages: dict[tuple[str, ...], list] = {}
+    for outcome in outcomes:
+        stages.setdefault(tuple((outcome.planned or outcome.stage).names), []).append(outcome)
+    print(f"\n{'stage':<72} {'runs':>4} {'seconds':>8}")
+    for names, runs in stages.items():
+        wall = max(r.started + r.seconds for r in runs) - min(r.started for r in runs)
+        print(f"{', '.join(names):<72} {len(runs):>4} {wall:>8.1f}")
+
+
 def summary(results: dict[tuple[str, str], dict]) -> None:
     encoder = results.get(("encoder_checkpoint", ""))
     if encoder:

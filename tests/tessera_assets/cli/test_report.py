@@ -27,3 +27,22 @@ def test_the_last_line_counts_failed_checks(capsys):
     assert capsys.readouterr().out.strip() == "done in 12.3 s; 1 asset check FAILED (listed above)"
     report.done([SimpleNamespace(failed_checks=[])], 1.0, "; browse with: make dev")
     assert capsys.readouterr().out.strip() == "done in 1.0 s; browse with: make dev"
+
+
+def test_each_stage_takes_from_its_first_run_start_to_its_last_run_end(capsys):
+    from dagster import AssetKey
+
+    from tessera_assets.cli.pipeline import RunOutcome, Stage
+
+    raw = Stage((AssetKey("s2_raw"), AssetKey("s1_raw")), True)
+    maps = Stage((AssetKey("change_map"), AssetKey("similarity_map")), True)
+    only_similarity = Stage((AssetKey("similarity_map"),), True)
+    outcomes = [RunOutcome(raw, None, "a", True, 10.0, started=100.0, planned=raw),
+                RunOutcome(raw, None, "b", True, 12.0, started=101.0, planned=raw),
+                RunOutcome(only_similarity, None, "c", True, 5.0, started=120.0, planned=maps),
+                RunOutcome(maps, None, "d", True, 8.0, started=121.5, planned=maps)]
+    report.stage_times(outcomes)
+    lines = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert lines[0] == ["stage", "runs", "seconds"]
+    assert lines[1] == ["s2_raw,", "s1_raw", "2", "13.0"]  # 100 -> 113
+    assert lines[2] == ["change_map,", "similarity_map", "2", "9.5"]  # 120 -> 129.5, one run held fewer assets
