@@ -282,9 +282,12 @@ def missing_inputs(asset_graph, asset: AssetKey, within: tuple[AssetKey, ...], p
             if parent not in materialised:
                 materialised[parent] = instance.get_materialized_partitions(parent)
             have = materialised[parent]
-            missing += [f"{parent.to_user_string()} {PartitionId.parse(k)} (not materialised)"
-                        for k in wanted.get_partition_keys() if k not in have]
-    return sorted(set(missing))
+            missing += [(str(PartitionId.parse(k)), parent.to_user_string()) for k in wanted.get_partition_keys()
+                        if k not in have]
+    by_partition: dict[str, list[str]] = {}
+    for other, parent in sorted(set(missing)):
+        by_partition.setdefault(other, []).append(parent)
+    return [f"{other} ({', '.join(parents)}: not materialised)" for other, parents in by_partition.items()]
 
 
 def runnable(asset_graph, stage: Stage, partitions: list[PartitionId], instance: DagsterInstance,

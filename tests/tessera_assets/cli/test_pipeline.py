@@ -66,7 +66,7 @@ def test_a_partition_runs_only_the_assets_whose_inputs_exist():
     runs = runnable(graph, stage, [PartitionId(2021, "r"), PartitionId(2022, "r")], instance, View())
     assert [(sorted(s.names), str(p)) for s, p in runs] == [
         (["similarity_map"], "r|2021"), (["change_map", "similarity_map"], "r|2022")]
-    assert len(notes) == 1 and notes[0].startswith("change_map r|2021: not run, it reads embeddings r|2020 (not materialised)")
+    assert len(notes) == 1 and notes[0] == "change_map r|2021: not run, it reads r|2020 (embeddings, s1_raw, s2_raw: not materialised)"
 
 
 def test_no_stage_starts_more_runs_than_its_pools_admit(tmp_path, monkeypatch):
