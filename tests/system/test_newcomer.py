@@ -43,7 +43,8 @@ def test_a_fresh_clone_runs_the_readmes_two_commands(tmp_path):
     assert (clone / ".tessera" / "data" / "catalog.json").exists() and (clone / ".tessera" / "dagster").is_dir()
     # the README's other command: in the clone it installs nothing more and collects every test
     # (this run of the suite is the one that executes them)
-    collected = subprocess.run(["make", "test"], cwd=clone, env=env | {"PYTEST_ADDOPTS": "--collect-only -q"},
+    # (the Makefile's own -q lists the tests and ends with "N tests collected"; a second -q would not)
+    collected = subprocess.run(["make", "test"], cwd=clone, env=env | {"PYTEST_ADDOPTS": "--collect-only"},
                                capture_output=True, text=True, timeout=600)
     assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
     assert re.search(r"\d+ tests collected", collected.stdout), collected.stdout[-2000:]
