@@ -38,7 +38,7 @@ def model_card(identity: dict[str, Any], config: dict[str, Any], parameters: int
         pretrain = training.get("pretrain", {})
         card += ["## Training", "",
                  f"Self-supervised (Barlow Twins on two temporal views of each pixel, with mixup) on "
-                 f"{training.get('pixels', '?'):,} pixels of the partitions "
+                 f"{_count(training.get('pixels'))} pixels of the partitions "
                  f"{', '.join(training.get('partitions', [])) or '(not recorded)'}: {training.get('steps', '?')} steps "
                  f"of batch {pretrain.get('batch_size', '?')}, learning rate {pretrain.get('learning_rate', '?')}, seed "
                  f"{pretrain.get('seed', '?')}, on {training.get('device', '?')} in {training.get('seconds', '?')} s"
@@ -55,3 +55,8 @@ def model_card(identity: dict[str, Any], config: dict[str, Any], parameters: int
              "- One vector a year: changes within the year are summarised, not located in time.", "",
              "## Citation", "", PAPER, ""]
     return "\n".join(card)
+
+
+def _count(value: Any) -> str:
+    """A count with thousands separators, or "?" where training did not record it."""
+    return f"{value:,}" if isinstance(value, int) else "?"
