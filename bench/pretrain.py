@@ -41,8 +41,9 @@ from embed import gemm_flops  # noqa: E402
 from model.config import preset, preset_normalisation  # noqa: E402
 from model.encoder import TesseraEncoder  # noqa: E402
 from model.layers import SensorBackbone, doy_encoding  # noqa: E402
-from model.pretrain import PretrainConfig, Projectors, cross_correlation, barlow_twins_loss  # noqa: E402
+from model.pretrain import PretrainConfig, Projectors  # noqa: E402
 from model.series import PixelSeries  # noqa: E402
+from resources.testing.reference_model import reference_pretrain_loss  # noqa: E402
 
 
 # the CPU flash-attention kernels (the legacy path's) are not in the counter's registry: count them as
@@ -93,17 +94,6 @@ def _legacy_encoder(encoder: TesseraEncoder, s2, s2_doy, s1, s1_doy) -> torch.Te
     return encoder.dim_reducer(fused)[:, :encoder.config.embedding_dim]
 
 
-def legacy_loss(za, zb, zm, alpha: float, perm: torch.Tensor, config: PretrainConfig) -> torch.Tensor:
-    """The loss as first written: seven p x p cross-correlations per prefix."""
-    loss = barlow_twins_loss(cross_correlation(za, zb), config.barlow_lambda)
-    if zm is None:
-        return loss
-    target_a = alpha * cross_correlation(za, za) + (1 - alpha) * cross_correlation(zb[perm], za)
-    target_b = alpha * cross_correlation(za, zb) + (1 - alpha) * cross_correlation(zb[perm], zb)
-    mix = (cross_correlation(zm, za) - target_a).pow(2).sum() + (cross_correlation(zm, zb) - target_b).pow(2).sum()
-    return loss + config.mixup_weight * config.barlow_lambda * mix
-
-
 def _legacy_batch_loss(encoder: TesseraEncoder, head: Projectors, views: list[torch.Tensor], alpha: float,
                        perm: torch.Tensor, config: PretrainConfig, autocast, workers=None) -> torch.Tensor:
     a2, a2d, a1, a1d, b2, b2d, b1, b1d = views
@@ -111,7 +101,8 @@ def _legacy_batch_loss(encoder: TesseraEncoder, head: Projectors, views: list[to
         za = head(_legacy_encoder(encoder, a2, a2d, a1, a1d))
         zb = head(_legacy_encoder(encoder, b2, b2d, b1, b1d))
         zm = head(_legacy_encoder(encoder, alpha * a2 + (1 - alpha) * b2[perm], a2d, alpha * a1 + (1 - alpha) * b1[perm], a1d))
-    return sum(legacy_loss(a, b, m, alpha, perm, config) for a, b, m in zip(za, zb, zm))
+    return sum(reference_pretrain_loss(a, b, m, alpha, perm, config.barlow_lambda, config.mixup_weight)
+               for a, b, m in zip(za, zb, zm))
 
 
 def _legacy_optimizer(modules: list[nn.Module], config: PretrainConfig, device: torch.device) -> torch.optim.AdamW:

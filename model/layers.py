@@ -158,28 +158,22 @@ def encoder_layer_training(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -
     flat = x.reshape(batch * steps, width)
     qkv = F.linear(flat, attn.in_proj_weight, attn.in_proj_bias).view(batch, steps, 3, heads, width // heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (batch, heads, steps, head width) views
-    a = _attention_training(q, k, v, attn.dropout if layer.training else 0.0).transpose(1, 2).reshape(batch * steps, width)
+    a = _attention(q, k, v, attn.dropout if layer.training else 0.0).transpose(1, 2).reshape(batch * steps, width)
     y = layer.norm1(flat + layer.dropout1(F.linear(a, attn.out_proj.weight, attn.out_proj.bias)))
     hidden = layer.dropout(F.relu(F.linear(y, layer.linear1.weight, layer.linear1.bias), inplace=True))
     return layer.norm2(y + layer.dropout2(F.linear(hidden, layer.linear2.weight, layer.linear2.bias))).view(batch, steps, width)
 
 
-def _attention_training(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Softmax attention with autograd, dropout on the weights as `nn.MultiheadAttention` applies it."""
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """Softmax attention over the time steps, for inference and (with autograd) training; `dropout`
+    on the weights as `nn.MultiheadAttention` applies it. On CPU the 40 x 40 score matrices are too
+    small for the fused flash kernel, which ran ~3x slower here than two batched products and a
+    softmax (taken in fp32, as the fused kernels do)."""
     if q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5), dim=-1)
-    return torch.matmul(F.dropout(weights, dropout) if dropout > 0 else weights, v)
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention over the time steps. On CPU the 40 x 40 score matrices are too small for
-    the fused flash kernel, which ran ~3x slower here than two batched products and a softmax
-    (taken in fp32, as the fused kernels do)."""
-    if q.is_cuda:
-        return F.scaled_dot_product_attention(q, k, v)
     scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)
-    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+    weights = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(F.dropout(weights, dropout) if dropout > 0 else weights, v)
 
 
 

@@ -106,7 +106,8 @@ def _loss(za: torch.Tensor, zb: torch.Tensor, zm: torch.Tensor | None, alpha: fl
     of view b must correlate with both views as the same mix of their correlations.
 
     The value of `barlow_twins_loss(cross_correlation(za, zb))` plus the mixup term written with
-    `cross_correlation` (`bench/pretrain.py` keeps that form and compares), by two identities:
+    `cross_correlation` (`resources.testing.reference_model.reference_pretrain_loss` keeps that
+    form; a test and `bench/pretrain.py` compare), by two identities:
     with s = standardised rows, the residuals `C(zm, za) - alpha C(za, za) - (1 - alpha) C(zb[perm], za)`
     and likewise against zb are `D^T s_a / n` and `D^T s_b / n` for one n x p matrix
     `D = s_m - alpha s_a - (1 - alpha) s_b[perm]`; and a squared Frobenius norm `|X^T Y|^2` is

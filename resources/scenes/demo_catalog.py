@@ -536,10 +536,10 @@ class _Items(list):
         self.append(item.to_dict())
 
 
-def _scenes_of(root: Path, region: Region, year: int, spec: DemoSpec) -> tuple[list[dict], list[dict]]:
+def _scenes_of(root: Path, region: Region, year: int, spec: DemoSpec, land: LandCover) -> tuple[list[dict], list[dict]]:
     """One region-year's scenes written under `root`; its S2 and S1 items (a worker's task)."""
     s2, s1 = _Items(), _Items()
-    _write_region_year(root, region, year, spec, _lands(region, spec)[0][year], s2, s1)
+    _write_region_year(root, region, year, spec, land, s2, s1)
     return s2, s1
 
 
@@ -553,13 +553,15 @@ def _generate(root: Path, regions: list[Region], spec: DemoSpec) -> None:
         s2 = pystac.Collection("sentinel-2-l2a", "Demo Sentinel-2 L2A (Planetary Computer layout)", extent)
         s1 = pystac.Collection("sentinel-1-rtc", "Demo Sentinel-1 RTC (Planetary Computer layout)", extent)
         catalog.add_children([s2, s1])
+        history = {region.name: _lands(region, spec) for region in regions}
         tasks = [(region, year) for region in regions for year in spec.years]
         processes = max(1, min(len(tasks), len(os.sched_getaffinity(0))))
         # spawned, not forked: the caller may be a Dagster step process with threads running
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            scenes = [pool.submit(_scenes_of, tmp, region, year, spec) for region, year in tasks]
+            scenes = [pool.submit(_scenes_of, tmp, region, year, spec, history[region.name][0][year])
+                      for region, year in tasks]
             for region in regions:
-                _write_ground_truth(tmp, region, *_lands(region, spec))
+                _write_ground_truth(tmp, region, *history[region.name])
             for future in scenes:
                 s2_items, s1_items = future.result()
                 s2.add_items([pystac.Item.from_dict(d) for d in s2_items])

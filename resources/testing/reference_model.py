@@ -184,3 +184,18 @@ def reference_embed_series(state: dict[str, torch.Tensor], config: ModelConfig, 
                            _backbone(*sequences[1], state, "s1_backbone", config)], dim=-1)
         out[p] = _fusion(fused, state, config)[0].numpy()
     return out
+
+
+def reference_pretrain_loss(za, zb, zm, alpha: float, perm, barlow_lambda: float, mixup_weight: float):
+    """The pretraining loss for one projector prefix as the method writes it: Barlow Twins on the
+    p x p cross-correlation of the two views, plus the mixup term, seven p x p cross-correlations in
+    all. `model.pretrain._loss` computes the same value over n x n Gram matrices."""
+    from model.pretrain import barlow_twins_loss, cross_correlation
+
+    loss = barlow_twins_loss(cross_correlation(za, zb), barlow_lambda)
+    if zm is None:
+        return loss
+    target_a = alpha * cross_correlation(za, za) + (1 - alpha) * cross_correlation(zb[perm], za)
+    target_b = alpha * cross_correlation(za, zb) + (1 - alpha) * cross_correlation(zb[perm], zb)
+    mix = (cross_correlation(zm, za) - target_a).pow(2).sum() + (cross_correlation(zm, zb) - target_b).pow(2).sum()
+    return loss + mixup_weight * barlow_lambda * mix

@@ -14,6 +14,7 @@ from model.config import preset, preset_normalisation
 from model.encoder import TesseraEncoder
 from model.pretrain import PretrainConfig, Projectors, barlow_twins_loss, cross_correlation, pretrain
 from resources.storage.pixel_series import sample_pixels
+from resources.testing.reference_model import reference_pretrain_loss
 from tessera_assets.partitions import year_region_key
 from tessera_assets.raw.assets import s1_raw, s2_raw
 
@@ -74,15 +75,6 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(pool, tmp_path):
     assert encoder.metadata["losses"][:5] == seen[:5]
 
 
-def _cross_correlation_loss(za, zb, zm, alpha, perm, config):
-    """The loss written directly with p x p cross-correlations, as the method describes it."""
-    loss = barlow_twins_loss(cross_correlation(za, zb), config.barlow_lambda)
-    target_a = alpha * cross_correlation(za, za) + (1 - alpha) * cross_correlation(zb[perm], za)
-    target_b = alpha * cross_correlation(za, zb) + (1 - alpha) * cross_correlation(zb[perm], zb)
-    mix = (cross_correlation(zm, za) - target_a).pow(2).sum() + (cross_correlation(zm, zb) - target_b).pow(2).sum()
-    return loss + config.mixup_weight * config.barlow_lambda * mix
-
-
 def test_the_gram_form_of_the_loss_equals_the_cross_correlation_form():
     generator = torch.Generator().manual_seed(3)
     za, zb, zm = (torch.randn(128, 512, generator=generator, dtype=torch.float64) for _ in range(3))
@@ -90,7 +82,7 @@ def test_the_gram_form_of_the_loss_equals_the_cross_correlation_form():
     perm = torch.randperm(128, generator=generator)
     config = PretrainConfig()
     for alpha in (0.0, 0.3, 1.0):
-        expected = _cross_correlation_loss(za, zb, zm, alpha, perm, config)
+        expected = reference_pretrain_loss(za, zb, zm, alpha, perm, config.barlow_lambda, config.mixup_weight)
         got = pretraining._loss(za, zb, zm, alpha, perm, config)
         assert torch.allclose(got, expected, rtol=1e-10), (alpha, float(got), float(expected))
     assert torch.allclose(pretraining._loss(za, zb, None, 0.5, perm, config),
