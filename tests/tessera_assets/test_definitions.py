@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,18 @@ def test_the_dagster_cli_loads_the_workspace(tmp_path):
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All code locations passed validation" in out.stderr + out.stdout
+
+
+def test_dg_loads_the_same_definitions(tmp_path):
+    """Dagster's `dg` command line, configured in pyproject.toml ([tool.dg]), sees the same assets."""
+    dg = Path(sys.executable).with_name("dg")
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path))
+    out = subprocess.run([str(dg), "list", "defs", "--json"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    listed = {asset["asset_key"] for asset in json.loads(out.stdout)["assets"]}
+    assert listed == {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "warning" not in out.stderr.lower(), out.stderr[-2000:]
 
 
 def test_the_cli_and_make_dev_share_one_instance_config_with_pools(tmp_path, monkeypatch):
