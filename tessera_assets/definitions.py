@@ -12,10 +12,13 @@ from tessera_assets.fewshot import assets as fewshot_assets
 from tessera_assets.fewshot import labels
 from tessera_assets.fewshot import regression as regression_assets
 from tessera_assets.lineage import embeddings_imported, without_raw_inputs
+from tessera_assets import pool_wait
 from tessera_assets.raw import assets as raw_assets
 from tessera_assets.resources_by_deployment import build_resources
 from tessera_assets.sensors import region_partitions_sensor
 from tessera_assets.vectors import assets as vector_assets
+
+pool_wait.apply()  # every run worker loads this module: runs waiting for a pool slot sleep, not spin
 
 # on Kubernetes (deploy/helm) the run pods of `embed` ask for a GPU and are counted by the run queue
 GPU_RUN_TAGS = {"tessera/gpu": "1", "dagster-k8s/config": {"container_config": {"resources": {

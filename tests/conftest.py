@@ -106,6 +106,48 @@ def embedded_env(demo_env):
         yield demo_env, instance, trained, results[keys[-1]]
 
 
+BACKFILL_YEARS = (2021, 2022)
+# three tiny regions a few km apart, so no demo scene of one covers another
+BACKFILL_REGIONS = {"tiny": TINY_BBOX,
+                    "tiny-east": [TINY_BBOX[0] + 0.05, TINY_BBOX[1], TINY_BBOX[2] + 0.05, TINY_BBOX[3]],
+                    "tiny-north": [TINY_BBOX[0], TINY_BBOX[1] + 0.05, TINY_BBOX[2], TINY_BBOX[3] + 0.05]}
+
+
+def backfill_home(tmp_path: Path, instance_file: Path, env: dict[str, str]) -> tuple[Path, dict[str, str], Path]:
+    """A TESSERA_HOME for the backfill tests: the three tiny regions and their demo catalog, a
+    DAGSTER_HOME holding `instance_file`, an encoder registered through `encoder_checkpoint` (its quality
+    is not what these tests are about) and the region partitions added, each in a process of its own as a
+    user's commands would. Returns the home, the environment of every process, and the demo catalog."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    (home / "dagster").mkdir(parents=True)
+    shutil.copyfile(instance_file, home / "dagster" / "dagster.yaml")
+    regions_file = home / "regions.yaml"
+    regions_file.write_text(yaml.safe_dump({"regions": {n: {"bbox": b, "demo": True} for n, b in BACKFILL_REGIONS.items()}}))
+    catalog = ensure_demo_catalog(home / "data" / "demo_catalog", RegionCatalog(path=str(regions_file)).all()).parent
+    env = {**os.environ, "TESSERA_HOME": str(home), "TESSERA_REGIONS": str(regions_file),
+           "DAGSTER_HOME": str(home / "dagster"), "TESSERA_DEPLOYMENT": "local", **env}
+    for variable in ("TESSERA_DATA_URI", "TESSERA_LANCEDB_URI", "TESSERA_EMBEDDINGS_TILES"):
+        env.pop(variable, None)
+    checkpoint = tmp_path / "encoder.pt"
+    subprocess.run([sys.executable, "-c", (
+        "from dagster import DagsterInstance, materialize; from model.encoder import TesseraEncoder; "
+        "from tessera_assets.embeddings.assets import encoder_checkpoint; "
+        "from tessera_assets.resources_by_deployment import build_resources; "
+        f"TesseraEncoder.from_preset('tessera-demo').save({str(checkpoint)!r}); "
+        "assert materialize([encoder_checkpoint], instance=DagsterInstance.get(), resources=build_resources(), "
+        f"run_config={{'ops': {{'encoder_checkpoint': {{'config': {{'checkpoint_path': {str(checkpoint)!r}}}}}}}}}).success")],
+        cwd=REPO_ROOT, env=env, check=True)
+    subprocess.run([sys.executable, "-c", (
+        "from dagster import DagsterInstance; i = DagsterInstance.get(); "
+        f"i.add_dynamic_partitions('region', {list(BACKFILL_REGIONS)!r})")], cwd=REPO_ROOT, env=env, check=True)
+    return home, env, catalog
+
+
 @dataclass
 class S3Endpoint:
     """A local S3 API (moto's server) with one bucket, `tessera`, and the keys it was made with."""

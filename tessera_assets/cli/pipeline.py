@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster import (AllPartitionMapping, AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, Definitions, IdentityPartitionMapping,
-                     JobDefinition)
+                     JobDefinition, RunsFilter)
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._grpc.types import ExecuteRunArgs
 
 from resources.regions import PartitionId
@@ -226,6 +227,22 @@ def max_concurrent_runs(instance: DagsterInstance) -> int:
     return max(1, queue.max_concurrent_runs if queue and queue.max_concurrent_runs > 0 else 1)
 
 
+def free_slots_of_ended_runs(instance: DagsterInstance) -> int:
+    """Give back the pool slots that runs which have ended still hold (a run whose process was killed
+    mid-step never frees its own): what the daemon's run monitoring does under `make dev`
+    (`free_slots_after_run_end_seconds`), done by the commands, which run without a daemon. A leaked
+    `gpu` slot would otherwise keep every later embeddings step waiting. Returns how many ended runs
+    held slots."""
+    storage = instance.event_log_storage
+    holders = list(storage.get_concurrency_run_ids())
+    if not holders:
+        return 0
+    ended = instance.get_run_records(RunsFilter(run_ids=holders, statuses=list(FINISHED_STATUSES)))
+    for record in ended:
+        storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+    return len(ended)
+
+
 def pool_limit(instance: DagsterInstance, pool: str) -> int | None:
     """Steps of `pool` the instance lets run at once: its set limit (`dagster instance concurrency
     set`), else the instance's `pools.default_limit`; None where neither limits it."""
@@ -238,9 +255,9 @@ def pool_limit(instance: DagsterInstance, pool: str) -> int | None:
 def stage_run_limit(asset_graph, stage: Stage, instance: DagsterInstance) -> int:
     """Runs of a stage to start at once: the instance's run limit, and no more than the tightest pool
     of the stage's assets admits. A run started beyond a pool's limit only waits in its step for a
-    slot, and in Dagster 1.13 that wait does not sleep (`InstanceConcurrencyContext.
-    interval_to_next_pending_claim_check` returns at most 0), so each waiting run spins a core: on
-    the demo's 2 cores three waiting runs cut the one embedding to 440 from 1,030 px/s."""
+    slot, holding a process of some 400 MB; and before `pool_wait` mended Dagster 1.13's executors,
+    each waiting run spun a core (on the demo's 2 cores three of them cut the one embedding to 440
+    from 1,030 px/s)."""
     limits = [pool_limit(instance, pool) for key in stage.assets for pool in (asset_graph.get(key).pools or ())]
     return min([max_concurrent_runs(instance), *(limit for limit in limits if limit is not None)])
 
@@ -319,6 +336,7 @@ def execute(location: CodeLocation, stages: list[Stage], partitions: list[Partit
     `logs/<run id>.log`; `view` (a `PipelineView`) is told as runs start, log and end."""
     asset_graph = location.definitions().get_repository_def().asset_graph
     logs = logs or Path(instance.root_directory) / "logs"
+    free_slots_of_ended_runs(instance)
     outcomes: list[RunOutcome] = []
     for number, stage in enumerate(stages, 1):
         # the first stage's inputs are outside the plan (its runs say what is missing); later ones were planned

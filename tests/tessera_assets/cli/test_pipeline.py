@@ -8,7 +8,7 @@ from dagster import AssetKey
 from rich.console import Console
 
 from tessera_assets.cli.commands import select_assets
-from tessera_assets.cli.pipeline import plan_stages, runnable, stage_run_limit
+from tessera_assets.cli.pipeline import free_slots_of_ended_runs, plan_stages, runnable, stage_run_limit
 from tessera_assets.cli.progress import PipelineView
 from tessera_assets.definitions import build_definitions
 
@@ -84,6 +84,26 @@ def test_no_stage_starts_more_runs_than_its_pools_admit(tmp_path, monkeypatch):
         instance.event_log_storage.set_concurrency_slots("gpu", 2)
         instance.event_log_storage.set_concurrency_slots("lancedb", 3)
         assert stage_run_limit(graph, stages[("embedding_table", "embeddings")], instance) == 2
+
+
+def test_the_slot_of_a_run_killed_mid_step_is_given_back_and_a_running_one_keeps_its_own(tmp_path, monkeypatch):
+    """A run whose process died holding the `gpu` slot has ended (failed) but still holds it: the
+    commands free it before they start runs; a run still going keeps its slot."""
+    from dagster import DagsterRunStatus
+
+    from tessera_assets.cli.commands import dagster_instance
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    with dagster_instance() as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("gpu", 1)
+        dead = instance.create_run_for_job(build_definitions().resolve_job_def("embed"), status=DagsterRunStatus.FAILURE)
+        assert storage.claim_concurrency_slot("gpu", dead.run_id, "embeddings").is_claimed
+        alive = instance.create_run_for_job(build_definitions().resolve_job_def("embed"), status=DagsterRunStatus.STARTED)
+        assert not storage.claim_concurrency_slot("gpu", alive.run_id, "embeddings").is_claimed, "the slot is taken"
+        assert free_slots_of_ended_runs(instance) == 1
+        assert storage.claim_concurrency_slot("gpu", alive.run_id, "embeddings").is_claimed
+        assert free_slots_of_ended_runs(instance) == 0, "the running run keeps its slot"
 
 
 def test_the_view_shows_a_runs_own_count_and_each_finished_run():
