@@ -11,6 +11,8 @@ Reported:
   cold                - a fresh `python` process that opens the table and answers one query (wall,
                         interpreter start and imports included), and `tessera search` end to end
   indexed             - `Similarity.search`, warm: p50/p95 and recall@10 against the exact answer
+  batched             - `Similarity.search_many`: all the queries in one LanceDB call, queries/s against
+                        the same queries one by one (`indexed`), and its recall@10
   filtered_*          - one H3 res-7 cell, one region, one year: latency, recall, shortest answer
   numpy_exact         - baseline: an exact scan of the vectors held in memory (float32)
   lancedb_flat        - baseline: the same table without its index (`bypass_vector_index`)
@@ -33,6 +35,7 @@ from pathlib import Path
 import h3
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -69,7 +72,8 @@ def timed(run, queries: np.ndarray) -> tuple[dict, list]:
         start = time.perf_counter()
         answers.append(run(q))
         times.append((time.perf_counter() - start) * 1000)
-    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2)}, answers
+    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
+            "mean_ms": round(float(np.mean(times)), 2)}, answers
 
 
 def recall(answers: list, truth: list) -> float:
@@ -188,6 +192,18 @@ def main() -> None:
         stats, answers = timed(lambda q: ids(similarity.search(q, k=10)), queries)
         report["indexed"] = {**stats, "recall_at_10": recall(answers, truth),
                              "index": search_report(similarity.search(queries[0], k=10))["index"]}
+        # many queries at once: one batched LanceDB query against the same queries one by one
+        start = time.perf_counter()
+        batch = similarity.search_many(queries, k=10)
+        batch_s = time.perf_counter() - start
+        batch_answers = [ids(batch.filter(pa.compute.equal(batch["query"], i))) for i in range(len(queries))]
+        one_by_one_s = stats["mean_ms"] * len(queries) / 1000
+        report["batched"] = {"queries": len(queries), "seconds": round(batch_s, 3),
+                             "ms_per_query": round(1000 * batch_s / len(queries), 2),
+                             "queries_per_second": round(len(queries) / batch_s, 1),
+                             "one_by_one_queries_per_second": round(len(queries) / one_by_one_s, 1),
+                             "speedup_vs_one_by_one": round(one_by_one_s / batch_s, 1),
+                             "recall_at_10": recall(batch_answers, truth)}
         cell = h3_r7[picks[0]]
         for name, filters, mask in (
             ("filtered_h3_r7", SearchFilter(h3_cells=[h3.int_to_str(int(cell))]), h3_r7 == cell),

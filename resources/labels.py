@@ -166,44 +166,61 @@ def read_labels(path: str | Path, label_field: str = "label", value_field: str |
     Shapefile, KML and FlatGeobuf are read by GDAL (pyogrio), GeoParquet by pyarrow, CSV points by
     their lon/lat columns; geometries in any CRS the file declares are reprojected to lon/lat."""
     path = Path(path)
+    features: list[LabelFeature] = []
+    for i, (geometry, fields) in enumerate(_features_in_lonlat(path, {label_field, *([value_field] if value_field else [])},
+                                                               GEOMETRY_TYPES, "labels must be Points or (Multi)Polygons")):
+        if label_field not in fields or fields[label_field] in (None, ""):
+            raise LabelsError(f"{path}: feature {i} has no {label_field!r} "
+                              f"(its fields: {', '.join(sorted(fields)) or 'none'})")
+        features.append(LabelFeature(str(fields[label_field]), geometry, _year(fields.get("year"), path, i), i,
+                                     _group(fields.get("group")), _value(fields.get(value_field), path, i, value_field)))
+    for f in features:
+        if not f.group:
+            f.group = spatial_group(f)
+    return features
+
+
+def read_points(path: str | Path) -> list[tuple[float, float]]:
+    """The (lon, lat) of every Point of a file, in the formats and CRSs `read_labels` takes: the
+    query points of a batched search."""
+    path = Path(path)
+    return [tuple(geometry["coordinates"][:2]) for geometry, _ in
+            _features_in_lonlat(path, set(), ("Point",), "query points must be Points", "points file")]
+
+
+def _features_in_lonlat(path: Path, needed: set[str], kinds: tuple[str, ...], rule: str,
+                        what: str = "labels file") -> list[tuple[dict, dict]]:
+    """(geometry in lon/lat, fields) of each feature of a vector file, which must be of `kinds`."""
     if not path.exists():
-        raise LabelsError(f"labels file not found: {path}")
+        raise LabelsError(f"{what} not found: {path}")
     if path.stat().st_size == 0:
-        raise LabelsError(f"labels file is empty: {path}")
+        raise LabelsError(f"{what} is empty: {path}")
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
-        crs, rows = _csv_rows(path, {label_field, *([value_field] if value_field else [])})
+        crs, rows = _csv_rows(path, needed)
     elif suffix in PARQUET_SUFFIXES:
         crs, rows = _parquet_rows(path)
     elif suffix in OGR_SUFFIXES:
         crs, rows = _ogr_rows(path)
     else:
-        raise LabelsError(f"{path}: unknown labels format {suffix!r}: use {', '.join(LABEL_SUFFIXES)}")
+        raise LabelsError(f"{path}: unknown {what} format {suffix!r}: use {', '.join(LABEL_SUFFIXES)}")
     reproject = not _is_wgs84(crs, path)
-    features: list[LabelFeature] = []
+    found = []
     for i, row in enumerate(rows):
         geometry = row.geometry
-        if not geometry or geometry.get("type") not in GEOMETRY_TYPES:
+        if not geometry or geometry.get("type") not in kinds:
             kind = geometry.get("type") if geometry else "no geometry"
-            raise LabelsError(f"{path}: feature {i} has {kind}; labels must be Points or (Multi)Polygons")
-        if label_field not in row.fields or row.fields[label_field] in (None, ""):
-            raise LabelsError(f"{path}: feature {i} has no {label_field!r} "
-                              f"(its fields: {', '.join(sorted(row.fields)) or 'none'})")
+            raise LabelsError(f"{path}: feature {i} has {kind}; {rule}")
         if reproject:
             geometry = transform_geom(crs, "EPSG:4326", geometry)
-        features.append(LabelFeature(str(row.fields[label_field]), geometry, _year(row.fields.get("year"), path, i), i,
-                                     _group(row.fields.get("group")),
-                                     _value(row.fields.get(value_field), path, i, value_field)))
-    if not features:
-        raise LabelsError(f"labels file has no features: {path}")
-    for f in features:
-        for lon, lat in coordinates(f.geometry):
+        for lon, lat in coordinates(geometry):
             if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-                raise LabelsError(f"{path}: feature {f.index} has coordinates ({lon}, {lat}) outside lon/lat range; "
+                raise LabelsError(f"{path}: feature {i} has coordinates ({lon}, {lat}) outside lon/lat range; "
                                   "does the file declare its CRS?")
-        if not f.group:
-            f.group = spatial_group(f)
-    return features
+        found.append((geometry, row.fields))
+    if not found:
+        raise LabelsError(f"{what} has no features: {path}")
+    return found
 
 
 GROUP_H3_RESOLUTION = 8

@@ -25,6 +25,8 @@ from resources.errors import SearchError, single_encoder
 from resources.table.store import FILTER_RESOLUTIONS, KEY_RESOLUTION, TableStore, row_key
 
 MAX_K = 10_000
+MAX_QUERIES = 10_000  # query vectors in one batched search
+POINTS_PER_LOOKUP = 500  # points whose vectors one lookup query reads
 EARTH_RADIUS_M = 6_371_008.8
 SEARCH_REPORT_KEY = b"tessera:search"
 RESULT_COLUMNS = ["key", "year", "region", "row", "col", "lon", "lat", "h3_r13", "encoder_id"]
@@ -150,6 +152,38 @@ class Similarity:
                 return self._row_vector(rows, best)
         raise SearchError(f"point ({lon}, {lat}) is outside every materialised partition of {year}")
 
+    def vectors_at(self, points: list[tuple[float, float]], year: int) -> np.ndarray:
+        """The embeddings of the pixels nearest to many points (one row each, in order), read with one
+        query per `POINTS_PER_LOOKUP` points rather than one a point."""
+        if not points:
+            raise SearchError("no points given")
+        for lon, lat in points:
+            _check_point(lon, lat)
+        if self.table.count_rows(equals("year", int(year))) == 0:
+            self.vector_at(*points[0], year)  # says which years there are
+        vectors = np.zeros((len(points), self.dim), np.float32)
+        missing = []
+        for start in range(0, len(points), POINTS_PER_LOOKUP):
+            chunk = points[start:start + POINTS_PER_LOOKUP]
+            cells = [h3.latlng_to_cell(lat, lon, FILTER_RESOLUTIONS[-1]) for lon, lat in chunk]
+            ring = sorted({h3.str_to_int(c) for cell in cells for c in h3.grid_disk(cell, 1)})
+            rows = (self.table.search().where(all_of(equals("year", int(year)), is_in("h3_r9", ring)))
+                    .select(["lon", "lat", "vector"]).limit(None).to_arrow())
+            lons, lats = rows["lon"].to_numpy(), rows["lat"].to_numpy()
+            stored = rows["vector"].combine_chunks().values.to_numpy().reshape(-1, self.dim) if rows.num_rows else None
+            for i, (lon, lat) in enumerate(chunk, start=start):
+                distance = haversine_m(lon, lat, lons, lats) if rows.num_rows else np.empty(0)
+                best = int(np.argmin(distance)) if distance.size else -1
+                if best < 0 or distance[best] > 10.0:  # within a pixel diagonal of a pixel centre
+                    missing.append(i)
+                else:
+                    vectors[i] = stored[best]
+        if missing:
+            shown = ", ".join(f"{i} ({points[i][0]}, {points[i][1]})" for i in missing[:5])
+            raise SearchError(f"{len(missing)} of {len(points)} points are outside every materialised partition "
+                              f"of {year}: {shown}{' ...' if len(missing) > 5 else ''}")
+        return vectors
+
     def vector_of_key(self, key: str) -> tuple[np.ndarray, dict]:
         rows = (self.table.search().where(equals("key", key))
                 .select(RESULT_COLUMNS + ["vector"]).limit(1).to_arrow())
@@ -203,10 +237,46 @@ class Similarity:
 
         Vectors of different encoders live in different embedding spaces: when the table holds
         several, the filters must name one (`encoder_id`)."""
+        vector = self.check(vector)
+        plan = self._plan(k, filters or SearchFilter(), exact)
+        fetch = plan.fetch
+        result = self._query(vector, fetch, plan.where, "exact" if plan.exact else "probe")
+        if not plan.exact and result.num_rows < min(fetch, plan.matching):
+            # the filter left fewer than k rows in the first lists: probe on until k are found
+            result = self._query(vector, fetch, plan.where, "probe on")
+        return self._finish(result, plan).replace_schema_metadata({SEARCH_REPORT_KEY: plan.report})
+
+    def search_many(self, vectors, k: int = 10, filters: SearchFilter | None = None, exact: bool = False) -> pa.Table:
+        """The k most similar pixels to each of many query vectors (rows of `vectors`), answered by
+        one LanceDB query for all of them (one scan of the probed lists, not one a query): a `query`
+        column (the row of `vectors`) then the columns of `search`, best first within each query.
+        Queries the filters leave short are probed on one by one, as `search` does."""
+        matrix = np.asarray(vectors, np.float32)
+        if matrix.ndim != 2 or matrix.shape[0] == 0:
+            raise SearchError(f"query vectors must be a non-empty 2-d array (queries x {self.dim}), got shape {matrix.shape}")
+        if matrix.shape[0] > MAX_QUERIES:
+            raise SearchError(f"at most {MAX_QUERIES} query vectors at once, got {matrix.shape[0]}")
+        matrix = np.stack([self.check(v) for v in matrix])
+        filters = filters or SearchFilter()
+        if filters.within_m is not None:
+            raise SearchError("a radius (within_m) is around one point: search those points one by one")
+        plan = self._plan(k, filters, exact)
+        found = self._query(matrix, plan.fetch, plan.where, "exact" if plan.exact else "probe")
+        index = found["query_index"].to_numpy()
+        parts = []
+        for i in range(matrix.shape[0]):
+            result = found.filter(pa.array(index == i)).drop_columns(["query_index"])
+            if not plan.exact and result.num_rows < min(plan.fetch, plan.matching):
+                result = self._query(matrix[i], plan.fetch, plan.where, "probe on")
+            result = self._finish(result, plan)
+            parts.append(result.add_column(0, "query", pa.array(np.full(result.num_rows, i, np.int32))))
+        return pa.concat_tables(parts).replace_schema_metadata({SEARCH_REPORT_KEY: plan.report})
+
+    def _plan(self, k: int, filters: SearchFilter, exact: bool) -> "QueryPlan":
+        """How a query with these filters is answered: the prefilter, how many rows it keeps, exact
+        scan or index probe, and the report that says so."""
         if not isinstance(k, int) or k <= 0 or k > MAX_K:
             raise SearchError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
-        vector = self.check(vector)
-        filters = filters or SearchFilter()
         facts = self.facts()
         encoder_id = filters.encoder_id or single_encoder(facts.encoder_ids, None, "the embedding table")
         where = where_clause(filters)
@@ -214,30 +284,30 @@ class Similarity:
         if matching == 0 and filters.years and self.table.count_rows(where_clause(SearchFilter(years=filters.years))) == 0:
             raise SearchError(f"none of the years {filters.years} is in the embedding table")
         exact = exact or facts.index["index"].startswith("none") or matching <= self.store.exact_scan_max_rows
-        fetch = k * 2 if filters.within_m is not None else k  # the radius is refined exactly below
-        result = self._query(vector, fetch, where, "exact" if exact else "probe")
-        if not exact and result.num_rows < min(fetch, matching):
-            # the filter left fewer than k rows in the first lists: probe on until k are found
-            result = self._query(vector, fetch, where, "probe on")
-        similarity = 1.0 - result["_distance"].to_numpy()
-        result = result.drop_columns(["_distance"]).append_column("similarity", pa.array(similarity, pa.float32()))
-        if filters.within_m is not None:
-            lon, lat = filters.centre
-            inside = haversine_m(lon, lat, result["lon"].to_numpy(), result["lat"].to_numpy()) <= filters.within_m
-            result = result.filter(pa.array(inside))
-        result = result.slice(0, k)
-        # the key and the encoder are known without reading them: fewer columns to fetch a hit
-        keys = [row_key(y, r, c) for y, r, c in zip(result["year"].to_pylist(), result["region"].to_pylist(),
-                                                    result["h3_r13"].to_pylist())]
-        result = (result.add_column(0, "key", pa.array(keys, pa.string()))
-                  .add_column(result.num_columns, "encoder_id", pa.array([encoder_id] * result.num_rows, pa.string()))
-                  .select([*RESULT_COLUMNS, "similarity"]))
         report = {"table_rows": facts.rows, "rows_searched": matching,
                   **({"index": "none (exact scan)"} if exact else facts.index)}
-        return result.replace_schema_metadata({SEARCH_REPORT_KEY: json.dumps(report).encode()})
+        return QueryPlan(k, filters, encoder_id, where, matching, exact, json.dumps(report).encode())
+
+    def _finish(self, result: pa.Table, plan: "QueryPlan") -> pa.Table:
+        """LanceDB's answer to one query as the caller gets it: similarity, the radius refined
+        exactly, the top k, and the key and encoder (known without reading them: fewer columns to
+        fetch a hit)."""
+        similarity = 1.0 - result["_distance"].to_numpy()
+        result = result.drop_columns(["_distance"]).append_column("similarity", pa.array(similarity, pa.float32()))
+        if plan.filters.within_m is not None:
+            lon, lat = plan.filters.centre
+            inside = haversine_m(lon, lat, result["lon"].to_numpy(), result["lat"].to_numpy()) <= plan.filters.within_m
+            result = result.filter(pa.array(inside))
+        result = result.slice(0, plan.k)
+        keys = [row_key(y, r, c) for y, r, c in zip(result["year"].to_pylist(), result["region"].to_pylist(),
+                                                    result["h3_r13"].to_pylist())]
+        return (result.add_column(0, "key", pa.array(keys, pa.string()))
+                .add_column(result.num_columns, "encoder_id", pa.array([plan.encoder_id] * result.num_rows, pa.string()))
+                .select([*RESULT_COLUMNS, "similarity"]))
 
     def _query(self, vector: np.ndarray, limit: int, where: str | None, mode: str) -> pa.Table:
-        """One LanceDB query: an exact scan, `nprobes` lists of the index, or as many as it takes."""
+        """One LanceDB query (of one vector, or of the rows of a matrix: then with `query_index`): an
+        exact scan, `nprobes` lists of the index, or as many as it takes."""
         query = (self.table.search(vector, vector_column_name="vector").distance_type("cosine")
                  .select([*FETCHED_COLUMNS, "_distance"]).limit(limit))
         if where:
@@ -248,6 +318,21 @@ class Similarity:
         if mode == "probe":
             return query.nprobes(self.store.nprobes).to_arrow()
         return query.minimum_nprobes(self.store.nprobes).maximum_nprobes(0).to_arrow()
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    k: int
+    filters: SearchFilter
+    encoder_id: str
+    where: str | None
+    matching: int
+    exact: bool
+    report: bytes
+
+    @property
+    def fetch(self) -> int:
+        return self.k * 2 if self.filters.within_m is not None else self.k  # the radius is refined after
 
 
 def search_report(results: pa.Table) -> dict:

@@ -18,17 +18,40 @@ from resources.errors import TesseraError
 
 
 def run_search(args) -> int:
-    from resources.table.similarity import SearchFilter, Similarity, format_results, search_report, write_results
+    from resources.table.similarity import (SearchError, SearchFilter, Similarity, format_results, search_report,
+                                            write_results)
     from tessera_assets.resources_by_deployment import table_store
 
+    if (args.points is None) == (args.lon is None or args.lat is None):
+        raise SearchError("give a point (--lon and --lat) or a file of points (--points), not both")
     started = time.perf_counter()
     similarity = Similarity(table_store())
-    query, _ = similarity.vector_at(args.lon, args.lat, args.year)
     filters = SearchFilter(years=args.years or [args.year], regions=args.search_regions,
-                           bbox=tuple(args.bbox) if args.bbox else None, h3_cells=args.h3,
-                           within_m=args.within_m, centre=(args.lon, args.lat), encoder_id=args.encoder_id)
-    results = similarity.search(query, k=args.k, filters=filters)
-    print(format_results(results))
+                           bbox=tuple(args.bbox) if args.bbox else None, h3_cells=args.h3, within_m=args.within_m,
+                           centre=(args.lon, args.lat) if args.points is None else None, encoder_id=args.encoder_id)
+    if args.points is None:
+        query, _ = similarity.vector_at(args.lon, args.lat, args.year)
+        results = similarity.search(query, k=args.k, filters=filters)
+        print(format_results(results))
+    else:
+        from resources.labels import read_points
+
+        points = read_points(args.points)
+        queries = similarity.vectors_at(points, args.year)
+        searched = time.perf_counter()
+        results = similarity.search_many(queries, k=args.k, filters=filters)
+        seconds = time.perf_counter() - searched
+        first = {}
+        for row in results.to_pylist():
+            first.setdefault(row["query"], row)
+        print(f"{'query':>5} {'lon':>11} {'lat':>10}  best hit (similarity, lon, lat, year, region)")
+        for i, (lon, lat) in enumerate(points[:20]):
+            hit = first.get(i)
+            print(f"{i:>5} {lon:>11.6f} {lat:>10.6f}  " + (f"{hit['similarity']:.4f} {hit['lon']:.6f} {hit['lat']:.6f} "
+                                                         f"{hit['year']} {hit['region']}" if hit else "no hit"))
+        if len(points) > 20:
+            print(f"  ... {len(points) - 20} more queries (--out writes every hit, with its query)")
+        print(f"{len(points):,} queries in one batch: {seconds:.2f} s, {len(points) / max(seconds, 1e-9):,.0f} queries/s")
     report = search_report(results)
     how = report["index"] if report["index"].startswith("none") else (
         f"index {report['index']} (nprobes {report['nprobes']}, refine x{report['refine_factor']})")
@@ -110,10 +133,11 @@ def parser() -> argparse.ArgumentParser:
                          help="rank the changed patches by how like the change at this point their change is")
     changes.add_argument("--regions", nargs="+", dest="search_regions", help="with --like: change maps to search")
     changes.add_argument("-k", type=int, default=10)
-    search = commands.add_parser("search", help="find the pixels most like the pixel at a point")
-    search.add_argument("--lon", type=float, required=True)
-    search.add_argument("--lat", type=float, required=True)
-    search.add_argument("--year", type=int, required=True, help="year of the query pixel")
+    search = commands.add_parser("search", help="find the pixels most like the pixel at a point (or at each of many)")
+    search.add_argument("--lon", type=float)
+    search.add_argument("--lat", type=float)
+    search.add_argument("--points", help="a CSV (lon, lat columns) or GeoJSON file of query points, searched in one batch")
+    search.add_argument("--year", type=int, required=True, help="year of the query pixels")
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--within-m", type=float, default=None, help="only within this radius of the point")
     search.add_argument("--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"))

@@ -6,6 +6,8 @@ import json
 
 import h3
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 import rasterio
@@ -265,3 +267,49 @@ def test_similarity_map_for_saved_queries(table_env, tmp_path):
     ranks = np.argsort(np.argsort(np.concatenate([same, other]))) + 1
     auc = (ranks[:len(same)].sum() - len(same) * (len(same) + 1) / 2) / (len(same) * len(other))
     assert auc > 0.75
+
+
+def test_a_batch_of_queries_answers_as_each_query_alone(table_env):
+    """`search_many`: one LanceDB query for many vectors gives, query by query, what `search` gives."""
+    env, _, _ = table_env
+    similarity = Similarity(env.resources["vectors"])
+    points = [tuple(f["geometry"]["coordinates"]) for f in _labels(env)[:12]]
+    queries = similarity.vectors_at(points, TINY_YEAR)
+    assert np.array_equal(queries[3], similarity.vector_at(*points[3], TINY_YEAR)[0])
+    filters = SearchFilter(years=[TINY_YEAR])
+    batch = similarity.search_many(queries, k=5, filters=filters)
+    assert batch.column_names[0] == "query" and batch.num_rows == 12 * 5
+    for i, query in enumerate(queries):
+        alone = similarity.search(query, k=5, filters=filters)
+        mine = batch.filter(pa.compute.equal(batch["query"], i))
+        assert mine["key"].to_pylist() == alone["key"].to_pylist()
+        assert np.allclose(mine["similarity"].to_numpy(), alone["similarity"].to_numpy(), atol=1e-6)
+    assert search_report(batch)["rows_searched"] == search_report(alone)["rows_searched"]
+    with pytest.raises(SearchError, match="2-d array"):
+        similarity.search_many(queries[0], k=5)
+    with pytest.raises(SearchError, match="radius"):
+        similarity.search_many(queries, filters=SearchFilter(within_m=100, centre=points[0]))
+    with pytest.raises(SearchError, match=r"1 of 2 points are outside every materialised partition of 2022: 1 \(10.0, 45.0\)"):
+        similarity.vectors_at([points[0], (10.0, 45.0)], TINY_YEAR)
+
+
+def test_cli_searches_a_file_of_points_in_one_batch(table_env, monkeypatch, capsys, tmp_path):
+    env, _, _ = table_env
+    monkeypatch.setenv("TESSERA_LANCEDB_URI", env.resources["vectors"].uri)
+    points = [f["geometry"]["coordinates"] for f in _labels(env)[:6]]
+    csv_file = tmp_path / "points.csv"
+    csv_file.write_text("lon,lat\n" + "".join(f"{lon},{lat}\n" for lon, lat in points))
+    out = tmp_path / "hits.parquet"
+    assert main(["search", "--points", str(csv_file), "--year", str(TINY_YEAR), "-k", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 queries in one batch" in printed and "queries/s" in printed
+    hits = pq.read_table(out)
+    assert sorted(set(hits["query"].to_pylist())) == list(range(6)) and hits.num_rows == 18
+    geojson = tmp_path / "points.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[5.05, 51.2], [5.06, 51.2], [5.05, 51.21], [5.05, 51.2]]]},
+         "properties": {}}]}))
+    assert main(["search", "--points", str(geojson), "--year", str(TINY_YEAR)]) == 2
+    assert "feature 0 has Polygon; query points must be Points" in capsys.readouterr().err
+    assert main(["search", "--points", str(csv_file), "--lon", "5.05", "--lat", "51.2", "--year", str(TINY_YEAR)]) == 2
+    assert "not both" in capsys.readouterr().err
