@@ -15,7 +15,6 @@ chart's mapping of values to dagster.yaml and container context is written out b
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shlex
 import subprocess
@@ -107,9 +106,10 @@ def test_no_secret_has_a_value_in_the_deployment_or_config_files():
 
 
 # --- Helm: the values as the chart renders them --------------------------------------------------------
-# The chart cannot be run here (no Helm, no chart: see test_no_schema_of_the_chart_is_claimed below), so
-# its mapping of values to the instance's dagster.yaml and to the code server's container context is
-# written out by hand: that mapping is the chart template's (dagster chart: templates/configmap-instance.yaml,
+# The chart cannot be run here (no Helm, no chart, and no copy of its values.schema.json on this machine
+# or in any package of the index: dagster-k8s's wheel and sdist carry none), so its mapping of values to
+# the instance's dagster.yaml and to the code server's container context is written out by hand: that
+# mapping is the chart template's (dagster chart: templates/configmap-instance.yaml,
 # templates/helpers/instance/_run-launcher.tpl and _run-coordinator.tpl; its dagster-user-deployments
 # subchart: templates/helpers/_helpers.tpl `dagsterUserDeployments.k8sContainerContext`, templates/
 # deployment-user.yaml), for the keys these values set, and a change to it in the chart is not caught
@@ -172,10 +172,12 @@ def _chart_instance(values: dict) -> dict:
     if (coordinator := daemon["runCoordinator"])["enabled"]:
         assert coordinator["type"] == "QueuedRunCoordinator"
         queued = coordinator["config"]["queuedRunCoordinator"]
-        config = {"max_concurrent_runs": queued.get("maxConcurrentRuns"),  # `| default "~"`: null when unset
-                  "dequeue_interval_seconds": queued.get("dequeueIntervalSeconds")}
-        if queued.get("tagConcurrencyLimits"):
-            config["tag_concurrency_limits"] = queued["tagConcurrencyLimits"]
+        assert not values.get("concurrency", {}).get("enabled"), "the chart's `concurrency` values change this mapping"
+        config = {"max_concurrent_runs": queued.get("maxConcurrentRuns", -1)}  # -1 (no limit) when unset
+        for key, field in [("tagConcurrencyLimits", "tag_concurrency_limits"), ("dequeueIntervalSeconds", "dequeue_interval_seconds"),
+                           ("dequeueUseThreads", "dequeue_use_threads"), ("dequeueNumWorkers", "dequeue_num_workers")]:
+            if queued.get(key):
+                config[field] = queued[key]
         instance["run_coordinator"] = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator", "config": config}
     if (monitoring := daemon.get("runMonitoring", {})).get("enabled"):
         instance["run_monitoring"] = {"enabled": True, "start_timeout_seconds": monitoring["startTimeoutSeconds"]}
@@ -335,7 +337,8 @@ def test_run_pods_run_the_code_servers_image_with_its_env_and_secrets(run_pods):
         (container,) = pod["containers"]
         assert container["image"] == f"{deployment['image']['repository']}:{deployment['image']['tag']}"
         assert container["imagePullPolicy"] == deployment["image"]["pullPolicy"]
-        assert [source["secretRef"]["name"] for source in container["envFrom"] if "secretRef" in source] == secrets, job_name
+        got = [source["secretRef"]["name"] for source in container["envFrom"] if "secretRef" in source]
+        assert got == secrets, f"{job_name}: run pods get the secrets {got}, the code server {secrets}"
         env = {variable["name"]: variable.get("value") for variable in container["env"]}
         missing = {v["name"]: v["value"] for v in deployment["env"] if env.get(v["name"]) != v["value"]}
         assert not missing, f"{job_name}: run pods lack the code server's {missing}"
@@ -349,11 +352,11 @@ def test_run_pods_get_the_run_launchers_size_and_embed_runs_a_gpu(run_pods, job_
     requested = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]["resources"]["requests"]
     (limit,) = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
     gpu_runs = {name for name, tags in job_tags.items() if tags.get(limit["key"]) == limit["value"]}
-    assert gpu_runs == {"embed"}
+    assert gpu_runs == {"embed"}, f"the queue's GPU limit {limit} counts the runs of {sorted(gpu_runs)}"
     for job_name, (manifest, _) in run_pods.items():
         (container,) = manifest["spec"]["template"]["spec"]["containers"]
         resources = container["resources"]
-        assert {key: resources["requests"].get(key) for key in requested} == requested, job_name
+        assert {key: resources["requests"].get(key) for key in requested} == requested, f"{job_name}: {resources}, not runK8sConfig's"
         gpus = {"requests": resources["requests"].get("nvidia.com/gpu"), "limits": (resources.get("limits") or {}).get("nvidia.com/gpu")}
         assert gpus == ({"requests": "1", "limits": "1"} if job_name in gpu_runs else {"requests": None, "limits": None}), job_name
 
