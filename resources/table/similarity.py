@@ -349,6 +349,21 @@ def format_results(results: pa.Table) -> str:
     return "\n".join(lines)
 
 
+def format_batch_results(results: pa.Table, points: list[tuple[float, float]], shown: int = 20) -> str:
+    """The best hit of each of the first `shown` query points of a batched search, as a text table."""
+    first: dict[int, dict] = {}
+    for row in results.to_pylist():
+        first.setdefault(row["query"], row)
+    lines = [f"{'query':>5} {'lon':>11} {'lat':>10}  best hit (similarity, lon, lat, year, region)"]
+    for i, (lon, lat) in enumerate(points[:shown]):
+        hit = first.get(i)
+        lines.append(f"{i:>5} {lon:>11.6f} {lat:>10.6f}  " + (
+            f"{hit['similarity']:.4f} {hit['lon']:.6f} {hit['lat']:.6f} {hit['year']} {hit['region']}" if hit else "no hit"))
+    if len(points) > shown:
+        lines.append(f"  ... {len(points) - shown} more queries (--out writes every hit, with its query)")
+    return "\n".join(lines)
+
+
 def write_results(results: pa.Table, path: str) -> str:
     """Results as GeoJSON points or GeoParquet (WKB point geometry, EPSG:4326), by file extension."""
     import struct

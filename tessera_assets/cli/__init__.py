@@ -18,8 +18,8 @@ from resources.errors import TesseraError
 
 
 def run_search(args) -> int:
-    from resources.table.similarity import (SearchError, SearchFilter, Similarity, format_results, search_report,
-                                            write_results)
+    from resources.table.similarity import (SearchError, SearchFilter, Similarity, format_batch_results, format_results,
+                                            search_report, write_results)
     from tessera_assets.resources_by_deployment import table_store
 
     if (args.points is None) == (args.lon is None or args.lat is None):
@@ -41,16 +41,7 @@ def run_search(args) -> int:
         searched = time.perf_counter()
         results = similarity.search_many(queries, k=args.k, filters=filters)
         seconds = time.perf_counter() - searched
-        first = {}
-        for row in results.to_pylist():
-            first.setdefault(row["query"], row)
-        print(f"{'query':>5} {'lon':>11} {'lat':>10}  best hit (similarity, lon, lat, year, region)")
-        for i, (lon, lat) in enumerate(points[:20]):
-            hit = first.get(i)
-            print(f"{i:>5} {lon:>11.6f} {lat:>10.6f}  " + (f"{hit['similarity']:.4f} {hit['lon']:.6f} {hit['lat']:.6f} "
-                                                         f"{hit['year']} {hit['region']}" if hit else "no hit"))
-        if len(points) > 20:
-            print(f"  ... {len(points) - 20} more queries (--out writes every hit, with its query)")
+        print(format_batch_results(results, points))
         print(f"{len(points):,} queries in one batch: {seconds:.2f} s, {len(points) / max(seconds, 1e-9):,.0f} queries/s")
     report = search_report(results)
     how = report["index"] if report["index"].startswith("none") else (
