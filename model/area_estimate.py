@@ -38,6 +38,9 @@ Strata the sample cannot support are reported, not hidden:
   variance terms are taken as 0 in the sums for the areas, O and P (so those intervals understate
   the uncertainty), its own user's-accuracy interval is NaN (there is nothing to estimate it
   from), and it is listed in `AreaEstimate.single_sample`.
+- a class whose sample shows no error (no omission, no commission) gets a zero-width area interval:
+  the sample was too small to see its errors (`AreaEstimate.no_error_seen`); and a class with fewer
+  than MIN_STRATUM_SAMPLES samples is listed in `AreaEstimate.few_samples`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 Z95 = 1.96  # the paper's normal quantile for a 95% interval
+# reference samples a stratum needs before its interval means much (Olofsson et al. 2014 advise 50-100)
+MIN_STRATUM_SAMPLES = 50
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +89,22 @@ class AreaEstimate:
         return float(self.map_pixels.sum() * self.pixel_area_ha)
 
     @property
+    def no_error_seen(self) -> list[str]:
+        """Sampled classes whose area interval has zero width: the sample saw no omission of them and
+        no commission into them. That says the sample was too small to see their errors, not that
+        there are none (the true area may well lie outside "± 0")."""
+        sampled = self.counts.sum(axis=1) > 0
+        return [c for i, c in enumerate(self.classes)
+                if sampled[i] and c not in self.single_sample and self.area_ci95_ha[i] == 0]
+
+    @property
+    def few_samples(self) -> list[str]:
+        """Mapped classes with fewer than MIN_STRATUM_SAMPLES reference samples: Olofsson et al. (2014)
+        advise 50-100 a stratum; with fewer, the intervals are not to be relied on."""
+        n = self.counts.sum(axis=1)
+        return [c for i, c in enumerate(self.classes) if 0 < n[i] < MIN_STRATUM_SAMPLES and self.map_pixels[i] > 0]
+
+    @property
     def n_samples(self) -> int:
         """Size of the reference sample."""
         return int(self.counts.sum())
@@ -112,6 +133,8 @@ class AreaEstimate:
             "total_area_ha": _num(self.total_area_ha),
             "unsampled": list(self.unsampled),
             "single_sample": list(self.single_sample),
+            "no_error_seen": self.no_error_seen,
+            "few_samples": self.few_samples,
         }
 
     def markdown(self) -> str:
@@ -140,6 +163,12 @@ class AreaEstimate:
         if self.single_sample:
             lines.append(f"One reference sample only in: {', '.join(self.single_sample)}; no "
                          "variance estimate, so the intervals understate the uncertainty.")
+        if self.no_error_seen:
+            lines.append(f"No error seen in the sample of: {', '.join(self.no_error_seen)}; a zero-width "
+                         "interval means the sample was too small to see their errors, not that there are none.")
+        if self.few_samples:
+            lines.append(f"Fewer than {MIN_STRATUM_SAMPLES} reference samples in: {', '.join(self.few_samples)} "
+                         "(50-100 a stratum are advised): their intervals are not to be relied on.")
         return "\n".join(lines)
 
 

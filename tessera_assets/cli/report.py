@@ -213,8 +213,14 @@ def headline(results: dict, storage, catalog_root: Path, region: str, year: int)
     if land_cover and "area_estimate_ha" in land_cover:
         truth = true_class_area_ha(catalog_root, year, region)
         print(f"\n{'class':<14} {'true ha':>8} {'pixel count ha':>14} {'estimate ha ± 95% CI':>22}  inside")
+        unseen = []
         for name, est in land_cover["area_estimate_ha"].items():
             true, mapped = truth.get(name, 0.0), land_cover["class_area_ha"].get(name, 0.0)
             inside = abs(est["area_ha"] - true) <= est["ci95_ha"]
+            if est["ci95_ha"] == 0 and mapped > 0:
+                unseen.append(name)
             print(f"{name:<14} {true:>8.1f} {mapped:>14.1f} {est['area_ha']:>12.1f} ± {est['ci95_ha']:<7.1f}  "
-                  f"{'yes' if inside else 'no'}")
+                  f"{'yes' if inside else 'no'}{' *' if name in unseen else ''}")
+        if unseen:
+            print("  * no error of this class in the reference sample, hence ± 0: the sample was too small to see "
+                  "its errors, not proof that there are none")

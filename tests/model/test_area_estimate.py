@@ -180,6 +180,24 @@ def test_perfect_map():
     assert est.overall_accuracy == pytest.approx(1.0) and est.overall_ci95 == 0
 
 
+def test_zero_width_intervals_and_small_strata_are_named():
+    """A class whose 10 samples are all right, and into which no other class's sample falls, gets
+    "± 0": the summary says the sample saw no error, not that there is none; strata under 50 samples
+    are named too. The paper's strata (75 or more samples each) get neither note."""
+    est = from_error_matrix([[10, 0, 0], [0, 55, 5], [0, 3, 60]], [100, 300, 300], ["bare", "crop", "grass"], 1.0)
+    assert est.area_ci95_ha[0] == 0 and est.area_ci95_ha[1] > 0
+    assert est.no_error_seen == ["bare"] and est.few_samples == ["bare"]
+    assert est.as_dict()["no_error_seen"] == ["bare"] and est.as_dict()["few_samples"] == ["bare"]
+    md = est.markdown()
+    assert "No error seen in the sample of: bare" in md and "Fewer than 50 reference samples in: bare" in md
+    perfect = from_error_matrix(np.diag([10, 20, 5]), [100, 200, 50], ["x", "y", "z"], LANDSAT_HA)
+    assert perfect.no_error_seen == ["x", "y", "z"]
+
+
+def test_the_papers_strata_need_no_note(paper):
+    assert paper.no_error_seen == [] and paper.few_samples == []
+
+
 def test_unsampled_stratum_keeps_its_mapped_area():
     """c is mapped (100 of 500 pixels, 1 ha each) but never sampled; one sample mapped a is c."""
     est = from_error_matrix([[4, 0, 1], [1, 9, 0], [0, 0, 0]], {"a": 100, "b": 300, "c": 100},

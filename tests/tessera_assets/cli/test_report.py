@@ -46,3 +46,24 @@ def test_each_stage_takes_from_its_first_run_start_to_its_last_run_end(capsys):
     assert lines[0] == ["stage", "runs", "seconds"]
     assert lines[1] == ["s2_raw,", "s1_raw", "2", "13.0"]  # 100 -> 113
     assert lines[2] == ["change_map,", "similarity_map", "2", "9.5"]  # 120 -> 129.5, one run held fewer assets
+
+
+def test_an_area_interval_of_zero_width_is_marked_as_no_error_seen(demo_env, capsys):
+    """The demo's area table beside the true areas: a "± 0" row says the sample saw no error of that
+    class, which is not proof that there is none."""
+    from conftest import TINY_REGION, TINY_YEAR
+    from resources.scenes.demo_truth import true_class_area_ha
+    from tessera_assets.cli.report import headline
+
+    truth = true_class_area_ha(demo_env.catalog_root, TINY_YEAR, TINY_REGION)
+    first, second = sorted(truth)[:2]
+    results = {("fewshot_classifier", ""): {"curves": {"embeddings": [{"k": 1, "accuracy": 0.7, "head": "ncm"}]}},
+               ("land_cover_map", f"{TINY_REGION}|{TINY_YEAR}"): {
+                   "class_area_ha": {first: truth[first], second: truth[second]},
+                   "area_estimate_ha": {first: {"area_ha": truth[first] + 1.0, "ci95_ha": 0.0},
+                                        second: {"area_ha": truth[second], "ci95_ha": 0.5}}}}
+    headline(results, demo_env.resources["storage"], demo_env.catalog_root, TINY_REGION, TINY_YEAR)
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith(first))
+    assert row.endswith("no *") and next(line for line in lines if line.startswith(second)).endswith("yes")
+    assert any("no error of this class in the reference sample" in line for line in lines)
