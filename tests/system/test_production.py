@@ -104,7 +104,8 @@ class Faults:
         self.postgres_restarted = False
 
     def _running_embeddings(self):
-        """(run id, run worker pid, events) of each started run whose embeddings step has begun."""
+        """(run id, run worker pid, its events, when its embeddings step started) of each started run
+        whose embeddings step has begun."""
         from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
         for record in self.instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
@@ -117,7 +118,7 @@ class Faults:
                 yield record.dagster_run.run_id, pid, logs, started[0].timestamp
 
     def __call__(self) -> None:
-        """One poll (the backfill's wait calls it about once a second)."""
+        """One poll (the backfill's wait calls it every half second)."""
         try:
             self._step()
         except Exception as error:  # the test's own reads while Postgres restarts: try again next poll
