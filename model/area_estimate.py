@@ -157,18 +157,17 @@ class AreaEstimate:
         lines.append("")
         lines.append(f"Overall accuracy {_acc(self.overall_accuracy, self.overall_ci95)}, "
                      f"from {self.n_samples:,} reference samples (Olofsson et al. 2014).")
-        if self.unsampled:
-            lines.append(f"No reference sample in: {', '.join(self.unsampled)}; their mapped area "
-                         "is taken as-is, so the intervals understate the uncertainty.")
-        if self.single_sample:
-            lines.append(f"One reference sample only in: {', '.join(self.single_sample)}; no "
-                         "variance estimate, so the intervals understate the uncertainty.")
-        if self.no_error_seen:
-            lines.append(f"No error seen in the sample of: {', '.join(self.no_error_seen)}; a zero-width "
-                         "interval means the sample was too small to see their errors, not that there are none.")
-        if self.few_samples:
-            lines.append(f"Fewer than {MIN_STRATUM_SAMPLES} reference samples in: {', '.join(self.few_samples)} "
-                         "(50-100 a stratum are advised): their intervals are not to be relied on.")
+        notes = [
+            (self.unsampled, "No reference sample in: {}; their mapped area is taken as-is, so the intervals "
+                             "understate the uncertainty."),
+            (self.single_sample, "One reference sample only in: {}; no variance estimate, so the intervals "
+                                 "understate the uncertainty."),
+            (self.no_error_seen, "No error seen in the sample of: {}; a zero-width interval means the sample was "
+                                 "too small to see their errors, not that there are none."),
+            (self.few_samples, f"Fewer than {MIN_STRATUM_SAMPLES} reference samples in: {{}} (50-100 a stratum "
+                               "are advised): their intervals are not to be relied on."),
+        ]
+        lines += [text.format(", ".join(classes)) for classes, text in notes if classes]
         return "\n".join(lines)
 
 
