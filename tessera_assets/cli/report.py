@@ -217,7 +217,7 @@ def headline(results: dict, storage, catalog_root: Path, region: str, year: int)
         for name, est in land_cover["area_estimate_ha"].items():
             true, mapped = truth.get(name, 0.0), land_cover["class_area_ha"].get(name, 0.0)
             inside = abs(est["area_ha"] - true) <= est["ci95_ha"]
-            if est["ci95_ha"] == 0 and mapped > 0:
+            if est.get("no_error_seen"):  # AreaEstimate.no_error_seen, as the asset recorded it
                 unseen.append(name)
             print(f"{name:<14} {true:>8.1f} {mapped:>14.1f} {est['area_ha']:>12.1f} ± {est['ci95_ha']:<7.1f}  "
                   f"{'yes' if inside else 'no'}{' *' if name in unseen else ''}")

@@ -223,7 +223,8 @@ def land_cover_map(context: AssetExecutionContext, config: LandCoverConfig, stor
     return MaterializeResult(metadata={
         "class_area_ha": MetadataValue.json(hectares), "classified_pixels": int(sum(counts)), "encoder_id": encoder_id,
         "area_estimates": MetadataValue.md(f"reference: {source}\n\n" + estimate.markdown()),
-        "area_estimate_ha": MetadataValue.json({c: {"area_ha": round(float(a), 2), "ci95_ha": round(float(h), 2)}
+        "area_estimate_ha": MetadataValue.json({c: {"area_ha": round(float(a), 2), "ci95_ha": round(float(h), 2),
+                                                    "no_error_seen": c in estimate.no_error_seen}
                                                 for c, a, h in zip(classes, estimate.area_ha, estimate.area_ci95_ha)}),
         "overall_accuracy": round(estimate.overall_accuracy, 4), "reference_samples": estimate.n_samples,
         **previews, "path": MetadataValue.path(storage.location(*parts)),

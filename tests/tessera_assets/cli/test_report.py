@@ -60,8 +60,8 @@ def test_an_area_interval_of_zero_width_is_marked_as_no_error_seen(demo_env, cap
     results = {("fewshot_classifier", ""): {"curves": {"embeddings": [{"k": 1, "accuracy": 0.7, "head": "ncm"}]}},
                ("land_cover_map", f"{TINY_REGION}|{TINY_YEAR}"): {
                    "class_area_ha": {first: truth[first], second: truth[second]},
-                   "area_estimate_ha": {first: {"area_ha": truth[first] + 1.0, "ci95_ha": 0.0},
-                                        second: {"area_ha": truth[second], "ci95_ha": 0.5}}}}
+                   "area_estimate_ha": {first: {"area_ha": truth[first] + 1.0, "ci95_ha": 0.0, "no_error_seen": True},
+                                        second: {"area_ha": truth[second], "ci95_ha": 0.5, "no_error_seen": False}}}}
     headline(results, demo_env.resources["storage"], demo_env.catalog_root, TINY_REGION, TINY_YEAR)
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if line.startswith(first))
