@@ -137,52 +137,52 @@ class Similarity:
     # -- query vectors ---------------------------------------------------------------------------
     def vector_at(self, lon: float, lat: float, year: int) -> tuple[np.ndarray, dict]:
         """The embedding of the pixel whose centre is nearest to a point."""
-        _check_point(lon, lat)
-        if self.table.count_rows(equals("year", int(year))) == 0:
-            years = sorted(set(self.table.search().select(["year"]).limit(None).to_arrow()["year"].to_pylist()))
-            raise SearchError(f"year {year} is not in the embedding table (materialised years: {years})")
-        cell = h3.latlng_to_cell(lat, lon, FILTER_RESOLUTIONS[-1])
-        ring = [h3.str_to_int(c) for c in h3.grid_disk(cell, 1)]
-        rows = (self.table.search().where(all_of(equals("year", int(year)), is_in("h3_r9", [int(c) for c in ring])))
-                .select(RESULT_COLUMNS + ["vector"]).limit(None).to_arrow())
-        if rows.num_rows:
-            distance = haversine_m(lon, lat, rows["lon"].to_numpy(), rows["lat"].to_numpy())
-            best = int(np.argmin(distance))
-            if distance[best] <= 10.0:  # within a pixel diagonal of a pixel centre
-                return self._row_vector(rows, best)
-        raise SearchError(f"point ({lon}, {lat}) is outside every materialised partition of {year}")
+        ((_, rows, best),) = self._nearest_pixels([(lon, lat)], year, RESULT_COLUMNS + ["vector"])
+        if best < 0:
+            raise SearchError(f"point ({lon}, {lat}) is outside every materialised partition of {year}")
+        return self._row_vector(rows, best)
 
     def vectors_at(self, points: list[tuple[float, float]], year: int) -> np.ndarray:
-        """The embeddings of the pixels nearest to many points (one row each, in order), read with one
-        query per `POINTS_PER_LOOKUP` points rather than one a point."""
+        """The embeddings of the pixels nearest to many points (one row each, in order)."""
         if not points:
             raise SearchError("no points given")
-        for lon, lat in points:
-            _check_point(lon, lat)
-        if self.table.count_rows(equals("year", int(year))) == 0:
-            self.vector_at(*points[0], year)  # says which years there are
         vectors = np.zeros((len(points), self.dim), np.float32)
         missing = []
-        for start in range(0, len(points), POINTS_PER_LOOKUP):
-            chunk = points[start:start + POINTS_PER_LOOKUP]
-            cells = [h3.latlng_to_cell(lat, lon, FILTER_RESOLUTIONS[-1]) for lon, lat in chunk]
-            ring = sorted({h3.str_to_int(c) for cell in cells for c in h3.grid_disk(cell, 1)})
-            rows = (self.table.search().where(all_of(equals("year", int(year)), is_in("h3_r9", ring)))
-                    .select(["lon", "lat", "vector"]).limit(None).to_arrow())
-            lons, lats = rows["lon"].to_numpy(), rows["lat"].to_numpy()
-            stored = rows["vector"].combine_chunks().values.to_numpy().reshape(-1, self.dim) if rows.num_rows else None
-            for i, (lon, lat) in enumerate(chunk, start=start):
-                distance = haversine_m(lon, lat, lons, lats) if rows.num_rows else np.empty(0)
-                best = int(np.argmin(distance)) if distance.size else -1
-                if best < 0 or distance[best] > 10.0:  # within a pixel diagonal of a pixel centre
-                    missing.append(i)
-                else:
-                    vectors[i] = stored[best]
+        for i, rows, best in self._nearest_pixels(points, year, ["lon", "lat", "vector"]):
+            if best < 0:
+                missing.append(i)
+            else:
+                vectors[i] = rows["vector"][best].values.to_numpy()
         if missing:
             shown = ", ".join(f"{i} ({points[i][0]}, {points[i][1]})" for i in missing[:5])
             raise SearchError(f"{len(missing)} of {len(points)} points are outside every materialised partition "
                               f"of {year}: {shown}{' ...' if len(missing) > 5 else ''}")
         return vectors
+
+    def _nearest_pixels(self, points: list[tuple[float, float]], year: int, columns: list[str]):
+        """For each point, in order: (its index, the rows read, the row of the pixel whose centre is
+        nearest, or -1 when none is within 10 m: a point inside a pixel is at most 7.1 m from its
+        centre). The rows are the pixels in the res-9 cells around the points, one query per
+        `POINTS_PER_LOOKUP` points."""
+        for lon, lat in points:
+            _check_point(lon, lat)
+        if self.table.count_rows(equals("year", int(year))) == 0:
+            years = sorted(set(self.table.search().select(["year"]).limit(None).to_arrow()["year"].to_pylist()))
+            raise SearchError(f"year {year} is not in the embedding table (materialised years: {years})")
+        for start in range(0, len(points), POINTS_PER_LOOKUP):
+            chunk = points[start:start + POINTS_PER_LOOKUP]
+            cells = [h3.latlng_to_cell(lat, lon, FILTER_RESOLUTIONS[-1]) for lon, lat in chunk]
+            ring = sorted({h3.str_to_int(c) for cell in cells for c in h3.grid_disk(cell, 1)})
+            rows = (self.table.search().where(all_of(equals("year", int(year)), is_in("h3_r9", ring)))
+                    .select(columns).limit(None).to_arrow())
+            lons, lats = rows["lon"].to_numpy(), rows["lat"].to_numpy()
+            for i, (lon, lat) in enumerate(chunk, start=start):
+                if not rows.num_rows:
+                    yield i, rows, -1
+                    continue
+                distance = haversine_m(lon, lat, lons, lats)
+                best = int(np.argmin(distance))
+                yield i, rows, best if distance[best] <= 10.0 else -1
 
     def vector_of_key(self, key: str) -> tuple[np.ndarray, dict]:
         rows = (self.table.search().where(equals("key", key))

@@ -26,8 +26,14 @@ vectors. Chosen by measurement on 1M clustered 128-d rows (`bench/search.py`; re
 exact, build on 2 cores): IVF-PQ with 16, 32 and 64 sub-vectors reached 0.84, 0.98 and 0.99
 (refine 20) but took 2-9 min to build; IVF-SQ ~0.96 at any refine; RaBitQ 1- and 2-bit 0.85 and
 0.99 (refine 20); RaBitQ 4-bit 0.98 at refine 2 and 0.997 at refine 5, built in under a minute.
-New rows are folded into the index by `optimize()`; it is retrained when the table has grown
-fourfold since training (the index name records the rows it was trained on).
+New rows are folded into the index by `compact()` (lancedb's `optimize()`, with our fragment size);
+it is retrained when the table has grown fourfold since training (the index name records the rows it
+was trained on).
+
+A trained index is built by Lance's distributed path (`resources.table.segmented_index`): a shared
+model trained once, then `index_segments` segments of whole fragments, each encoded by its own worker
+(a step of `embedding_index`), merged and published in one commit. One segment is the one-machine
+build; more let the encoding, which grows with rows x lists, leave one machine (`docs/scale.md`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, PrivateAttr
@@ -45,6 +51,9 @@ from model.errors import VectorDimensionError
 from resources.errors import TableSchemaError
 from resources.table.filters import equals, partition_filter
 from resources.table.lancedb_import import import_lancedb
+
+if TYPE_CHECKING:
+    from resources.table.segmented_index import SegmentPlan
 
 TABLE_NAME = "embeddings"
 FILTER_RESOLUTIONS = (7, 9)
@@ -106,6 +115,22 @@ class IndexReport:
                 "seconds": round(self.seconds, 2), **self.parameters}
 
 
+@dataclass(frozen=True)
+class IndexPlan:
+    """What `plan_index` decided: the segments to build (None when nothing is trained), and what to
+    report. Picklable: it travels from the planning step to the segment and publishing steps."""
+
+    started: float  # wall clock (time.time()), so the report covers every step
+    rows: int
+    replaces: str | None  # the vector index a trained one replaces
+    action: str  # "none", "trained", "retrained", "folded in new rows"
+    segments: SegmentPlan | None = None
+
+    @property
+    def groups(self) -> list[list[int]]:
+        return self.segments.groups if self.segments is not None else []
+
+
 class TableStore(BaseModel):
     """The LanceDB database (a local folder, or `s3://bucket/prefix` with storage options) and how
     its vector index is built and queried. Settings are frozen, as on the Dagster resource, so what
@@ -122,6 +147,8 @@ class TableStore(BaseModel):
     exact_scan_max_rows: int = 20_000  # filters keeping at most this many rows are scanned exactly
     refine_factor: int = 5  # candidates re-ranked by exact cosine on the stored vectors: refine_factor * k
     keep_versions_hours: float = 1.0  # older table versions are removed by refresh_index
+    index_segments: int = 1  # a trained vector index is built in this many segments, one worker (step) each
+    rows_per_fragment: int = 1_048_576  # compaction's target (Lance's default); a segment is whole fragments
     _db: Any = PrivateAttr(default=None)
 
     def connection(self):
@@ -194,11 +221,30 @@ class TableStore(BaseModel):
     def vector_index(self, table) -> Any | None:
         return next((ix for ix in table.list_indices() if ix.columns[0] == "vector"), None)
 
-    def refresh_index(self) -> IndexReport:
-        """Scalar indexes always; the vector index trained, retrained or topped up (module doc)."""
-        from lancedb.index import BTree, Bitmap, IvfRq
+    def dataset(self, version: int | None = None):
+        """The table as a pylance dataset (for the segmented index build), at `version` or the latest."""
+        from resources.table.segmented_index import open_dataset
 
-        started = time.perf_counter()
+        return open_dataset(f"{self.uri.rstrip('/')}/{TABLE_NAME}.lance", self.storage_options, version)
+
+    def compact(self) -> None:
+        """What lancedb's `optimize()` does, with our fragment size: small fragments compacted into
+        fragments of `rows_per_fragment` rows (the unit a segmented index build shares out), new rows
+        folded into every index, and versions older than `keep_versions_hours` dropped."""
+        self.dataset().optimize.compact_files(target_rows_per_fragment=self.rows_per_fragment)
+        dataset = self.dataset()
+        dataset.optimize.optimize_indices()
+        dataset.cleanup_old_versions(older_than=timedelta(hours=self.keep_versions_hours))
+
+    def plan_index(self) -> IndexPlan:
+        """Scalar indexes, compaction with new rows folded into every index, and the decision whether
+        the vector index is (re)trained; when it is, the shared model and the fragment groups of its
+        `index_segments` segments (`resources.table.segmented_index`)."""
+        from lancedb.index import BTree, Bitmap
+
+        from resources.table.segmented_index import KMEANS_SAMPLE_PER_LIST, SegmentPlan, fragment_groups, train_model
+
+        started = time.time()
         table = self.table()
         if table is None:
             raise TableSchemaError(f"no embedding table at {self.uri}: materialise embedding_table first")
@@ -208,30 +254,53 @@ class TableStore(BaseModel):
                 table.create_index(column, config=BTree() if kind == "btree" else Bitmap())
         rows = table.count_rows()
         current = self.vector_index(table)
-        trained_rows, trained_for = _trained_size(current.name) if current else (0, 0)
-        cleanup = timedelta(hours=self.keep_versions_hours)
-        # compacts small fragments, folds new rows into every index, drops versions no reader needs
-        table.optimize(cleanup_older_than=cleanup)
-        action = "folded in new rows" if current is not None else "none"
-        if rows >= self.ann_min_rows and (current is None or rows >= REBUILD_GROWTH * trained_rows):
-            # trained after compaction, so no fragment it covers is rewritten (and the index remapped) later
-            partitions = max(1, min(self.max_partitions, round(rows / self.rows_per_partition)))
-            name = f"vector_ivfrq_p{partitions}_n{rows}"  # the name records the size it was trained for
-            table.create_index("vector", config=IvfRq(distance_type="cosine", num_partitions=partitions,
-                                                      num_bits=RQ_BITS, sample_rate=64, max_iterations=20), name=name)
-            if current is not None and current.name != name:
-                table.drop_index(current.name)
-            action = "retrained" if current is not None else "trained"
-            current, trained_for = self.vector_index(table), partitions
+        trained_rows, _ = _trained_size(current.name) if current else (0, 0)
+        self.compact()
+        replaces = current.name if current is not None else None
+        if rows < self.ann_min_rows or (current is not None and rows < REBUILD_GROWTH * trained_rows):
+            return IndexPlan(started, rows, replaces, "folded in new rows" if current is not None else "none")
+        # trained after compaction, so no fragment it covers is rewritten (and the index remapped) later
+        # k-means trains on KMEANS_SAMPLE_PER_LIST rows a list: never more lists than the rows allow
+        lists = max(1, min(self.max_partitions, round(rows / self.rows_per_partition), rows // KMEANS_SAMPLE_PER_LIST))
+        dataset = self.dataset()
+        model = train_model(dataset, "vector", f"vector_ivfrq_p{lists}_n{rows}", lists, RQ_BITS)
+        segments = SegmentPlan(model, dataset.version, fragment_groups(dataset, self.index_segments))
+        return IndexPlan(started, rows, replaces, "retrained" if current is not None else "trained", segments)
+
+    def build_index_segment(self, plan: IndexPlan, fragment_ids: list[int]) -> Any:
+        """One segment of a planned vector index: what one worker builds (on the planned snapshot)."""
+        from resources.table.segmented_index import build_segment
+
+        if plan.segments is None:
+            raise ValueError("this index plan trains nothing: there is no segment to build")
+        return build_segment(self.dataset(plan.segments.version), "vector", plan.segments.model, fragment_ids)
+
+    def publish_index(self, plan: IndexPlan, segments: list[Any]) -> IndexReport:
+        """The workers' segments merged and committed as the vector index (if one was trained), and a
+        report of what the table's index is now."""
+        from resources.table.segmented_index import commit
+
+        if plan.segments is not None:
+            commit(self.dataset(plan.segments.version), "vector", plan.segments.model, segments, plan.replaces)
+        table = self.table()
+        current = self.vector_index(table)
+        seconds = time.time() - plan.started
         if current is None:
-            return IndexReport("none (exact search)", action, rows, 0, rows, time.perf_counter() - started,
-                               {"reason": f"{rows} rows < ann_min_rows {self.ann_min_rows}"})
+            return IndexReport("none (exact search)", plan.action, plan.rows, 0, plan.rows, seconds,
+                               {"reason": f"{plan.rows} rows < ann_min_rows {self.ann_min_rows}"})
         stats = table.index_stats(current.name)
-        return IndexReport(f"IVF_RQ {RQ_BITS}-bit (cosine)", action, rows, stats.num_indexed_rows, stats.num_unindexed_rows,
-                           time.perf_counter() - started, {
-                               "name": current.name, "num_partitions": trained_for,
-                               "num_bits": RQ_BITS, "nprobes": self.nprobes,
+        _, lists = _trained_size(current.name)
+        return IndexReport(f"IVF_RQ {RQ_BITS}-bit (cosine)", plan.action, plan.rows, stats.num_indexed_rows,
+                           stats.num_unindexed_rows, seconds, {
+                               "name": current.name, "num_partitions": lists, "num_bits": RQ_BITS,
+                               "segments_built": len(segments), "nprobes": self.nprobes,
                                "refine_factor": self.refine_factor})
+
+    def refresh_index(self) -> IndexReport:
+        """Scalar indexes always; the vector index trained, retrained or topped up (module doc), its
+        segments built here one after another (the `embedding_index` asset builds them as steps)."""
+        plan = self.plan_index()
+        return self.publish_index(plan, [self.build_index_segment(plan, group) for group in plan.groups])
 
     def describe_index(self, table) -> dict[str, Any]:
         """The vector index queries will use (for search reports): its name and the query parameters."""

@@ -1,12 +1,15 @@
 """embedding_table[year, region] (LanceDB, H3), its embedding_index, and similarity_map[year, region]
 for saved queries."""
 
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
-from dagster import (AllPartitionMapping, AssetCheckResult, AssetDep, AssetCheckSpec, AssetExecutionContext, AssetKey, AutomationCondition,
-                     AutomationConditionSensorDefinition, Config, DefaultSensorStatus, MaterializeResult, MetadataValue,
-                     asset)
+from dagster import (AllPartitionMapping, AssetCheckResult, AssetDep, AssetCheckSpec, AssetExecutionContext, AssetIn,
+                     AssetKey, AutomationCondition, AutomationConditionSensorDefinition, Config, DefaultSensorStatus,
+                     DynamicOut, DynamicOutput, In, MaterializeResult, MetadataValue, Nothing, OpExecutionContext, Out,
+                     Output, asset, graph_asset, op)
 from pydantic import Field
 
 from resources.errors import EncoderMismatchError
@@ -14,6 +17,7 @@ from resources.regions import PartitionId
 from resources.previews import similarity_png
 from resources.table.similarity import Similarity
 from resources.table.filters import partition_filter
+from resources.table.store import IndexPlan
 from resources.storage.data_root import TesseraStorage, write_similarity_raster
 from resources.table.rows import pixel_rows
 from resources.table.vector_store import VectorStore
@@ -54,25 +58,57 @@ AFTER_WRITES = (AutomationCondition.any_deps_updated().since_last_handled() & ~A
                 & ~AutomationCondition.in_progress()).with_label("after partition writes")
 
 
-@asset(deps=[embedding_table], group_name="search", pool="lancedb", kinds={"lancedb"},
-       automation_condition=AFTER_WRITES, code_version="index-ivfrq-1")
-def embedding_index(context: AssetExecutionContext, vectors: VectorStore) -> MaterializeResult:
-    """The table's indexes, refreshed after partitions are written: scalar indexes on the filter
-    columns, and the IVF-RaBitQ vector index trained once the table is large enough, topped up with new
-    rows, and retrained when the table has grown fourfold. Runs by itself after writes (automation)
-    so that writing a partition costs the same whatever the table's size."""
-    report = vectors.refresh_index()
+@op(pool="lancedb", ins={"embedding_table": In(Nothing)},
+    out={"plan": Out(description="what the refresh does; the shared model if it trains"),
+         "fragments": DynamicOut(description="one group of fragments a segment")})
+def plan_index(context: OpExecutionContext, vectors: VectorStore):
+    """Scalar indexes and compaction; whether the vector index is trained; if so, its shared model
+    and the fragments of each segment, fanned out to one step each."""
+    plan = vectors.plan_index()
+    context.log.info(f"{plan.rows} rows; vector index: {plan.action}"
+                     + (f", {len(plan.groups)} segment(s)" if plan.segments is not None else ""))
+    yield Output(plan, "plan")
+    for i, group in enumerate(plan.groups):
+        yield DynamicOutput(group, output_name="fragments", mapping_key=f"segment_{i}")
+
+
+@op(description="one segment of the vector index: the shared model applied to these fragments")
+def build_index_segment(context: OpExecutionContext, vectors: VectorStore, plan: IndexPlan,
+                        fragments: list[int]) -> Any:
+    started = time.perf_counter()
+    segment = vectors.build_index_segment(plan, fragments)
+    context.log.info(f"segment of fragments {fragments}: {time.perf_counter() - started:.1f} s")
+    return segment
+
+
+@op(pool="lancedb", out=Out(Nothing))
+def publish_index(context: OpExecutionContext, vectors: VectorStore, plan: IndexPlan, segments: list) -> None:
+    """The segments merged and committed as one index; the table's index state as metadata."""
+    report = vectors.publish_index(plan, segments)
     context.log.info(f"index {report.type}: {report.action}; {report.indexed_rows} of {report.table_rows} rows indexed "
                      f"in {report.seconds:.1f} s")
     partitions = vectors.partition_counts()
-    return MaterializeResult(metadata={
+    context.add_output_metadata({
         "index": MetadataValue.json(report.to_dict()), "index_type": report.type, "action": report.action,
         "table_rows": report.table_rows, "indexed_rows": report.indexed_rows,
         "unindexed_rows": report.unindexed_rows, "seconds": round(report.seconds, 2),
-        "partitions": len(partitions), "rows_by_partition": MetadataValue.md(
+        "segments_built": len(segments), "partitions": len(partitions), "rows_by_partition": MetadataValue.md(
             "| year | region | rows |\n|---|---|---|\n" + "\n".join(f"| {y} | {r} | {n} |" for (y, r), n in partitions)),
         "uri": vectors.uri,
     })
+
+
+@graph_asset(ins={"embedding_table": AssetIn(dagster_type=Nothing)}, group_name="search", kinds={"lancedb"},
+             automation_condition=AFTER_WRITES, code_version="index-ivfrq-segments-1")
+def embedding_index(embedding_table):
+    """The table's indexes, refreshed after partitions are written: scalar indexes on the filter
+    columns, and the IVF-RaBitQ vector index trained once the table is large enough, topped up with new
+    rows, and retrained when the table has grown fourfold. A trained index is built in `index_segments`
+    segments, one step each (Lance's distributed index path: `resources/table/segmented_index.py`), and
+    published as one. Runs by itself after writes (automation) so that writing a partition costs the
+    same whatever the table's size."""
+    plan, fragments = plan_index(embedding_table)
+    return publish_index(plan, fragments.map(lambda group: build_index_segment(plan, group)).collect())
 
 
 index_after_writes = AutomationConditionSensorDefinition(

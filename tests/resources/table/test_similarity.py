@@ -186,8 +186,9 @@ def test_results_as_geojson_and_geoparquet(table_env, tmp_path):
 
 def test_embedding_index_trains_then_tops_up_and_search_agrees_with_exact(table_env, tmp_path):
     env, instance, _ = table_env
+    # always through the index here (it is what is tested); built in two segments, so in two steps
     store = VectorStore(uri=str(tmp_path / "lancedb"), ann_min_rows=2000, rows_per_partition=256,
-                        exact_scan_max_rows=0)  # always through the index here: it is what is tested
+                        exact_scan_max_rows=0, index_segments=2, rows_per_fragment=1000)
     resources = dict(env.resources, vectors=store)
     key = year_region_key(TINY_YEAR, TINY_REGION)
     materialize([embedding_table], partition_key=key, instance=instance, resources=resources)
@@ -195,8 +196,13 @@ def test_embedding_index_trains_then_tops_up_and_search_agrees_with_exact(table_
     assert first["index_type"] == "none (exact search)" and first["action"] == "none"  # too few rows for IVF
     materialize([embedding_table], partition_key=year_region_key(TINY_YEAR - 1, TINY_REGION), instance=instance,
                 resources=resources)
-    trained = _meta(materialize([embedding_index], instance=instance, resources=resources))
+    run = materialize([embedding_index], instance=instance, resources=resources)
+    trained = _meta(run)
     assert trained["index_type"] == "IVF_RQ 4-bit (cosine)" and trained["action"] == "trained"
+    built = [e.step_key for e in run.get_step_success_events() if e.step_key.startswith("embedding_index.build_index_segment")]
+    assert len(built) == 2 and trained["segments_built"] == 2 and trained["index"]["segments_built"] == 2
+    assert [ix.num_segments for ix in store.table().list_indices() if ix.columns == ["vector"]] == [1], \
+        "the segments are published as one index"
     assert trained["unindexed_rows"] == 0 and trained["indexed_rows"] == trained["table_rows"]
     assert "| 2022 | tiny |" in trained["rows_by_partition"]
     again = _meta(materialize([embedding_index], instance=instance, resources=resources))
