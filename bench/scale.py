@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resources.table.similarity import SearchFilter, Similarity  # noqa: E402
 from resources.table.store import TableStore  # noqa: E402
-from search import YEARS, bytes_on_disk, cold_query, partition_rows, timed  # noqa: E402  (bench/search.py)
+from search import YEARS, bytes_on_disk, cold_query, partition_rows, recall, timed  # noqa: E402  (bench/search.py)
 
 CLUSTERS, DIM, K = 1000, 128, 10
 
@@ -99,10 +99,6 @@ def pixel_ids(result: pa.Table, rows_per_partition: int, width: int) -> np.ndarr
     region = np.array([int(r.split("-")[1]) for r in result["region"].to_pylist()], np.int64)
     p = region * 2 + (result["year"].to_numpy() - YEARS[0])
     return p * rows_per_partition + result["row"].to_numpy() * width + result["col"].to_numpy()
-
-
-def recall(found: list[np.ndarray], truth: list[set[int]]) -> float:
-    return round(float(np.mean([len(set(f.tolist()) & t) / K for f, t in zip(found, truth)])), 4)
 
 
 def write(store: TableStore, vectors: Vectors, p: int, width: int) -> float:

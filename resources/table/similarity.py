@@ -148,11 +148,14 @@ class Similarity:
             raise SearchError("no points given")
         vectors = np.zeros((len(points), self.dim), np.float32)
         missing = []
+        read, stored = None, None  # the rows of one lookup, and their vectors as one matrix
         for i, rows, best in self._nearest_pixels(points, year, ["lon", "lat", "vector"]):
             if best < 0:
                 missing.append(i)
-            else:
-                vectors[i] = rows["vector"][best].values.to_numpy()
+                continue
+            if rows is not read:
+                read, stored = rows, rows["vector"].combine_chunks().values.to_numpy().reshape(-1, self.dim)
+            vectors[i] = stored[best]
         if missing:
             shown = ", ".join(f"{i} ({points[i][0]}, {points[i][1]})" for i in missing[:5])
             raise SearchError(f"{len(missing)} of {len(points)} points are outside every materialised partition "

@@ -105,8 +105,8 @@ def embedding_index(embedding_table):
     columns, and the IVF-RaBitQ vector index trained once the table is large enough, topped up with new
     rows, and retrained when the table has grown fourfold. A trained index is built in `index_segments`
     segments, one step each (Lance's distributed index path: `resources/table/segmented_index.py`), and
-    published as one. Runs by itself after writes (automation) so that writing a partition costs the
-    same whatever the table's size."""
+    published as one. Runs by itself after writes (automation), so that a partition write never waits
+    for, or pays for, an index build."""
     plan, fragments = plan_index(embedding_table)
     return publish_index(plan, fragments.map(lambda group: build_index_segment(plan, group)).collect())
 
