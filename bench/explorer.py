@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--home", default=str(ROOT / ".tessera"))
     args = parser.parse_args()
     home = Path(args.home)
-    with ExplorerServer(home, ROOT / "regions.yaml", home / "data" / "lancedb") as server:
+    with ExplorerServer.over(home, ROOT / "regions.yaml", home / "data" / "lancedb") as server:
         partitions = server.client.get("/api/partitions").json()
         if not partitions:
             sys.exit("no embeddings partitions: run `make demo` first")

@@ -1,4 +1,5 @@
-"""`tessera serve` as a real process on a free loopback port, over a test environment's data."""
+"""`tessera serve` as a real process on a loopback port: over a test environment's data, or started by
+any command line (the compose file's, with its own flags and environment)."""
 
 from __future__ import annotations
 
@@ -19,31 +20,53 @@ def free_port() -> int:
 
 
 class ExplorerServer:
-    """Started by `with`; `url` is its root, `client` an HTTP client on it."""
+    """Started by `with`, which returns once the server answers HTTP at all (a 401 to a request
+    without a token counts: it is listening); `url` is its root, `client` an HTTP client on it, and
+    everything it prints goes to `log`."""
 
-    def __init__(self, root: Path, regions_file: Path, lancedb_uri: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, TESSERA_HOME=str(root), TESSERA_REGIONS=str(regions_file),
-                        TESSERA_LANCEDB_URI=str(lancedb_uri), TESSERA_DEPLOYMENT="local")
-        self.env.pop("TESSERA_EMBEDDINGS_TILES", None)
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log: Path, start_within_s: float = 120):
+        self.command, self.env, self.port, self.log = command, env, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.start_within_s = start_within_s
+
+    @classmethod
+    def over(cls, root: Path, regions_file: Path, lancedb_uri: Path) -> "ExplorerServer":
+        """`tessera serve` on this machine only, over the data under `root`."""
+        port = free_port()
+        env = dict(os.environ, TESSERA_HOME=str(root), TESSERA_REGIONS=str(regions_file),
+                   TESSERA_LANCEDB_URI=str(lancedb_uri), TESSERA_DEPLOYMENT="local")
+        env.pop("TESSERA_EMBEDDINGS_TILES", None)
+        command = [sys.executable, "-m", "tessera_assets.cli", "serve", "--port", str(port)]
+        return cls(command, env, port, Path(root) / "logs" / f"explorer-{port}.log")
+
+    def output(self) -> str:
+        """What the server printed so far (its last 4,000 characters)."""
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def __enter__(self) -> "ExplorerServer":
-        self.process = subprocess.Popen([sys.executable, "-m", "tessera_assets.cli", "serve", "--port", str(self.port)],
-                                        env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=Path(__file__).resolve().parents[2],
+                                            stdout=log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=60)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_within_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tessera serve exited: {self.process.stdout.read()}")
+                self.client.close()
+                raise RuntimeError(f"tessera serve exited ({self.process.returncode}): {self.output()}")
             try:
-                if self.client.get("/api/regions").status_code == 200:
-                    return self
+                self.client.get("/api/regions")
+                return self
             except httpx.TransportError:
                 time.sleep(0.2)
-        raise RuntimeError("tessera serve did not answer within 60 s")
+        self.__exit__()
+        raise RuntimeError(f"tessera serve did not answer within {self.start_within_s:.0f} s: {self.output()}")
 
     def __exit__(self, *exc) -> None:
         self.client.close()
         self.process.terminate()
-        self.process.wait(timeout=10)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -3,8 +3,9 @@
 Commands import what they use, when they run: `--help` and argument errors need only argparse; a
 search needs only the embedding table (`resources.table.store`, no Dagster), and starts without the
 raster, model and orchestration stack that the materialising commands (`tessera_assets.cli.commands`)
-load. What those run, and in which order, is Dagster's asset graph (`tessera_assets.cli.pipeline`).
-`bench/startup.py` measures what each start costs.
+load, nor pandas (`resources.table.lancedb_import`). What those run, and in which order, is
+Dagster's asset graph (`tessera_assets.cli.pipeline`). `bench/startup.py` measures what each start
+costs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from resources.errors import TesseraError
 
 
 def run_search(args) -> int:
+    from resources.table.lancedb_import import pyarrow_without_pandas_yet
+
+    pyarrow_without_pandas_yet()  # a search never makes a DataFrame: start without pandas
     from resources.table.similarity import (SearchError, SearchFilter, Similarity, format_batch_results, format_results,
                                             search_report, write_results)
     from tessera_assets.resources_by_deployment import table_store

@@ -30,7 +30,7 @@ def server(embedded_env, tmp_path_factory):
     for year in YEARS:
         assert materialize([embedding_table], partition_key=year_region_key(year, TINY_REGION), instance=instance,
                            resources=env.resources).success
-    with ExplorerServer(env.root, env.root / "regions.yaml", env.root / "data" / "lancedb") as running:
+    with ExplorerServer.over(env.root, env.root / "regions.yaml", env.root / "data" / "lancedb") as running:
         yield running, env
 
 

@@ -27,7 +27,7 @@ import yaml
 
 from conftest import BACKFILL_REGIONS, BACKFILL_YEARS, REPO_ROOT, backfill_home
 from resources.testing.dagster_services import DagsterServices
-from resources.testing.explorer_server import free_port
+from resources.testing.explorer_server import ExplorerServer, free_port
 from resources.testing.postgres_server import PostgresServer, postgres_bindir
 
 pytestmark = pytest.mark.skipif(postgres_bindir() is None, reason="PostgreSQL's server is not installed")
@@ -223,27 +223,9 @@ def _backfill_under_faults(tmp_path: Path, postgres: PostgresServer, monkeypatch
 def _check_the_explorer(command: list[str], env: dict[str, str], port: int, expected, logs: Path) -> None:
     """The compose file's explorer (bound to every interface, with a tokens file) lists what storage
     holds to a user with a token, and nothing to a request without one."""
-    import subprocess
-
-    import httpx
-
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(logs / "explorer.log", "w"),
-                               stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/api/partitions"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                anonymous = httpx.get(url, timeout=10)
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, (logs / "explorer.log").read_text()[-2000:]
-                time.sleep(0.5)
-        assert anonymous.status_code == 401
-        listed = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    with ExplorerServer(command, env, port, logs / "explorer.log") as explorer:
+        assert explorer.client.get("/api/partitions").status_code == 401
+        listed = explorer.client.get("/api/partitions", headers={"Authorization": f"Bearer {TOKEN}"})
         assert listed.status_code == 200, listed.text
-        assert TOKEN not in (logs / "explorer.log").read_text()
+        assert TOKEN not in explorer.log.read_text()
         assert sorted((p["year"], p["region"]) for p in listed.json()) == expected, listed.json()
-    finally:
-        process.terminate()
-        process.wait(30)
