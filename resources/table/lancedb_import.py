@@ -20,7 +20,7 @@ tables still write, index and search after it and that the client's classes stil
 pyarrow a DataFrame (`tessera search`). pyarrow imports pandas the first time it checks whether a
 value might be a pandas object: at the first `pa.scalar` or `pa.array`, which `pyarrow._dataset`'s
 module init makes (an expression literal), so `import lancedb` imports pandas, the biggest piece of
-its import time (measured: `import lancedb` 3.0-3.6 s with it, 1.5-1.6 s without, on 2 busy cores).
+its import time (a fresh `tessera search` took 2.60 s with it and 1.50 s without, `bench/startup.py`).
 Where pandas is not yet imported, that check is made once with pandas hidden, so pyarrow records it
 as absent for its "is this a pandas object?" checks; pandas itself stays importable, and pyarrow
 imports it for real the first time it is asked to convert to pandas (`to_pandas`), from which point
