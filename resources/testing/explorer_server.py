@@ -20,12 +20,13 @@ def free_port() -> int:
 
 
 class ExplorerServer:
-    """Started by `with`, which returns once the server answers HTTP at all (a 401 to a request
-    without a token counts: it is listening); `url` is its root, `client` an HTTP client on it, and
-    everything it prints goes to `log`."""
+    """Started by `with`, which returns once `/api/regions` answers a request without a token with
+    `ready_status` (200; 401 for an explorer that needs tokens); `url` is its root, `client` an HTTP
+    client on it, and everything it prints goes to `log`."""
 
-    def __init__(self, command: list[str], env: dict[str, str], port: int, log: Path, start_within_s: float = 120):
-        self.command, self.env, self.port, self.log = command, env, port, log
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log: Path, ready_status: int = 200,
+                 start_within_s: float = 120):
+        self.command, self.env, self.port, self.log, self.ready_status = command, env, port, log, ready_status
         self.url = f"http://127.0.0.1:{port}"
         self.start_within_s = start_within_s
 
@@ -50,17 +51,21 @@ class ExplorerServer:
                                             stdout=log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=60)
         deadline = time.monotonic() + self.start_within_s
+        status = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.client.close()
                 raise RuntimeError(f"tessera serve exited ({self.process.returncode}): {self.output()}")
             try:
-                self.client.get("/api/regions")
-                return self
+                status = self.client.get("/api/regions").status_code
+                if status == self.ready_status:
+                    return self
+                time.sleep(0.2)
             except httpx.TransportError:
                 time.sleep(0.2)
         self.__exit__()
-        raise RuntimeError(f"tessera serve did not answer within {self.start_within_s:.0f} s: {self.output()}")
+        raise RuntimeError(f"tessera serve did not answer {self.ready_status} within {self.start_within_s:.0f} s "
+                           f"(last: {status or 'no answer'}): {self.output()}")
 
     def __exit__(self, *exc) -> None:
         self.client.close()

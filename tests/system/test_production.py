@@ -223,7 +223,7 @@ def _backfill_under_faults(tmp_path: Path, postgres: PostgresServer, monkeypatch
 def _check_the_explorer(command: list[str], env: dict[str, str], port: int, expected, logs: Path) -> None:
     """The compose file's explorer (bound to every interface, with a tokens file) lists what storage
     holds to a user with a token, and nothing to a request without one."""
-    with ExplorerServer(command, env, port, logs / "explorer.log") as explorer:
+    with ExplorerServer(command, env, port, logs / "explorer.log", ready_status=401) as explorer:
         assert explorer.client.get("/api/partitions").status_code == 401
         listed = explorer.client.get("/api/partitions", headers={"Authorization": f"Bearer {TOKEN}"})
         assert listed.status_code == 200, listed.text
