@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from model.inference import Precision, available_cpus, best_device, best_precision
+if TYPE_CHECKING:  # torch is imported when a run resolves the device, not when the code location loads
+    import torch
+
+    from model.inference import Precision
 
 
 class ComputeDevice(ConfigurableResource):
@@ -26,6 +30,10 @@ class ComputeDevice(ConfigurableResource):
 
     def resolve(self) -> tuple[torch.device, Precision]:
         """The device and precision; on CPU also sets the thread count to the CPUs actually granted."""
+        import torch
+
+        from model.inference import available_cpus, best_device, best_precision
+
         device = best_device(self.device)
         if device.type == "cpu":
             torch.set_num_threads(self.threads if self.threads > 0 else available_cpus())

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -24,7 +24,6 @@ from pydantic import PrivateAttr
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from model.encoder import TesseraEncoder
 from model.model_card import model_card
 from model.quantise import cosine_to, dequantise
 from resources.storage.atomic import atomic_directory, atomic_file, is_published, temporary_sibling
@@ -33,6 +32,9 @@ from resources.storage.product_catalog import (CATALOG_FILE, COLLECTION_FILE, IT
                                                catalog_document, collection_document, item_links, partition_item,
                                                product_of)
 from resources.errors import ConfigurationError, PartitionNotMaterialisedError
+
+if TYPE_CHECKING:  # torch is imported by the runs that load an encoder, not at every run's start
+    from model.encoder import TesseraEncoder
 from resources.storage.object_store import ObjectRoot, is_object_uri, new_version
 from resources.regions import RegionGrid
 
@@ -322,6 +324,8 @@ class TesseraStorage(ConfigurableResource):
 
     def load_encoder(self, encoder_id: str | None = None) -> TesseraEncoder:
         """The current encoder, or a kept one by id."""
+        from model.encoder import TesseraEncoder
+
         return TesseraEncoder.from_checkpoint(self.encoder_checkpoint(encoder_id or self.current_encoder_id()))
 
 

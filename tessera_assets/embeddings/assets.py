@@ -4,6 +4,7 @@ import json
 import resource
 import shutil
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from dagster import (
@@ -20,12 +21,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from model.checkpoints import matryoshka_dims
 from model.config import EMBEDDING_DIM, PRESETS, matryoshka_prefix, preset, preset_normalisation
-from model.encoder import TesseraEncoder
-from model.inference import prepare_for_inference
 from model.selection import resolve_mode
-from model.pretrain import PretrainConfig, pretrain, training_precision
 from model.quantise import dequantise, quantise
 from model.series import PixelSeries
 from resources.compute import ComputeDevice
@@ -36,6 +33,9 @@ from resources.storage.data_root import ENCODER_FILE, EmbeddingPartition, Embedd
 from tessera_assets.embeddings.streaming import embed_block, stream_partition
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import materialised_partitions, year_and_region, year_region_partitions
+
+if TYPE_CHECKING:
+    from model.encoder import TesseraEncoder
 
 
 class EncoderConfig(Config):
@@ -54,7 +54,7 @@ class EncoderConfig(Config):
     seed: int = 0
 
 
-def _identity_metadata(encoder: TesseraEncoder) -> dict:
+def _identity_metadata(encoder: "TesseraEncoder") -> dict:
     identity = encoder.identity
     return {"encoder_id": identity.id, "family": identity.family, "architecture": identity.architecture,
             "normalisation": identity.normalisation, "weights_sha256": identity.weights_sha256,
@@ -68,6 +68,9 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
     """The encoder every embeddings partition uses. Kept under its identity (family, architecture,
     normalisation, weights digest), never overwritten; the identity is the data version, so the UI
     marks embeddings made by another encoder stale."""
+    from model.encoder import TesseraEncoder  # torch: imported by the runs that need it, not by every run
+    from model.pretrain import PretrainConfig, pretrain, training_precision
+
     started = time.perf_counter()
     if config.checkpoint_path:
         encoder = TesseraEncoder.from_checkpoint(config.checkpoint_path, data_source=config.data_source,
@@ -169,6 +172,9 @@ EMBEDDING_CHECKS = READBACK_CHECKS + [
 def embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, storage: TesseraStorage,
                compute: ComputeDevice) -> MaterializeResult:
     """128-d TESSERA embeddings of every pixel, int8 + per-pixel scale, on the region grid."""
+    from model.checkpoints import matryoshka_dims
+    from model.inference import prepare_for_inference
+
     year, region = year_and_region(context)
     s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
     device, precision = compute.resolve()

@@ -9,16 +9,19 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.windows import Window
 
-from model.encoder import TesseraEncoder
-from model.inference import Precision
 from model.quantise import quantise
 from model.selection import EncoderInputs, select_inputs
 from resources.storage.pixel_series import read_window
 from resources.storage.data_root import EmbeddingWriter, RawPartition
+
+if TYPE_CHECKING:  # annotations only: torch comes with the encoder the caller loaded
+    from model.encoder import TesseraEncoder
+    from model.inference import Precision
 
 
 @dataclass

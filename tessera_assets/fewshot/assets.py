@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import rasterio
-import torch
 from dagster import AssetExecutionContext, AssetKey, Config, DagsterEventType, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
@@ -20,6 +19,7 @@ from resources.previews import class_map_png, learning_curve_png
 from resources.regions import PIXEL_AREA_HA, PartitionId
 from resources.storage.data_root import TesseraStorage, write_class_map
 from tessera_assets.fewshot.labels import labels
+from tessera_assets.fewshot.saved_heads import load_head, save_head
 from tessera_assets.lineage import RAW_INPUTS
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import materialised_partitions, year_and_region, year_region_partitions
@@ -113,8 +113,8 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
     parts = ("fewshot", "classifiers", context.run_id)
     encoder_id = table.schema.metadata.get(b"encoder_id", b"unknown").decode()
     with storage.publish(*parts) as tmp:
-        torch.save({"classifier": model, "curves": curves, "encoder_id": encoder_id, "heldout": heldout},
-                   tmp / CLASSIFIER_FILE)
+        save_head({"classifier": model, "curves": curves, "encoder_id": encoder_id, "heldout": heldout},
+                  tmp / CLASSIFIER_FILE)
         previews = preview_metadata("learning_curve", learning_curve_png(curves, tmp / "learning_curve.png", config.head),
                                     parts, "learning curve")
     baseline = curves.get("baseline") or [None] * len(curves["embeddings"])
@@ -150,7 +150,7 @@ def load_classifier(context: AssetExecutionContext, storage: TesseraStorage) -> 
     """The fitted head (`classifier`), the encoder whose embeddings it was trained on (`encoder_id`)
     and its labels' held-out predictions (`heldout`)."""
     run = upstream_run(context, "fewshot_classifier")
-    return torch.load(storage.fetch("fewshot", "classifiers", run, CLASSIFIER_FILE), weights_only=False)
+    return load_head(storage.fetch("fewshot", "classifiers", run, CLASSIFIER_FILE))
 
 
 class LandCoverConfig(Config):

@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import rasterio
-import torch
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
@@ -18,6 +17,7 @@ from resources.previews import raster_png, regression_curve_png
 from resources.regions import PartitionId
 from resources.storage.data_root import TesseraStorage
 from tessera_assets.fewshot.assets import SAMPLES_FILE, feature_sets, fewshot_samples, upstream_run
+from tessera_assets.fewshot.saved_heads import load_head, save_head
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
 
@@ -73,8 +73,8 @@ def fewshot_regressor(context: AssetExecutionContext, config: RegressorConfig, s
     encoder_id = table.schema.metadata.get(b"encoder_id", b"unknown").decode()
     parts = ("fewshot", "regressors", context.run_id)
     with storage.publish(*parts) as tmp:
-        torch.save({"regressor": model, "curves": curves, "encoder_id": encoder_id, "unit": unit,
-                    "range": [float(y.min()), float(y.max())]}, tmp / REGRESSOR_FILE)
+        save_head({"regressor": model, "curves": curves, "encoder_id": encoder_id, "unit": unit,
+                   "range": [float(y.min()), float(y.max())]}, tmp / REGRESSOR_FILE)
         png = regression_curve_png(curves, tmp / "learning_curve.png", config.head, unit)
         previews = preview_metadata("learning_curve", png, parts, "regression learning curve")
     return MaterializeResult(metadata={
@@ -92,8 +92,7 @@ def value_map(context: AssetExecutionContext, storage: TesseraStorage) -> Materi
     """The regressed value of every pixel (float32 GeoTIFF, NaN: no data), a PNG with a colour bar,
     and its summary statistics."""
     year, region = year_and_region(context)
-    saved = torch.load(storage.fetch("fewshot", "regressors", upstream_run(context, "fewshot_regressor"), REGRESSOR_FILE),
-                       weights_only=False)
+    saved = load_head(storage.fetch("fewshot", "regressors", upstream_run(context, "fewshot_regressor"), REGRESSOR_FILE))
     embeddings = storage.open_embeddings(year, region)
     if embeddings.encoder_id != saved["encoder_id"]:
         raise EncoderMismatchError(

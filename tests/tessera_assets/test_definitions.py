@@ -87,3 +87,23 @@ def test_assets_carry_code_versions_and_bad_partitions_block_downstream():
     blocking = {(spec.asset_key.to_user_string(), spec.name) for spec in specs if spec.blocking}
     assert {("s2_raw", "physical_range"), ("embeddings", "finite_where_valid"),
             ("embedding_table", "rows_match_embedded_pixels")} <= blocking
+
+
+def test_the_code_location_loads_without_torch():
+    """Every Dagster run's process loads the code location first: torch (seconds to import) comes
+    only with the assets that use it, so a run of any other asset starts without it."""
+    code = """
+import importlib.abc, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"torch imported while loading the code location: {name}", name=name)
+
+sys.meta_path.insert(0, NoTorch())
+from tessera_assets.definitions import defs
+defs.resolve_asset_graph()
+print("loaded")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr[-3000:]
