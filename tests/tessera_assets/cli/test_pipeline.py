@@ -20,8 +20,10 @@ def _names(stages) -> list[tuple[list[str], bool]]:
 def test_stages_follow_the_graph_where_partitioning_changes():
     """Raw data per partition, then the one encoder, then embeddings and their table rows per
     partition, then what is unpartitioned downstream (the labels observed just before the samples
-    are made), then the change maps, which read the year before, and the similarity maps, which read
-    query vectors from every partition of the table, then the class and value maps."""
+    are made), then the maps: the class and value maps read the few-shot heads, and the change maps
+    (which read the year before) and the similarity maps (which read query vectors from every
+    partition of the table) read nothing the few-shot stage makes, but join that last stage's runs
+    rather than start runs of their own."""
     graph = build_definitions().get_repository_def().asset_graph
     stages = plan_stages(graph, select_assets(graph))
     assert _names(stages) == [
@@ -29,8 +31,7 @@ def test_stages_follow_the_graph_where_partitioning_changes():
         (["encoder_checkpoint"], False),
         (["embedding_table", "embeddings"], True),
         (["embedding_index", "fewshot_classifier", "fewshot_regressor", "fewshot_samples", "labels"], False),
-        (["change_map", "similarity_map"], True),
-        (["land_cover_map", "value_map"], True),
+        (["change_map", "land_cover_map", "similarity_map", "value_map"], True),
     ]
     keys = select_assets(graph, until="table", unmet_needs=set())
     assert AssetKey("embedding_index") in keys and AssetKey("fewshot_samples") not in keys
@@ -43,8 +44,8 @@ def test_stages_follow_the_graph_where_partitioning_changes():
 
 def test_a_partition_runs_only_the_assets_whose_inputs_exist():
     """The change map of the first year reads embeddings of a year never made: that partition's run
-    leaves it out and says why, and keeps the similarity map (which reads whatever exists); the
-    second year runs both."""
+    leaves it out and says why, and keeps the other maps (the similarity map reads whatever exists);
+    the second year runs them all."""
     from dagster import AssetMaterialization, DagsterInstance
 
     from resources.regions import PartitionId
@@ -65,7 +66,8 @@ def test_a_partition_runs_only_the_assets_whose_inputs_exist():
 
     runs = runnable(graph, stage, [PartitionId(2021, "r"), PartitionId(2022, "r")], instance, View())
     assert [(sorted(s.names), str(p)) for s, p in runs] == [
-        (["similarity_map"], "r|2021"), (["change_map", "similarity_map"], "r|2022")]
+        (["land_cover_map", "similarity_map", "value_map"], "r|2021"),
+        (["change_map", "land_cover_map", "similarity_map", "value_map"], "r|2022")]
     assert len(notes) == 1 and notes[0] == "change_map r|2021: not run, it reads r|2020 (embeddings, s1_raw, s2_raw: not materialised)"
 
 
@@ -79,7 +81,7 @@ def test_no_stage_starts_more_runs_than_its_pools_admit(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     with dagster_instance() as instance:
         limits = {names: stage_run_limit(graph, stage, instance) for names, stage in stages.items()}
-        assert limits[("s1_raw", "s2_raw")] == 4 and limits[("change_map", "similarity_map")] == 4
+        assert limits[("s1_raw", "s2_raw")] == 4 and limits[("change_map", "land_cover_map", "similarity_map", "value_map")] == 4
         assert limits[("embedding_table", "embeddings")] == 1 and limits[("encoder_checkpoint",)] == 1
         instance.event_log_storage.set_concurrency_slots("gpu", 2)
         instance.event_log_storage.set_concurrency_slots("lancedb", 3)
