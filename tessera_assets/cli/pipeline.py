@@ -104,9 +104,9 @@ def plan_stages(asset_graph, selected: set[AssetKey]) -> list[Stage]:
     """The selected assets in stages, in the order the graph allows. An asset's stage is the latest
     of its selected parents', one later where it cannot run in a parent's run (`_boundary`); an asset
     with no selected parent (the labels source) joins the stage of its first child instead, so it
-    costs no run of its own and is read just before it is used; an asset no selected asset reads (a
-    map) runs in the last stage of its partitioning, in the runs that stage starts anyway (each run
-    is a process to start and a code location to load)."""
+    costs no run of its own and is read just before it is used; a stage of nothing but assets no
+    selected asset reads (the change and similarity maps) joins the last stage of its partitioning,
+    in the runs that stage starts anyway (each run is a process to start and a code location to load)."""
     level: dict[AssetKey, int] = {}
     for key in asset_graph.toposorted_asset_keys:
         if key not in selected:
@@ -121,10 +121,18 @@ def plan_stages(asset_graph, selected: set[AssetKey]) -> list[Stage]:
     for key, at in level.items():
         partitioned = asset_graph.get(key).partitions_def is not None
         latest[partitioned] = max(latest.get(partitioned, at), at)
-    for key in level:  # what nothing selected reads joins its partitioning's last stage: its runs, not runs of its own
+    def sink(key: AssetKey) -> bool:
         node = asset_graph.get(key)
-        if any(p in level for p in node.parent_keys) and not any(c in level for c in node.child_keys):
-            level[key] = latest[node.partitions_def is not None]
+        return any(p in level for p in node.parent_keys) and not any(c in level for c in node.child_keys)
+
+    def stage_of(key: AssetKey) -> tuple[int, bool]:
+        return level[key], asset_graph.get(key).partitions_def is not None
+
+    # a stage of nothing but what no selected asset reads joins its partitioning's last stage: its runs,
+    # not runs of its own (a sink sharing a stage with other assets stays in their runs)
+    lone = {stage_of(k) for k in level} - {stage_of(k) for k in level if not sink(k)}
+    for key in [k for k in level if stage_of(k) in lone]:
+        level[key] = latest[stage_of(key)[1]]
     stages: dict[tuple[int, bool], list[AssetKey]] = {}
     for key, at in level.items():
         stages.setdefault((at, asset_graph.get(key).partitions_def is not None), []).append(key)
