@@ -32,11 +32,11 @@ from resources.storage.product_catalog import (CATALOG_FILE, COLLECTION_FILE, IT
                                                catalog_document, collection_document, item_links, partition_item,
                                                product_of)
 from resources.errors import ConfigurationError, PartitionNotMaterialisedError
+from resources.storage.object_store import ObjectRoot, is_object_uri, new_version
+from resources.regions import RegionGrid
 
 if TYPE_CHECKING:  # torch is imported by the runs that load an encoder, not at every run's start
     from model.encoder import TesseraEncoder
-from resources.storage.object_store import ObjectRoot, is_object_uri, new_version
-from resources.regions import RegionGrid
 
 INDEX_FILE = "index.json"
 ENCODER_CHECKPOINT = "encoder.pt"

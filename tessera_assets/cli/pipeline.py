@@ -117,25 +117,25 @@ def plan_stages(asset_graph, selected: set[AssetKey]) -> list[Stage]:
         if key in level and not any(p in level for p in asset_graph.get(key).parent_keys):
             children = [level[c] - _boundary(asset_graph, c, key) for c in asset_graph.get(key).child_keys if c in level]
             level[key] = min(children, default=level[key])
-    latest: dict[bool, int] = {}  # the last stage of each partitioning
-    for key, at in level.items():
-        partitioned = asset_graph.get(key).partitions_def is not None
-        latest[partitioned] = max(latest.get(partitioned, at), at)
-    def sink(key: AssetKey) -> bool:
-        node = asset_graph.get(key)
-        return any(p in level for p in node.parent_keys) and not any(c in level for c in node.child_keys)
 
     def stage_of(key: AssetKey) -> tuple[int, bool]:
         return level[key], asset_graph.get(key).partitions_def is not None
 
+    def sink(key: AssetKey) -> bool:
+        node = asset_graph.get(key)
+        return any(p in level for p in node.parent_keys) and not any(c in level for c in node.child_keys)
+
+    latest: dict[bool, int] = {}  # the last stage of each partitioning
+    for at, partitioned in map(stage_of, level):
+        latest[partitioned] = max(latest.get(partitioned, at), at)
     # a stage of nothing but what no selected asset reads joins its partitioning's last stage: its runs,
     # not runs of its own (a sink sharing a stage with other assets stays in their runs)
     lone = {stage_of(k) for k in level} - {stage_of(k) for k in level if not sink(k)}
     for key in [k for k in level if stage_of(k) in lone]:
         level[key] = latest[stage_of(key)[1]]
     stages: dict[tuple[int, bool], list[AssetKey]] = {}
-    for key, at in level.items():
-        stages.setdefault((at, asset_graph.get(key).partitions_def is not None), []).append(key)
+    for key in level:
+        stages.setdefault(stage_of(key), []).append(key)
     return [Stage(tuple(keys), partitioned) for (_, partitioned), keys in sorted(stages.items())]
 
 
