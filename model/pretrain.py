@@ -141,7 +141,9 @@ class EncoderWorkers:
 
     def __init__(self, count: int, threads: int):
         self.count, self.threads = count, threads
-        self.pool = ThreadPoolExecutor(count, thread_name_prefix="pretrain")
+        # each thread's own team set before its first operation (see model.encoder._one_thread_team)
+        self.pool = ThreadPoolExecutor(count, thread_name_prefix="pretrain", initializer=torch.set_num_threads,
+                                       initargs=(threads,))
 
     def map(self, fn: Callable, items: list) -> list:
         with _intra_op_threads(self.threads):

@@ -182,3 +182,39 @@ def test_bf16_layers_without_onednn_bf16_kernels(monkeypatch):
     monkeypatch.setattr(dense_module, "cpu_bf16_kernels", lambda: False)
     assert not onednn_packing_available()
     _packed_bf16_layers_equal_plain_ones_and_stay_close_to_fp32(False)
+
+
+def _openmp_runtime():
+    """The OpenMP runtime PyTorch loaded (read from the process's memory map), or None."""
+    import ctypes
+    from pathlib import Path
+
+    maps = Path("/proc/self/maps")
+    paths = sorted({line.split()[-1] for line in maps.read_text().splitlines()
+                    if "libgomp" in line or "libiomp" in line}) if maps.exists() else []
+    return ctypes.CDLL(paths[0]) if paths else None
+
+
+def test_each_embedding_worker_runs_its_slices_on_one_thread_from_its_first_operation(monkeypatch):
+    """The workers' slices are embedded single-threaded from the first: a thread PyTorch did not
+    start keeps OpenMP's default team (every core) until its first parallel region, so without its
+    own setting an operation before that region could run on several threads and round otherwise."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    omp = _openmp_runtime()
+    if omp is None:
+        pytest.skip("no OpenMP runtime in this PyTorch build")
+    with ThreadPoolExecutor(1) as fresh:
+        default_team = fresh.submit(omp.omp_get_max_threads).result()
+    if default_team < 2:
+        pytest.skip("OpenMP's default team is one thread here: nothing to tell apart")
+    encoder = _randomised("tessera-demo")
+    encoder.cpu_workers = 2
+    teams = []
+    forward = encoder._forward
+    monkeypatch.setattr(encoder, "_forward", lambda part, precision: (teams.append(omp.omp_get_max_threads()),
+                                                                      forward(part, precision))[1])
+    s2, s1 = _inputs(64, 12)
+    series = encoder.embed_series(s2[..., :10], s2[..., 10], None, s1[..., :2], s1[..., 2], s1[..., :2], s1[..., 2])
+    assert np.isfinite(series).all() and len(teams) == 8
+    assert set(teams) == {1}, teams

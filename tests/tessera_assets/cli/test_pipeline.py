@@ -72,8 +72,9 @@ def test_a_partition_runs_only_the_assets_whose_inputs_exist():
 
 
 def test_no_stage_starts_more_runs_than_its_pools_admit(tmp_path, monkeypatch):
-    """Under the deployment's instance file (pools of one, four runs), the stages with a `gpu` or
-    `lancedb` step start one run at a time, the others four; a pool's own limit, once set, counts."""
+    """Under the deployment's instance file (pools of one, four runs), the encoder's stage (a `gpu`
+    step) starts one run at a time, the embeddings' (a `gpu` and a `lancedb` step) two, one in each
+    pool, the others four; a pool's own limit, once set, counts, up to the run limit."""
     from tessera_assets.cli.commands import dagster_instance
 
     graph = build_definitions().get_repository_def().asset_graph
@@ -82,10 +83,12 @@ def test_no_stage_starts_more_runs_than_its_pools_admit(tmp_path, monkeypatch):
     with dagster_instance() as instance:
         limits = {names: stage_run_limit(graph, stage, instance) for names, stage in stages.items()}
         assert limits[("s1_raw", "s2_raw")] == 4 and limits[("change_map", "land_cover_map", "similarity_map", "value_map")] == 4
-        assert limits[("embedding_table", "embeddings")] == 1 and limits[("encoder_checkpoint",)] == 1
+        assert limits[("embedding_table", "embeddings")] == 2 and limits[("encoder_checkpoint",)] == 1
         instance.event_log_storage.set_concurrency_slots("gpu", 2)
+        assert stage_run_limit(graph, stages[("embedding_table", "embeddings")], instance) == 3
+        assert stage_run_limit(graph, stages[("encoder_checkpoint",)], instance) == 2
         instance.event_log_storage.set_concurrency_slots("lancedb", 3)
-        assert stage_run_limit(graph, stages[("embedding_table", "embeddings")], instance) == 2
+        assert stage_run_limit(graph, stages[("embedding_table", "embeddings")], instance) == 4  # the run limit
 
 
 def test_the_slot_of_a_run_killed_mid_step_is_given_back_and_a_running_one_keeps_its_own(tmp_path, monkeypatch):
