@@ -48,7 +48,7 @@ def measure(args, seed: int, data: Path, labels: Path) -> dict:
                 instance.report_runless_asset_event(AssetMaterialization(sensor, partition=year_region_key(year, region)))
         started = time.perf_counter()
         train = {"steps": args.steps, "learning_rate": args.learning_rate, "seed": seed,
-                 "batch_size": args.batch_size}
+                 "batch_size": args.batch_size, "pool_clusters": args.pool_clusters}
         assert materialize([encoder_checkpoint], instance=instance, resources=resources,
                            run_config={"ops": {"encoder_checkpoint": {"config": train}}}).success
         pretrain_s = time.perf_counter() - started
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0])
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--pool-clusters", type=int, default=0, help="EncoderConfig.pool_clusters (0: uniform)")
     args = parser.parse_args()
     data = Path(args.home, "data").resolve()
     labels = data / "demo_catalog" / "ground_truth" / args.region / "labels.geojson"

@@ -51,7 +51,22 @@ class EncoderConfig(Config):
     batch_size: int = 128
     learning_rate: float = 2e-3
     pixels_per_partition: int = 4000
+    pool_clusters: int = Field(0, ge=0, description=(
+        "0: the pool's pixels drawn uniformly; N: drawn from 4x as many candidates, evenly over N k-means "
+        "groups of their seasonal band means (model.pretraining_pool)"))
     seed: int = 0
+
+
+def _pool_of(storage: TesseraStorage, year: int, region: str, config: EncoderConfig,
+             rng: np.random.Generator) -> PixelSeries:
+    """One partition's share of the pretraining pool (`EncoderConfig.pool_clusters`)."""
+    from model.pretraining_pool import cluster_balanced
+
+    s2, s1 = storage.open_raw("s2", year, region), storage.open_raw("s1", year, region)
+    if not config.pool_clusters:
+        return sample_pixels(s2, s1, config.pixels_per_partition, rng)
+    candidates = sample_pixels(s2, s1, 4 * config.pixels_per_partition, rng)
+    return cluster_balanced(candidates, config.pixels_per_partition, config.pool_clusters, rng)
 
 
 def _identity_metadata(encoder: "TesseraEncoder") -> dict:
@@ -86,10 +101,7 @@ def encoder_checkpoint(context: AssetExecutionContext, config: EncoderConfig, st
     if not partitions:
         raise ValueError("no raw partitions with both s2_raw and s1_raw to pretrain on: materialise some first")
     rng = np.random.default_rng(config.seed)
-    pool = PixelSeries.concat([
-        sample_pixels(storage.open_raw("s2", y, r), storage.open_raw("s1", y, r), config.pixels_per_partition, rng)
-        for y, r in partitions
-    ])
+    pool = PixelSeries.concat([_pool_of(storage, y, r, config, rng) for y, r in partitions])
     context.log.info(f"pretraining {config.preset} on {len(pool)} pixels from {len(partitions)} partitions")
     device, _ = compute.resolve()
     precision = training_precision(device, compute.precision)

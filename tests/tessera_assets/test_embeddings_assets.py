@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -235,3 +237,18 @@ def test_sources_without_orbit_direction_are_refused_by_v1_1_and_v2():
     with pytest.raises(ValueError, match="no orbit direction"):
         embed_series(TesseraEncoder.from_preset("tessera-demo"), series)
     assert np.isfinite(embed_series(TesseraEncoder.from_preset("tessera-small"), series)).all()  # v1.0 merges them
+
+
+def test_a_pool_balanced_over_kinds_of_land_takes_its_share_of_each_partition(embedded, tmp_path):
+    """`pool_clusters`: each partition's pixels drawn from four times as many candidates, evenly over
+    k-means groups, still `pixels_per_partition` of them (the encoder goes to a storage of its own)."""
+    env, instance, _, _ = embedded
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "raw").symlink_to(Path(env.resources["storage"].root) / "raw")
+    resources = dict(env.resources, storage=TesseraStorage(root=str(root)))
+    config = {"ops": {"encoder_checkpoint": {"config": {
+        "steps": 2, "batch_size": 32, "pixels_per_partition": 150, "pool_clusters": 4}}}}
+    meta = _metadata(materialize([encoder_checkpoint], instance=instance, resources=resources, run_config=config),
+                     "encoder_checkpoint")
+    assert meta["partitions"] == 2 and meta["pixels"] == 2 * 150 and meta["steps"] == 2
