@@ -1,13 +1,13 @@
-"""The pixels a pretraining run learns from: spread over the kinds of land a region holds, not in
-proportion to their area.
+"""The pixels a pretraining run learns from, drawn evenly over the kinds of land a region holds
+instead of in proportion to their area.
 
 Drawn uniformly, a pool holds a region's covers as the land does: a lake or a town that is 5% of
-the pixels is 5% of the pool, so the encoder sees few of them and the embeddings separate them
-poorly (on the demo, one labelled water pixel told water from the rest at F1 0.71 on embeddings
-against 0.99 on the raw percentiles). `cluster_balanced` draws more candidates than it keeps,
-groups them by k-means on their seasonal band means (no labels), and keeps the same number from
-each group where the group has them. On the demo it did not move the few-shot accuracy over three
-seeds (README, "Few-shot"), so `encoder_checkpoint` draws uniformly unless `pool_clusters` is set.
+the pixels is 5% of the pool. `cluster_balanced` draws more candidates than it keeps, groups them by
+k-means on their seasonal band means (no labels), and keeps the same number from each group where
+the group has them. It was written to test whether that is why one labelled water pixel tells water
+from the rest at F1 0.71 on the demo's embeddings against 0.99 on the raw percentiles. It did not
+move the few-shot accuracy over three seeds (README, "Few-shot"), so `encoder_checkpoint` draws
+uniformly unless `pool_clusters` is set.
 """
 
 from __future__ import annotations
