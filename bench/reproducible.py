@@ -7,7 +7,8 @@ mismatch is seen only now and then: once, on a 2-core Xeon, one pixel of 8,372 c
 off. This bench repeats what the check does. It re-embeds the first `--blocks` blocks of a stored
 partition, `--repeats` times, with the encoder that embedded it and the asset's own defaults
 (`ComputeDevice()`: its block and batch sizes, fp32 on a CPU, one single-threaded worker per CPU
-granted; the sampling and seed recorded with the partition). It does so alone and then beside one
+granted; the sampling recorded with the partition, and the asset's default seed, 0, which a
+partition does not record). It does so alone and then beside one
 CPU-bound process, which is when a worker thread is held up and the slices change hands. It counts
 the pixels whose int8 vector or scale differ from the stored ones. A nonzero count anywhere means
 the embeddings depend on timing. Nothing is written.

@@ -40,14 +40,6 @@ def _single_threaded_ops(enabled: bool):
         torch.set_num_threads(before)
 
 
-def _one_thread_team() -> None:
-    """A worker thread's intra-op threads at 1 before its first operation. `set_num_threads` on the
-    calling thread reaches a new thread's OpenMP team only at that thread's first parallel region; an
-    operation before it (a GEMM, a oneDNN kernel) may use the default team of every core, and round
-    otherwise than the same slice embedded in a thread that had already run one."""
-    torch.set_num_threads(1)
-
-
 def fusion_head(config: ModelConfig) -> nn.Sequential:
     """v1.0: one linear map. v1.1 and v2: an MLP (2d -> 4d -> output) with a LayerNorm; v2 ends in
     a parameter-free LayerNorm, so every embedding has mean 0 and variance ~1."""
@@ -116,8 +108,11 @@ class TesseraEncoder(nn.Module):
         device = next(self.parameters()).device
         workers = self.cpu_workers if device.type == "cpu" else 1
         out = np.full((inputs.count, self.config.embedding_dim), np.nan, np.float32)
+        # each worker sets its own team of one before its first operation: `set_num_threads` here reaches
+        # a new thread's OpenMP team only at that thread's first parallel region, and an operation before
+        # it (a GEMM, a oneDNN kernel) could run on every core's team and round otherwise
         with _single_threaded_ops(workers > 1), ThreadPoolExecutor(
-                workers, thread_name_prefix="embed", initializer=_one_thread_team) as pool:
+                workers, thread_name_prefix="embed", initializer=torch.set_num_threads, initargs=(1,)) as pool:
             run = pool.map if workers > 1 else map  # one worker: this thread, with its OpenMP team
             for group in inputs.groups:
                 # `batch_size` counts pixels of up to NOMINAL_STEPS steps: longer sequences (v1.1 / v2 up

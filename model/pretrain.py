@@ -141,7 +141,7 @@ class EncoderWorkers:
 
     def __init__(self, count: int, threads: int):
         self.count, self.threads = count, threads
-        # each thread's own team set before its first operation (see model.encoder._one_thread_team)
+        # each thread's own team set before its first operation (why: TesseraEncoder.embed_inputs)
         self.pool = ThreadPoolExecutor(count, thread_name_prefix="pretrain", initializer=torch.set_num_threads,
                                        initargs=(threads,))
 

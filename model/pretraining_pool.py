@@ -46,10 +46,11 @@ def cluster_balanced(candidates: PixelSeries, count: int, clusters: int, rng: np
     features = Standardiser().fit(features)(features)
     groups = KMeans(n_clusters=min(clusters, len(candidates)), n_init=3,
                     random_state=int(rng.integers(2**31))).fit_predict(features)
-    order = []  # (rank within its group, a random tie-break) -> round robin over the groups
+    members, ranks, ties = [], [], []  # round robin: by rank within the group, ties broken at random
     for group in np.unique(groups):
-        members = rng.permutation(np.nonzero(groups == group)[0])
-        order.append(np.stack([np.arange(len(members)), rng.random(len(members)), members], axis=1))
-    ranked = np.concatenate(order)
-    ranked = ranked[np.lexsort((ranked[:, 1], ranked[:, 0]))]
-    return candidates.subset(np.sort(ranked[:count, 2].astype(int)))
+        shuffled = rng.permutation(np.nonzero(groups == group)[0])
+        members.append(shuffled)
+        ranks.append(np.arange(len(shuffled)))
+        ties.append(rng.random(len(shuffled)))
+    order = np.lexsort((np.concatenate(ties), np.concatenate(ranks)))
+    return candidates.subset(np.sort(np.concatenate(members)[order[:count]]))

@@ -275,9 +275,10 @@ def stage_run_limit(asset_graph, stage: Stage, instance: DagsterInstance) -> int
     instance's run limit. A stage whose steps are in pools runs the sum of their limits: the
     embeddings stage (one `gpu` slot, one `lancedb`) runs two, one embedding while the other writes
     its rows or starts up (the demo's embeddings stage, two at once against one: 180 against 247 s
-    on a 2-core Xeon, 136 against 151 s on a 2-core EPYC). A run started beyond that only waits in its step for a slot, holding a process of some
-    400 MB (and before `pool_wait` mended Dagster 1.13's executors, spinning a core). A stage in no
-    pool, or with a pool without a limit, has the instance's limit."""
+    on a 2-core Xeon, 136 against 151 s on a 2-core EPYC). A run started beyond that only waits in
+    its step for a slot, holding a process of some 400 MB (and before `pool_wait` mended Dagster
+    1.13's executors, spinning a core). A stage in no pool, or with a pool without a limit, has the
+    instance's limit."""
     pools = dict.fromkeys(pool for key in stage.assets for pool in (asset_graph.get(key).pools or ()))
     limits = [pool_limit(instance, pool) for pool in pools]
     runs = max_concurrent_runs(instance)
