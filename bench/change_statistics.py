@@ -6,7 +6,7 @@ and how well the change map's calibration sets its threshold; prints JSON.
 Needs `make demo`: both years' embeddings of every demo region and the catalog's ground truth. For
 each region, two statistics of a pixel's two yearly embeddings, each over the change map's 5 x 5
 neighbourhood median:
-  cosine        - 1 - cosine of the two unit embeddings: what `change_map` scores
+  cosine        - 1 - cosine of the two embeddings: what `change_map` scores (its own function)
   standardised  - the change vector (after - before, unit embeddings), each dimension as a robust
                   z-score over the region's pixels (median, MAD), the mean |z|: a dimension that
                   moves little between years for stable pixels weighs more when it moves
@@ -16,7 +16,7 @@ Reported per statistic:
                          calibration
   calibrated           - precision, recall, F1 and the false-alarm rate measured on stable pixels
                          when the threshold is `model.change.calibrate`'s, at the rate asked (0.001),
-                         patches under 0.05 ha dropped, as `change_map` does
+                         patches under 0.05 ha dropped (`flagged_patches`), as `change_map` does
 Nothing is written.
 """
 
@@ -33,11 +33,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 
-from model.change import MAD_TO_SD, calibrate, detection_scores, neighbourhood_median, patches  # noqa: E402
+from model.change import MAD_TO_SD, calibrate, detection_scores, flagged_patches, neighbourhood_median  # noqa: E402
 from model.quantise import dequantise, unit_rows  # noqa: E402
 from resources.regions import PIXEL_AREA_HA  # noqa: E402
 from resources.scenes.demo_catalog import ground_truth_dir  # noqa: E402
 from resources.storage.data_root import EmbeddingPartition, TesseraStorage  # noqa: E402
+from tessera_assets.change.assets import embedding_distance  # noqa: E402
 
 RATE, NEIGHBOURHOOD, MIN_PATCH_HA = 1e-3, 5, 0.05
 
@@ -70,8 +71,7 @@ def evaluate(statistic: np.ndarray, truth: np.ndarray) -> dict:
               for far in (1e-3, 1e-2)}
     calibration = calibrate(smoothed, RATE)
     score = calibration.score(smoothed)
-    patch_ids, _ = patches(np.nan_to_num(score, nan=-np.inf) > calibration.threshold,
-                           max(1, int(round(MIN_PATCH_HA / PIXEL_AREA_HA))))
+    patch_ids, _ = flagged_patches(score, calibration.threshold, max(1, int(round(MIN_PATCH_HA / PIXEL_AREA_HA))))
     found = detection_scores(patch_ids > 0, truth, valid)
     return {"recall_at_true_far": recall, "calibrated": {k: round(v, 4) for k, v in found.items()}}
 
@@ -88,9 +88,9 @@ def main() -> None:
         region = truth_dir.name
         with rasterio.open(ground_truth_dir(catalog, region, args.year) / "change.tif") as src:
             truth = src.read(1) == 1
-        before = unit_vectors(storage.open_embeddings(args.year - 1, region))
-        after = unit_vectors(storage.open_embeddings(args.year, region))
-        statistics = {"cosine": 1.0 - np.sum(before * after, axis=-1), "standardised": standardised_change(before, after)}
+        before, after = storage.open_embeddings(args.year - 1, region), storage.open_embeddings(args.year, region)
+        statistics = {"cosine": embedding_distance(before, after),
+                      "standardised": standardised_change(unit_vectors(before), unit_vectors(after))}
         result["regions"][region] = {"changed_share": round(float(truth.mean()), 4),
                                      **{name: evaluate(s, truth) for name, s in statistics.items()}}
     print(json.dumps(result, indent=2))

@@ -86,6 +86,11 @@ def patches(changed: np.ndarray, min_pixels: int) -> tuple[np.ndarray, int]:
     return renumber[labels], int(keep.sum())
 
 
+def flagged_patches(score: np.ndarray, threshold: float, min_pixels: int) -> tuple[np.ndarray, int]:
+    """`patches` of the pixels scoring above `threshold`; a NaN score (no data) is never flagged."""
+    return patches(np.nan_to_num(score, nan=-np.inf) > threshold, min_pixels)
+
+
 def detection_scores(predicted: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
     """Pixel-level precision, recall and F1 of a change mask against the true one."""
     valid = np.ones(truth.shape, bool) if valid is None else valid

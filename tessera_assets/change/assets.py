@@ -13,7 +13,8 @@ from dagster import (AssetDep, AssetExecutionContext, BetaWarning, Config, Dimen
                      StaticPartitionMapping, asset)
 from pydantic import Field
 
-from model.change import Calibration, calibrate, combined_baseline_score, cosine_distance, neighbourhood_median, patches
+from model.change import (Calibration, calibrate, combined_baseline_score, cosine_distance, flagged_patches,
+                          neighbourhood_median)
 from model.errors import CalibrationError
 from model.quantise import dequantise
 from resources.change_search import CHANGE_INFO
@@ -58,7 +59,7 @@ class ChangeConfig(Config):
         "the score is the median over this many pixels a side (1: each pixel alone)"))
 
 
-def _embedding_distance(before: EmbeddingPartition, after: EmbeddingPartition) -> np.ndarray:
+def embedding_distance(before: EmbeddingPartition, after: EmbeddingPartition) -> np.ndarray:
     """Cosine distance of every pixel's two embeddings (NaN where either year has none)."""
     grid = after.grid
     distance = np.full(grid.shape, np.nan, np.float32)
@@ -160,11 +161,11 @@ def change_map(context: AssetExecutionContext, config: ChangeConfig, storage: Te
         raise PartitionNotMaterialisedError(
             f"{PartitionId(before_year, region)} and {PartitionId(year, region)} lie on different grids (was the "
             f"region's bbox changed?): re-materialise the embeddings of {before_year}")
-    distance = neighbourhood_median(_embedding_distance(before, after), config.neighbourhood_px)
+    distance = neighbourhood_median(embedding_distance(before, after), config.neighbourhood_px)
     calibration: Calibration = calibrate(distance, config.false_alarm_rate)
     score = calibration.score(distance)
     min_pixels = max(1, int(round(config.min_patch_ha / PIXEL_AREA_HA)))
-    patch_ids, count = patches(np.nan_to_num(score, nan=-np.inf) > calibration.threshold, min_pixels)
+    patch_ids, count = flagged_patches(score, calibration.threshold, min_pixels)
     baseline = _baseline_score(storage, (before_year, year), region, config.false_alarm_rate, config.neighbourhood_px)
     parts = ("change", str(year), region)
     valid = np.isfinite(score)
@@ -182,7 +183,7 @@ def change_map(context: AssetExecutionContext, config: ChangeConfig, storage: Te
         if isinstance(baseline, str):
             metadata["baseline"] = f"not made: {baseline}"
         else:
-            base_ids, base_count = patches(np.nan_to_num(baseline[0], nan=-np.inf) > baseline[1], min_pixels)
+            base_ids, base_count = flagged_patches(baseline[0], baseline[1], min_pixels)
             _write(tmp / "baseline_changed.tif", grid, np.where(np.isfinite(baseline[0]), base_ids > 0, 255), "uint8", 255,
                    f"changed since {before_year}, median NDVI and VV baseline")
             metadata |= {"baseline_changed_area_ha": round(float((base_ids > 0).sum()) * PIXEL_AREA_HA, 2),
