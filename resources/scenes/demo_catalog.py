@@ -312,6 +312,22 @@ def _s2_scene(land: LandCover, doy, shift, rng):
     return refl, scl, float(cloud.mean() * 100)
 
 
+_SCL_SEVERITY = (9, 8, 3, 10)  # cloud high, cloud medium, shadow, cirrus: the worst in a block wins
+
+
+def _scl_20m(scl: np.ndarray) -> np.ndarray:
+    """The 10 m scene classes as the 20 m SCL a real product ships: each 2 x 2 block takes the most
+    severe class any of its pixels has (cloud, then shadow, then cirrus), else its first pixel's.
+    Why not the first pixel alone: a block whose first pixel is clear and whose others are cloud
+    would let cloud reflectance through as valid data in three 10 m pixels of four, always the same
+    three, which printed a 2-pixel stripe pattern into every product made from the demo."""
+    blocks = scl.reshape(scl.shape[0] // 2, 2, scl.shape[1] // 2, 2)
+    out = blocks[:, 0, :, 0].copy()
+    for cls in reversed(_SCL_SEVERITY):
+        out[(blocks == cls).any(axis=(1, 3))] = cls
+    return out
+
+
 def _write_cog(path: Path, data: np.ndarray, transform: Affine, crs, nodata, descriptions=None) -> None:
     bands = data if data.ndim == 3 else data[None]
     profile = dict(
@@ -387,7 +403,7 @@ def _write_region_year(root: Path, region: Region, year: int, spec: DemoSpec, la
                     t = g_transform
                 _write_cog(folder / f"{band}.tif", band_dn, t, grid.crs, 0)
                 item.add_asset(band, pystac.Asset(str(folder / f"{band}.tif"), media_type=pystac.MediaType.COG, roles=["data"]))
-            _write_cog(folder / "SCL.tif", g_scl[::2, ::2], g_transform @ Affine.scale(2), grid.crs, 0)
+            _write_cog(folder / "SCL.tif", _scl_20m(g_scl), g_transform @ Affine.scale(2), grid.crs, 0)
             item.add_asset("SCL", pystac.Asset(str(folder / "SCL.tif"), media_type=pystac.MediaType.COG, roles=["data"]))
             s2.add_item(item)
         day += dt.timedelta(days=spec.s2_revisit_days)

@@ -91,3 +91,20 @@ def test_the_catalog_is_the_same_whatever_the_number_of_processes(tmp_path, monk
     ids = [json.loads((tmp_path / "serial" / name).read_text())["id"] for name in serial
            if name.startswith("sentinel-1-rtc/") and name.endswith(".json") and name.count("/") == 2]
     assert {i.split("_")[2] for i in ids} == {"one", "two"}
+
+
+def test_no_cloud_reflectance_passes_as_valid_through_the_20m_scene_classes(demo_env):
+    """Each 10 m pixel is valid by the 20 m SCL block it lies in; a cloudy 10 m pixel in a block
+    must make the whole block cloud, or its cloud reflectance reaches the embeddings as data."""
+    from resources.scenes.sentinel import SCL_INVALID
+
+    items = sorted((demo_env.catalog_root / "sentinel-2-l2a").glob("S2_DEMO_*"))
+    cloudy_seen = 0
+    for item in items:
+        blue, _ = _read(item / "B02.tif")
+        scl, _ = _read(item / "SCL.tif")
+        valid = ~np.isin(np.kron(scl, np.ones((2, 2), scl.dtype)), SCL_INVALID)
+        cloudy = blue > 3500  # cloud is above 0.40 reflectance, clear land below 0.20 (+0.1 offset)
+        cloudy_seen += int(cloudy.sum())
+        assert not np.any(cloudy & valid), f"{item.name}: {int((cloudy & valid).sum())} cloudy pixels marked valid"
+    assert cloudy_seen > 0, "the demo has cloudy scenes"
