@@ -13,8 +13,8 @@ from dagster import (AssetDep, AssetExecutionContext, BetaWarning, Config, Dimen
                      StaticPartitionMapping, asset)
 from pydantic import Field
 
-from model.change import (Calibration, calibrate, combined_baseline_score, cosine_distance, flagged_patches,
-                          neighbourhood_median)
+from model.change import (Calibration, TypicalChange, calibrate, change_vectors, combined_baseline_score,
+                          flagged_patches, neighbourhood_median)
 from model.errors import CalibrationError
 from model.quantise import dequantise
 from resources.change_search import CHANGE_INFO
@@ -59,17 +59,35 @@ class ChangeConfig(Config):
         "the score is the median over this many pixels a side (1: each pixel alone)"))
 
 
-def embedding_distance(before: EmbeddingPartition, after: EmbeddingPartition) -> np.ndarray:
-    """Cosine distance of every pixel's two embeddings (NaN where either year has none)."""
-    grid = after.grid
-    distance = np.full(grid.shape, np.nan, np.float32)
-    for window in grid.blocks(512):
+TYPICAL_CHANGE_SAMPLE = 200_000  # pixels whose change vectors set the region's typical change
+
+
+def _change_blocks(before: EmbeddingPartition, after: EmbeddingPartition):
+    """(window, valid mask, change vectors of the valid pixels) of each block of the grid."""
+    for window in after.grid.blocks(512):
         (qa, sa), (qb, sb) = before.read(window), after.read(window)
         valid = np.isfinite(sa) & np.isfinite(sb)
-        block = np.full(sa.shape, np.nan, np.float32)
-        block[valid] = cosine_distance(dequantise(qa[valid], sa[valid]), dequantise(qb[valid], sb[valid]))
-        distance[window.row_off:window.row_off + window.height, window.col_off:window.col_off + window.width] = block
-    return distance
+        yield window, valid, change_vectors(dequantise(qa[valid], sa[valid]), dequantise(qb[valid], sb[valid]))
+
+
+def change_magnitude(before: EmbeddingPartition, after: EmbeddingPartition) -> np.ndarray:
+    """Every pixel's change magnitude against the region's typical change (NaN where either year has
+    no embedding). Two passes, so a region of any size needs memory for one block and the sample:
+    the first draws up to TYPICAL_CHANGE_SAMPLE pixels spread over the region (each block's own
+    seeded draw: the same pixels on every run), the second scores every pixel against them."""
+    grid = after.grid
+    share = min(1.0, TYPICAL_CHANGE_SAMPLE / max(1, grid.width * grid.height))
+    sample = []
+    for window, valid, change in _change_blocks(before, after):
+        draw = np.random.default_rng([int(window.row_off), int(window.col_off)]).random(int(valid.sum())) < share
+        sample.append(change[draw])
+    typical = TypicalChange.of(np.concatenate(sample))
+    magnitude = np.full(grid.shape, np.nan, np.float32)
+    for window, valid, change in _change_blocks(before, after):
+        block = np.full(valid.shape, np.nan, np.float32)
+        block[valid] = typical.magnitude(change)
+        magnitude[window.row_off:window.row_off + window.height, window.col_off:window.col_off + window.width] = block
+    return magnitude
 
 
 def annual_medians(s2: RawPartition, s1: RawPartition) -> tuple[np.ndarray, np.ndarray]:
@@ -161,9 +179,9 @@ def change_map(context: AssetExecutionContext, config: ChangeConfig, storage: Te
         raise PartitionNotMaterialisedError(
             f"{PartitionId(before_year, region)} and {PartitionId(year, region)} lie on different grids (was the "
             f"region's bbox changed?): re-materialise the embeddings of {before_year}")
-    distance = neighbourhood_median(embedding_distance(before, after), config.neighbourhood_px)
-    calibration: Calibration = calibrate(distance, config.false_alarm_rate)
-    score = calibration.score(distance)
+    magnitude = neighbourhood_median(change_magnitude(before, after), config.neighbourhood_px)
+    calibration: Calibration = calibrate(magnitude, config.false_alarm_rate)
+    score = calibration.score(magnitude)
     min_pixels = max(1, int(round(config.min_patch_ha / PIXEL_AREA_HA)))
     patch_ids, count = flagged_patches(score, calibration.threshold, min_pixels)
     baseline = _baseline_score(storage, (before_year, year), region, config.false_alarm_rate, config.neighbourhood_px)
@@ -171,8 +189,8 @@ def change_map(context: AssetExecutionContext, config: ChangeConfig, storage: Te
     valid = np.isfinite(score)
     metadata: dict = {}
     info = {"year": year, "reference_year": before_year, "threshold_score": calibration.threshold,
-            "false_alarm_rate": config.false_alarm_rate, "log_distance_centre": calibration.centre,
-            "log_distance_spread": calibration.spread, "encoder_id": after.encoder_id}
+            "false_alarm_rate": config.false_alarm_rate, "log_magnitude_centre": calibration.centre,
+            "log_magnitude_spread": calibration.spread, "encoder_id": after.encoder_id}
     with storage.publish(*parts) as tmp:
         _write(tmp / "score.tif", grid, score, "float32", float("nan"), f"change score since {before_year} (robust z)")
         _write(tmp / "changed.tif", grid, np.where(valid, patch_ids > 0, 255), "uint8", 255, f"changed since {before_year}")
@@ -195,7 +213,7 @@ def change_map(context: AssetExecutionContext, config: ChangeConfig, storage: Te
         "reference_year": before_year, "changed_area_ha": round(float((patch_ids > 0).sum()) * PIXEL_AREA_HA, 2),
         "changed_share": round(float((patch_ids > 0).sum()) / max(1, int(valid.sum())), 5), "patches": count,
         "threshold_score": round(calibration.threshold, 3), "false_alarm_rate": config.false_alarm_rate,
-        "median_stable_distance": round(float(np.exp(calibration.centre)), 5), "min_patch_ha": config.min_patch_ha,
+        "median_change_magnitude": round(float(np.exp(calibration.centre)), 4), "min_patch_ha": config.min_patch_ha,
         "neighbourhood_px": config.neighbourhood_px,
         "encoder_id": after.encoder_id, **metadata, **previews,
         "path": MetadataValue.path(storage.location(*parts)), "explorer": MetadataValue.url(explorer_url(year, region)),

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from model.change import calibrate, cosine_distance, detection_scores, patches
+from model.change import TypicalChange, calibrate, change_vectors, detection_scores, patches
+from model.errors import CalibrationError
 
 
 def test_calibration_flags_the_stated_share_of_stable_pixels_and_finds_changes():
@@ -37,10 +38,25 @@ def test_detection_scores_by_hand():
     assert scores["f1"] == pytest.approx(2 / 3) and scores["false_alarm_rate"] == pytest.approx(1 / 5)
 
 
-def test_cosine_distance():
+def test_change_vectors_ignore_each_year_s_scale():
     a = np.array([[1.0, 0.0], [1.0, 0.0]])
-    b = np.array([[2.0, 0.0], [-1.0, 0.0]])
-    assert cosine_distance(a, b).tolist() == [0.0, 2.0]
+    b = np.array([[2.0, 0.0], [0.0, -3.0]])
+    assert change_vectors(a, b).tolist() == [[0.0, 0.0], [-1.0, -1.0]]
+
+
+def test_a_quiet_dimension_that_moves_counts_more_than_a_loud_one():
+    rng = np.random.default_rng(0)
+    typical = TypicalChange.of(rng.normal(0.0, [0.2, 0.01], (50_000, 2)))  # dim 0 moves every year, dim 1 hardly
+    assert typical.spread == pytest.approx([0.2, 0.01], rel=0.03)
+    loud, quiet = typical.magnitude(np.array([[0.1, 0.0], [0.0, 0.1]]))
+    assert quiet > 10 * loud
+    # a change drawn from the typical one scores the mean |z| of a normal, sqrt(2 / pi)
+    assert typical.magnitude(rng.normal(0.0, [0.2, 0.01], (50_000, 2))).mean() == pytest.approx(np.sqrt(2 / np.pi), rel=0.02)
+
+
+def test_typical_change_refuses_too_few_pixels():
+    with pytest.raises(CalibrationError, match="too few"):
+        TypicalChange.of(np.zeros((99, 4)))
 
 
 def test_neighbourhood_median_keeps_patches_and_drops_lone_pixels():

@@ -91,3 +91,21 @@ def test_the_change_map_opens_in_xarray(changed):
     assert ds.attrs["reference_year"] == TINY_YEAR - 1
     assert float((ds.changed == 1).sum()) * 0.01 == pytest.approx(_meta(result)["changed_area_ha"], abs=0.005)
     assert bool(((ds.patch_ids > 0) == (ds.changed == 1)).all())  # 255: no data
+
+
+def test_a_sampled_typical_change_scores_pixels_as_every_pixel_would(embedded_env, monkeypatch):
+    """A large region's typical change comes from a sample of its pixels: drawn the same on every
+    run, and close enough to all pixels' that the magnitudes rank the pixels alike."""
+    import tessera_assets.change.assets as change_assets
+
+    env, _, _, _ = embedded_env
+    storage = env.resources["storage"]
+    before, after = storage.open_embeddings(TINY_YEAR - 1, TINY_REGION), storage.open_embeddings(TINY_YEAR, TINY_REGION)
+    every = change_assets.change_magnitude(before, after)
+    valid = np.isfinite(every)
+    monkeypatch.setattr(change_assets, "TYPICAL_CHANGE_SAMPLE", int(valid.sum()) // 4)
+    sampled = change_assets.change_magnitude(before, after)
+    assert np.array_equal(sampled, change_assets.change_magnitude(before, after), equal_nan=True)
+    assert np.array_equal(np.isfinite(sampled), valid) and not np.array_equal(sampled, every, equal_nan=True)
+    ranks = [np.argsort(np.argsort(m[valid])) for m in (every, sampled)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.99
