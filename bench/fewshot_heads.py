@@ -1,11 +1,14 @@
 """Few-shot heads at low k on the demo's labelled samples, embeddings beside the raw-input
-baseline, every head over the same protocol draws: the measurement behind `auto` (nearest class
-mean below NCM_BELOW labels a class, logistic regression above). Prints JSON.
+baseline, every head over the same protocol draws: the measurement behind the default head
+(logistic regression) and its self-training below SELF_TRAIN_BELOW labels a class. Prints JSON.
 
-    .venv/bin/python bench/fewshot_heads.py [--samples PATH] [--ks 1 2 3 5 10 20] [--draws 20]
+    .venv/bin/python bench/fewshot_heads.py [--samples PATH] [--ks 1 2 3 5 10 20] [--draws 20] [--seeds 0 1 2]
 
 Reads the newest `fewshot_samples` parquet under the data root (run `make demo` first) unless
-`--samples` names one. The protocol is `model.fewshot.kshot_curve`, unchanged.
+`--samples` names one, and the unlabelled pixels drawn beside it (`unlabelled.parquet`): each head
+runs without them, and `logistic` also with them as `logistic+self-training` (each feature set its
+own features of the same pixels). The protocol is `model.fewshot.kshot_curve`, unchanged; with
+several seeds each k's figure is the mean over seeds x draws.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from model.fewshot import HEADS, kshot_curve  # noqa: E402
 
+SELF_TRAINED = "logistic+self-training"
+
+
+def features_of(table) -> dict[str, np.ndarray]:
+    """Embeddings and, where every row has them, baseline features of a samples table."""
+    features = {"embeddings": np.array(table["embedding"].to_pylist(), np.float32)}
+    if table.num_rows and table["baseline"].null_count == 0:
+        features["baseline"] = np.array(table["baseline"].to_pylist(), np.float32)
+    return features
+
 
 def newest_samples(home: Path) -> Path:
     found = sorted((home / "data" / "fewshot" / "samples").glob("*/samples.parquet"), key=lambda p: p.stat().st_mtime)
@@ -39,26 +52,34 @@ def main() -> None:
     parser.add_argument("--ks", nargs="+", default=["1", "2", "3", "5", "10", "20"])
     parser.add_argument("--heads", nargs="+", default=[h for h in HEADS if h != "mlp"], choices=HEADS)
     parser.add_argument("--draws", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     path = args.samples or newest_samples(Path(args.home))
     table = pq.read_table(path)
     y, groups = np.array(table["label"].to_pylist()), np.array(table["group"].to_pylist())
-    features = {"embeddings": np.array(table["embedding"].to_pylist(), np.float32)}
-    if table["baseline"].null_count == 0:
-        features["baseline"] = np.array(table["baseline"].to_pylist(), np.float32)
+    features = features_of(table)
+    pool_path = path.with_name("unlabelled.parquet")
+    pool = features_of(pq.read_table(pool_path)) if pool_path.exists() else {}
     ks = [k if k == "all" else int(k) for k in args.ks]
-    out: dict = {"samples": str(path), "pixels": len(y), "classes": len(np.unique(y)), "draws": args.draws, "heads": {}}
-    for head in args.heads:
+    runs = [(head, head, None) for head in args.heads]
+    if pool and "logistic" in args.heads:
+        runs.append((SELF_TRAINED, "logistic", pool))
+    out: dict = {"samples": str(path), "pixels": len(y), "unlabelled_pixels": len(pool.get("embeddings", [])),
+                 "classes": len(np.unique(y)), "draws": args.draws, "seeds": args.seeds, "heads": {}}
+    for name, head, unlabelled in runs:
         started = time.perf_counter()
-        out["heads"][head] = {name: {str(p["k"]): round(p["accuracy"], 4) for p in
-                                     kshot_curve(x, y, groups, ks, args.draws, head, args.seed)}
-                              for name, x in features.items()}
-        out["heads"][head]["seconds"] = round(time.perf_counter() - started, 1)
+        out["heads"][name] = {}
+        for feature, x in features.items():
+            curves = [kshot_curve(x, y, groups, ks, args.draws, head, seed, (unlabelled or {}).get(feature))
+                      for seed in args.seeds]
+            out["heads"][name][feature] = {str(k): round(float(np.mean([c[i]["accuracy"] for c in curves])), 4)
+                                           for i, k in enumerate(ks)}
+        out["heads"][name]["seconds"] = round(time.perf_counter() - started, 1)
+    names = [name for name, _, _ in runs]
     if "baseline" in features:
         out["embeddings_minus_best_baseline_head"] = {
-            head: {k: round(out["heads"][head]["embeddings"][k] - max(out["heads"][h]["baseline"][k] for h in args.heads), 4)
-                   for k in map(str, ks)} for head in args.heads}
+            head: {k: round(out["heads"][head]["embeddings"][k] - max(out["heads"][h]["baseline"][k] for h in names), 4)
+                   for k in map(str, ks)} for head in names}
     print(json.dumps(out, indent=1))
 
 

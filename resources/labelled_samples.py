@@ -5,6 +5,8 @@ map either way."""
 
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +22,10 @@ from resources.regions import PartitionId
 from resources.storage.data_root import EmbeddingPartition, RawPartition
 
 COLUMNS = ("label", "value", "group", "year", "region", "row", "col", "embedding", "baseline")
+UNLABELLED_COLUMNS = ("year", "region", "row", "col", "embedding", "baseline")
+# unlabelled pixels drawn beside the labels, spread evenly over the blocks that hold labels (read for
+# the labels anyway: no extra read): what a head with few labels a class self-trains on
+UNLABELLED_PIXELS = 2000
 RawReader = Callable[[int, str], "tuple[RawPartition, RawPartition] | None"]
 
 
@@ -31,6 +37,7 @@ class LabelledSamples:
     encoder_id: str
     columns: dict[str, list] = field(default_factory=lambda: {k: [] for k in COLUMNS})
     labels_outside: int = 0  # labels that fall in no partition
+    unlabelled: dict[str, list] = field(default_factory=lambda: {k: [] for k in UNLABELLED_COLUMNS})
 
     @property
     def x(self) -> np.ndarray:
@@ -40,14 +47,25 @@ class LabelledSamples:
     def y(self) -> np.ndarray:
         return np.array(self.columns["label"])
 
+    @property
+    def unlabelled_x(self) -> np.ndarray:
+        """(M, dim) embeddings of the unlabelled pixels drawn beside the labels."""
+        return np.array(self.unlabelled["embedding"], np.float32).reshape(len(self.unlabelled["embedding"]), -1)
+
     def class_counts(self) -> dict[str, int]:
         names, counts = np.unique(self.columns["label"], return_counts=True)
         return {str(n): int(c) for n, c in zip(names, counts)}
 
     def to_table(self) -> pa.Table:
+        return self._table(self.columns)
+
+    def unlabelled_table(self) -> pa.Table:
+        return self._table(self.unlabelled)
+
+    def _table(self, columns: dict[str, list]) -> pa.Table:
         table = pa.table({k: (pa.array([None if v is None else v.tolist() for v in vals], pa.list_(pa.float32()))
                               if k in ("embedding", "baseline") else pa.array(vals, pa.float64() if k == "value" else None))
-                              for k, vals in self.columns.items()})
+                              for k, vals in columns.items()})
         return table.replace_schema_metadata({b"encoder_id": self.encoder_id.encode()})
 
 
@@ -75,29 +93,53 @@ def gather_samples(features: list[LabelFeature], partitions: dict[tuple[int, str
     encoders = {key: partitions[key].encoder_id for key, pixels in wanted.items() if pixels}
     chosen = single_encoder(set(encoders.values()), encoder_id, "the labelled embeddings partitions")
     samples = LabelledSamples(chosen, labels_outside=sum(n == 0 for n in covered))
-    for (year, region), pixels in wanted.items():
-        if pixels and encoders[(year, region)] == chosen:
-            _add_partition(samples, year, region, partitions[(year, region)], pixels, raw(year, region) if raw else None)
+    used = {key: pixels for key, pixels in wanted.items() if pixels and encoders[key] == chosen}
+    blocks = {key: _label_blocks(partitions[key], pixels) for key, pixels in used.items()}
+    per_block = math.ceil(UNLABELLED_PIXELS / max(1, sum(len(b) for b in blocks.values())))
+    for (year, region), pixels in used.items():
+        _add_partition(samples, year, region, partitions[(year, region)], pixels, raw(year, region) if raw else None,
+                       blocks[(year, region)], per_block)
     return samples
 
 
-def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings: EmbeddingPartition,
-                   pixels: list[tuple[int, int, LabelFeature]], raw) -> None:
-    """The labelled pixels of one partition, one read per block that holds labels."""
-    columns = samples.columns
+def _label_blocks(embeddings: EmbeddingPartition, pixels: list[tuple[int, int, LabelFeature]]) -> list:
+    """(window, indices of `pixels` inside it) of each 512-pixel block that holds labels."""
     rows = np.array([p[0] for p in pixels])
     cols = np.array([p[1] for p in pixels])
+    found = []
     for window in embeddings.grid.blocks(512):
         r0, c0 = int(window.row_off), int(window.col_off)
         inside = np.nonzero((rows >= r0) & (rows < r0 + window.height) & (cols >= c0) & (cols < c0 + window.width))[0]
-        if len(inside) == 0:
-            continue
+        if len(inside):
+            found.append((window, inside))
+    return found
+
+
+def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings: EmbeddingPartition,
+                   pixels: list[tuple[int, int, LabelFeature]], raw, blocks: list, per_block: int) -> None:
+    """The labelled pixels of one partition and `per_block` unlabelled pixels beside them (drawn
+    the same on every run), one read per block that holds labels."""
+    columns = samples.columns
+    rows = np.array([p[0] for p in pixels])
+    cols = np.array([p[1] for p in pixels])
+    for window, inside in blocks:
+        r0, c0 = int(window.row_off), int(window.col_off)
         q, scales = embeddings.read(window)
         rr, cc = rows[inside] - r0, cols[inside] - c0
         ok = np.isfinite(scales[rr, cc])
         inside, rr, cc = inside[ok], rr[ok], cc[ok]
+        # the labelled pixels are never unlabelled ones too: the protocol's test pixels stay unseen
+        with_data = np.setdiff1d(np.flatnonzero(np.isfinite(scales)), rr * int(window.width) + cc)
+        draw = np.random.default_rng([year, r0, c0, zlib.crc32(region.encode())]).choice(
+            with_data, min(per_block, len(with_data)), replace=False)
+        ur, uc = np.divmod(np.sort(draw), int(window.width))
         vectors = dequantise(q[rr, cc], scales[rr, cc])
-        base = baseline_features(read_window(*raw, window).subset(rr * int(window.width) + cc)) if raw else None
+        base = base_unlabelled = None
+        if raw:
+            series = read_window(*raw, window)
+            base = baseline_features(series.subset(rr * int(window.width) + cc))
+            base_unlabelled = baseline_features(series.subset(ur * int(window.width) + uc))
+        _add_unlabelled(samples, year, region, r0 + ur, c0 + uc, dequantise(q[ur, uc], scales[ur, uc]), base_unlabelled)
         for i, j in enumerate(inside):
             feature = pixels[j][2]
             columns["label"].append(feature.label)
@@ -109,3 +151,14 @@ def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings:
             columns["col"].append(int(cols[j]))
             columns["embedding"].append(vectors[i])
             columns["baseline"].append(None if base is None else base[i])
+
+
+def _add_unlabelled(samples: LabelledSamples, year: int, region: str, rows: np.ndarray, cols: np.ndarray,
+                    vectors: np.ndarray, base: np.ndarray | None) -> None:
+    columns, count = samples.unlabelled, len(rows)
+    columns["year"].extend([year] * count)
+    columns["region"].extend([region] * count)
+    columns["row"].extend(int(r) for r in rows)
+    columns["col"].extend(int(c) for c in cols)
+    columns["embedding"].extend(vectors)
+    columns["baseline"].extend([None] * count if base is None else base)

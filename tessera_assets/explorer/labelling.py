@@ -157,7 +157,7 @@ class LabelSession:
         if len(counts) < 2:
             raise LabelsError(f"label pixels of at least two classes in {PartitionId(year, region)} (labelled here: "
                               f"{', '.join(f'{n} ({c})' for n, c in counts.items()) or 'none'})")
-        classifier = Classifier(head).fit(samples.x, samples.y)
+        classifier = Classifier(head).fit(samples.x, samples.y, unlabelled=samples.unlabelled_x)
         folder = storage.local("explorer", "class_maps", str(year)) / region
         with atomic_directory(folder) as tmp:
             write_class_map(partition, classifier.predict_proba, list(classifier.classes), tmp)

@@ -25,6 +25,7 @@ from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import materialised_partitions, year_and_region, year_region_partitions
 
 SAMPLES_FILE = "samples.parquet"
+UNLABELLED_FILE = "unlabelled.parquet"  # pixels drawn beside the labels, without labels (self-training)
 CLASSIFIER_FILE = "classifier.pt"
 
 
@@ -36,11 +37,12 @@ class LabelsConfig(Config):
 
 
 @asset(deps=[AssetKey("embeddings"), labels, *RAW_INPUTS], group_name="fewshot", kinds={"parquet"},
-       code_version="samples-2")
+       code_version="samples-3")
 def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storage: TesseraStorage,
                     label_source: LabelSource) -> MaterializeResult:
     """Every labelled pixel of the materialised embeddings partitions with its embedding and, where
-    the raw partitions exist, a raw-input baseline feature vector."""
+    the raw partitions exist, a raw-input baseline feature vector; and as many unlabelled pixels
+    beside them (`unlabelled.parquet`), which the head self-trains on where labels are few."""
     files = label_source.files(storage, config.labels_path)
     features = [f for file in files for f in label_source.read(file)]
     partitions = {(p.year, p.region): storage.open_embeddings(p.year, p.region)
@@ -64,8 +66,10 @@ def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storag
     parts = ("fewshot", "samples", context.run_id)
     with storage.publish(*parts) as tmp:
         pq.write_table(table, tmp / SAMPLES_FILE)
+        pq.write_table(samples.unlabelled_table(), tmp / UNLABELLED_FILE)
     return MaterializeResult(metadata={
-        "samples": table.num_rows, "labels_read": len(features), "labels_files": len(files),
+        "samples": table.num_rows, "unlabelled_pixels": len(samples.unlabelled["row"]), "labels_read": len(features),
+        "labels_files": len(files),
         "labels_sha256": labels_digest(files)[:16], "labels_outside_partitions": samples.labels_outside,
         "encoder_id": samples.encoder_id, "classes": MetadataValue.json(classes),
         "path": MetadataValue.path(storage.location(*parts) + f"/{SAMPLES_FILE}"),
@@ -88,25 +92,39 @@ class ClassifierConfig(Config):
     seed: int = 0
 
 
-@asset(deps=[fewshot_samples], group_name="fewshot", kinds={"scikitlearn"}, code_version="classifier-3")
+def read_samples(context: AssetExecutionContext, storage: TesseraStorage, name: str = SAMPLES_FILE):
+    """The samples table (or the unlabelled pixels' table) of the run that made `fewshot_samples`."""
+    return pq.read_table(storage.fetch("fewshot", "samples", upstream_run(context, "fewshot_samples"), name))
+
+
+@asset(deps=[fewshot_samples], group_name="fewshot", kinds={"scikitlearn"}, code_version="classifier-4")
 def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig, storage: TesseraStorage) -> MaterializeResult:
-    """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every label."""
+    """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every
+    label; each with the unlabelled pixels drawn beside the labels, its own features of them."""
     started = time.perf_counter()
-    table = pq.read_table(storage.fetch("fewshot", "samples", upstream_run(context, "fewshot_samples"), SAMPLES_FILE))
+    table = read_samples(context, storage)
     y = np.array(table["label"].to_pylist())
     groups = np.array(table["group"].to_pylist())
     features = feature_sets(table)
+    try:
+        unlabelled = feature_sets(read_samples(context, storage, UNLABELLED_FILE))
+    except PartitionNotMaterialisedError:
+        context.log.warning("the samples were made before unlabelled pixels were drawn beside them, so the head does "
+                            "not self-train where labels are few: materialise fewshot_samples again for that")
+        unlabelled = {}
     x_embedding = features["embeddings"]
     ks = [k if k == "all" else int(k) for k in config.ks]
-    curves = {name: kshot_curve(x, y, groups, ks, config.draws, config.head, config.seed) for name, x in features.items()}
+    curves = {name: kshot_curve(x, y, groups, ks, config.draws, config.head, config.seed, unlabelled.get(name))
+              for name, x in features.items()}
     for name, curve in curves.items():
         for point in curve:
             context.log.info(f"{name} k={point['k']}: macro-F1 {point['macro_f1']:.3f} ± {point['macro_f1_std']:.3f}")
-    model = Classifier(config.head).fit(x_embedding, y, seed=config.seed)
+    model = Classifier(config.head).fit(x_embedding, y, seed=config.seed, unlabelled=unlabelled.get("embeddings"))
     # reference labels for the maps' area estimates: each label predicted by a head that never saw its group
     try:
         heldout = {"reference": y.tolist(), "year": table["year"].to_pylist(), "region": table["region"].to_pylist(),
-                   "predicted": grouped_cross_predictions(x_embedding, y, groups, config.head, seed=config.seed).tolist()}
+                   "predicted": grouped_cross_predictions(x_embedding, y, groups, config.head, seed=config.seed,
+                                                          unlabelled=unlabelled.get("embeddings")).tolist()}
     except HeldOutError as exc:  # one group of labels: maps get no area estimates from them
         context.log.warning(f"no held-out predictions for area estimates: {exc}")
         heldout = None

@@ -4,7 +4,6 @@ field, evaluated honestly on embeddings and on the raw-input baseline, and mappe
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import rasterio
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
@@ -16,7 +15,7 @@ from resources.labels import LabelSource
 from resources.previews import raster_png, regression_curve_png
 from resources.regions import PartitionId
 from resources.storage.data_root import TesseraStorage
-from tessera_assets.fewshot.assets import SAMPLES_FILE, feature_sets, fewshot_samples, upstream_run
+from tessera_assets.fewshot.assets import feature_sets, fewshot_samples, read_samples, upstream_run
 from tessera_assets.fewshot.saved_heads import load_head, save_head
 from tessera_assets.metadata import explorer_url, preview_metadata
 from tessera_assets.partitions import year_and_region, year_region_partitions
@@ -52,7 +51,7 @@ def fewshot_regressor(context: AssetExecutionContext, config: RegressorConfig, s
     the raw-input baseline, beside what each sample's class alone predicts), then the head fitted
     on every labelled pixel."""
     started = time.perf_counter()
-    table = pq.read_table(storage.fetch("fewshot", "samples", upstream_run(context, "fewshot_samples"), SAMPLES_FILE))
+    table = read_samples(context, storage)
     if "value" not in table.column_names or table["value"].null_count == table.num_rows:
         raise LabelsError("the labels carry no values to regress: set `value_field` of the label_source resource "
                           "to their numeric property (e.g. biomass), then materialise fewshot_samples again")

@@ -13,7 +13,7 @@ import rasterio
 from dagster import materialize
 
 from conftest import TINY_REGION, TINY_YEAR
-from model.fewshot import HEADS, Classifier, kshot_curve
+from model.fewshot import HEADS, SELF_TRAIN_BELOW, Classifier, kshot_curve
 from resources.scenes.demo_catalog import CLASS_NAMES, ground_truth_dir
 from resources.labels import LabelSource, LabelsError, pixels_of, read_labels
 from resources.regions import make_region
@@ -197,6 +197,25 @@ def test_demo_labels_spread_over_parcels_and_carry_them(demo_env):
         assert len(set(groups)) == min(len(groups), len(parcels))  # every parcel before any repeats
 
 
+def test_with_one_label_a_class_self_training_finds_the_gap_between_the_classes():
+    """Two long clusters side by side, each labelled once, off its centre in opposite directions: the
+    labels alone tilt the boundary across the clusters, the unlabelled pixels show the gap between
+    them. (Labels at the clusters' far ends tilt it so far that self-training confirms the wrong
+    boundary: it helps where the labels are roughly right, which on the demo is most draws.)"""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal([0, 0], [1, 6], (500, 2)), rng.normal([8, 0], [1, 6], (500, 2))]).astype(np.float32)
+    y = np.repeat(np.array(["a", "b"]), 500)
+    labelled, labels = np.array([[0.0, 3.0], [8.0, -3.0]], np.float32), np.array(["a", "b"])
+    pool = x[rng.permutation(len(x))[:400]]
+    alone = Classifier().fit(labelled, labels, unlabelled=None)
+    taught = Classifier().fit(labelled, labels, unlabelled=pool)
+    assert not alone.self_trained and taught.self_trained
+    assert (taught.predict(x) == y).mean() > 0.95 > (alone.predict(x) == y).mean() + 0.15
+    many = rng.choice(len(x), 2 * SELF_TRAIN_BELOW * 2, replace=False)  # every class has enough labels
+    assert not Classifier().fit(x[many], y[many], unlabelled=pool).self_trained
+    assert not Classifier("knn").fit(labelled, labels, unlabelled=pool).self_trained
+
+
 @pytest.fixture(scope="module")
 def fewshot_env(embedded_env):
     env, instance, _, _ = embedded_env
@@ -223,6 +242,15 @@ def test_samples_classifier_and_map(fewshot_env):
     assert samples["samples"] == samples["labels_read"] == len(json.loads(labels.read_text())["features"])
     curves = _meta(trained, "fewshot_classifier")["curves"]
     assert [p["k"] for p in curves["embeddings"]] == [1, 5, "all"]
+    assert [p["self_trained"] for p in curves["embeddings"]] == [True, False, False]
+    # the unlabelled pixels: drawn beside the labels, never a labelled pixel, the same on every run
+    run = trained.run_id
+    pool = pq.read_table(env.resources["storage"].path("fewshot", "samples", run, "unlabelled.parquet"))
+    table = pq.read_table(env.resources["storage"].path("fewshot", "samples", run, "samples.parquet"))
+    assert samples["unlabelled_pixels"] == pool.num_rows > 100 and pool["baseline"].null_count == 0
+    pool_pixels = set(zip(pool["row"].to_pylist(), pool["col"].to_pylist()))
+    assert len(pool_pixels) == pool.num_rows
+    assert not pool_pixels & set(zip(table["row"].to_pylist(), table["col"].to_pylist()))
     # 6 classes here, maize and spring cereal told apart only by timing, a 40-step encoder: chance is ~0.17
     assert curves["embeddings"][-1]["macro_f1"] > 0.5
     assert _meta(trained, "fewshot_classifier")["learning_curve"].startswith("![learning curve](data:image/png")
