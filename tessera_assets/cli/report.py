@@ -188,7 +188,8 @@ def headline(results: dict, storage, catalog_root: Path, region: str, year: int)
     for k in (1, 2, 5, 10):
         e, b = _point(curves.get("embeddings", []), "k", k), _point(curves.get("baseline", []), "k", k)
         if e:
-            rows.append((f"few-shot accuracy, k={k} ({e.get('head', '')} head)", f"{e['accuracy']:.3f}",
+            head = f"{e.get('head', '')} head" + (", self-trained" if e.get("self_trained") else "")
+            rows.append((f"few-shot accuracy, k={k} ({head})", f"{e['accuracy']:.3f}",
                          f"{b['accuracy']:.3f}" if b else "-"))
     curves = (results.get(("fewshot_regressor", "")) or {}).get("curves", {})
     for n in (20, 100):

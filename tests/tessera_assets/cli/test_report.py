@@ -57,7 +57,9 @@ def test_an_area_interval_of_zero_width_is_marked_as_no_error_seen(demo_env, cap
 
     truth = true_class_area_ha(demo_env.catalog_root, TINY_YEAR, TINY_REGION)
     first, second = sorted(truth)[:2]
-    results = {("fewshot_classifier", ""): {"curves": {"embeddings": [{"k": 1, "accuracy": 0.7, "head": "ncm"}]}},
+    results = {("fewshot_classifier", ""): {"curves": {"embeddings": [
+                   {"k": 1, "accuracy": 0.7, "head": "ncm"},
+                   {"k": 2, "accuracy": 0.8, "head": "logistic", "self_trained": True}]}},
                ("land_cover_map", f"{TINY_REGION}|{TINY_YEAR}"): {
                    "class_area_ha": {first: truth[first], second: truth[second]},
                    "area_estimate_ha": {first: {"area_ha": truth[first] + 1.0, "ci95_ha": 0.0, "no_error_seen": True},
@@ -67,3 +69,6 @@ def test_an_area_interval_of_zero_width_is_marked_as_no_error_seen(demo_env, cap
     row = next(line for line in lines if line.startswith(first))
     assert row.endswith("no *") and next(line for line in lines if line.startswith(second)).endswith("yes")
     assert any("no error of this class in the reference sample" in line for line in lines)
+    # the head of each few-shot row, and whether it self-trained there
+    assert any(line.startswith("few-shot accuracy, k=1 (ncm head) ") for line in lines)
+    assert any(line.startswith("few-shot accuracy, k=2 (logistic head, self-trained) ") for line in lines)
