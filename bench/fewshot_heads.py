@@ -26,16 +26,9 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from model.fewshot import HEADS, kshot_curve  # noqa: E402
+from tessera_assets.fewshot.assets import UNLABELLED_FILE, feature_sets  # noqa: E402
 
 SELF_TRAINED = "logistic+self-training"
-
-
-def features_of(table) -> dict[str, np.ndarray]:
-    """Embeddings and, where every row has them, baseline features of a samples table."""
-    features = {"embeddings": np.array(table["embedding"].to_pylist(), np.float32)}
-    if table.num_rows and table["baseline"].null_count == 0:
-        features["baseline"] = np.array(table["baseline"].to_pylist(), np.float32)
-    return features
 
 
 def newest_samples(home: Path) -> Path:
@@ -57,9 +50,9 @@ def main() -> None:
     path = args.samples or newest_samples(Path(args.home))
     table = pq.read_table(path)
     y, groups = np.array(table["label"].to_pylist()), np.array(table["group"].to_pylist())
-    features = features_of(table)
-    pool_path = path.with_name("unlabelled.parquet")
-    pool = features_of(pq.read_table(pool_path)) if pool_path.exists() else {}
+    features = feature_sets(table)
+    pool_path = path.with_name(UNLABELLED_FILE)
+    pool = feature_sets(pq.read_table(pool_path)) if pool_path.exists() else {}
     ks = [k if k == "all" else int(k) for k in args.ks]
     runs = [(head, head, None) for head in args.heads]
     if pool and "logistic" in args.heads:

@@ -85,8 +85,10 @@ def self_train(estimator, x: np.ndarray, target: np.ndarray, unlabelled: np.ndar
     """Fit, label the unlabelled pixels the estimator is surest of (the more confident half), refit
     on the labels and those (each label weighing SELF_TRAIN_LABEL_WEIGHT, each pseudo-label its
     confidence), SELF_TRAIN_ROUNDS times. Why: one or two labels a class place the class boundaries
-    badly, while the region's own pixels show where its classes are dense and where they part; the
-    labels keep the pseudo-labels from drifting. A classic (Yarowsky 1995; Lee 2013) that needs only
+    badly, while the region's own pixels show where its classes are dense and where they part. The
+    labels are only a small anchor (a few percent of the weight at one label a class), so labels far
+    from their class's centre can lead it to confirm a wrong boundary; on the demo it helped on
+    most draws and on average (README). A classic (Yarowsky 1995; Lee 2013) that needs only
     `fit(sample_weight=)` and `predict_proba`."""
     estimator.fit(x, target)
     for _ in range(SELF_TRAIN_ROUNDS):

@@ -23,8 +23,9 @@ from resources.storage.data_root import EmbeddingPartition, RawPartition
 
 COLUMNS = ("label", "value", "group", "year", "region", "row", "col", "embedding", "baseline")
 UNLABELLED_COLUMNS = ("year", "region", "row", "col", "embedding", "baseline")
-# unlabelled pixels drawn beside the labels, spread evenly over the blocks that hold labels (read for
-# the labels anyway: no extra read): what a head with few labels a class self-trains on
+# about this many unlabelled pixels are drawn beside the labels, spread evenly over the blocks that
+# hold labels (read for the labels anyway: no extra read): what a head with few labels a class
+# self-trains on (fewer where those blocks have fewer pixels with data)
 UNLABELLED_PIXELS = 2000
 RawReader = Callable[[int, str], "tuple[RawPartition, RawPartition] | None"]
 
@@ -48,9 +49,10 @@ class LabelledSamples:
         return np.array(self.columns["label"])
 
     @property
-    def unlabelled_x(self) -> np.ndarray:
-        """(M, dim) embeddings of the unlabelled pixels drawn beside the labels."""
-        return np.array(self.unlabelled["embedding"], np.float32).reshape(len(self.unlabelled["embedding"]), -1)
+    def unlabelled_x(self) -> np.ndarray | None:
+        """(M, dim) embeddings of the unlabelled pixels drawn beside the labels (None: none drawn,
+        as where every pixel with data is labelled)."""
+        return np.array(self.unlabelled["embedding"], np.float32) if self.unlabelled["embedding"] else None
 
     def class_counts(self) -> dict[str, int]:
         names, counts = np.unique(self.columns["label"], return_counts=True)
@@ -96,9 +98,13 @@ def gather_samples(features: list[LabelFeature], partitions: dict[tuple[int, str
     used = {key: pixels for key, pixels in wanted.items() if pixels and encoders[key] == chosen}
     blocks = {key: _label_blocks(partitions[key], pixels) for key, pixels in used.items()}
     per_block = math.ceil(UNLABELLED_PIXELS / max(1, sum(len(b) for b in blocks.values())))
+    # a place labelled in any year is never an unlabelled pixel of another: no test pixel is seen
+    labelled: dict[str, set[tuple[int, int]]] = {}
+    for (_, region), pixels in used.items():
+        labelled.setdefault(region, set()).update((p[0], p[1]) for p in pixels)
     for (year, region), pixels in used.items():
         _add_partition(samples, year, region, partitions[(year, region)], pixels, raw(year, region) if raw else None,
-                       blocks[(year, region)], per_block)
+                       blocks[(year, region)], per_block, labelled[region])
     return samples
 
 
@@ -116,9 +122,11 @@ def _label_blocks(embeddings: EmbeddingPartition, pixels: list[tuple[int, int, L
 
 
 def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings: EmbeddingPartition,
-                   pixels: list[tuple[int, int, LabelFeature]], raw, blocks: list, per_block: int) -> None:
+                   pixels: list[tuple[int, int, LabelFeature]], raw, blocks: list, per_block: int,
+                   labelled: set[tuple[int, int]]) -> None:
     """The labelled pixels of one partition and `per_block` unlabelled pixels beside them (drawn
-    the same on every run), one read per block that holds labels."""
+    the same on every run, none of the region's `labelled` places), one read per block that holds
+    labels."""
     columns = samples.columns
     rows = np.array([p[0] for p in pixels])
     cols = np.array([p[1] for p in pixels])
@@ -128,17 +136,19 @@ def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings:
         rr, cc = rows[inside] - r0, cols[inside] - c0
         ok = np.isfinite(scales[rr, cc])
         inside, rr, cc = inside[ok], rr[ok], cc[ok]
-        # the labelled pixels are never unlabelled ones too: the protocol's test pixels stay unseen
-        with_data = np.setdiff1d(np.flatnonzero(np.isfinite(scales)), rr * int(window.width) + cc)
+        width = int(window.width)
+        taken = [(r - r0) * width + (c - c0) for r, c in labelled
+                 if r0 <= r < r0 + window.height and c0 <= c < c0 + width]
+        with_data = np.setdiff1d(np.flatnonzero(np.isfinite(scales)), np.array(taken, int))
         draw = np.random.default_rng([year, r0, c0, zlib.crc32(region.encode())]).choice(
             with_data, min(per_block, len(with_data)), replace=False)
-        ur, uc = np.divmod(np.sort(draw), int(window.width))
+        ur, uc = np.divmod(np.sort(draw), width)
         vectors = dequantise(q[rr, cc], scales[rr, cc])
         base = base_unlabelled = None
         if raw:
             series = read_window(*raw, window)
-            base = baseline_features(series.subset(rr * int(window.width) + cc))
-            base_unlabelled = baseline_features(series.subset(ur * int(window.width) + uc))
+            base = baseline_features(series.subset(rr * width + cc))
+            base_unlabelled = baseline_features(series.subset(ur * width + uc))
         _add_unlabelled(samples, year, region, r0 + ur, c0 + uc, dequantise(q[ur, uc], scales[ur, uc]), base_unlabelled)
         for i, j in enumerate(inside):
             feature = pixels[j][2]

@@ -510,7 +510,9 @@ def _write_changes(folder: Path, grid: RegionGrid, changes: list[tuple[str, int,
 
 
 def _spec_stamp(regions: list[Region], spec: DemoSpec) -> str:
-    payload = {"regions": [[r.name, list(r.bbox)] for r in regions], "spec": spec.__dict__, "version": 4}
+    """What the catalog was made from; `version` rises whenever the scenes written change (5: the 20 m
+    SCL takes each block's most severe class), so an existing catalog is made again."""
+    payload = {"regions": [[r.name, list(r.bbox)] for r in regions], "spec": spec.__dict__, "version": 5}
     return json.dumps(payload, sort_keys=True, default=list)
 
 

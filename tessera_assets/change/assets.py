@@ -72,18 +72,25 @@ def _change_blocks(before: EmbeddingPartition, after: EmbeddingPartition):
 
 def change_magnitude(before: EmbeddingPartition, after: EmbeddingPartition) -> np.ndarray:
     """Every pixel's change magnitude against the region's typical change (NaN where either year has
-    no embedding). Two passes, so a region of any size needs memory for one block and the sample:
-    the first draws up to TYPICAL_CHANGE_SAMPLE pixels spread over the region (each block's own
-    seeded draw: the same pixels on every run), the second scores every pixel against them."""
+    no embedding). A region of up to TYPICAL_CHANGE_SAMPLE pixels is read once, every pixel in the
+    typical change. A larger one is read twice, so that beside the score raster only one block's
+    change vectors and the sample are held: the first pass draws about TYPICAL_CHANGE_SAMPLE pixels
+    over the region (each block's own seeded draw: the same pixels on every run), the second scores
+    every pixel against them."""
     grid = after.grid
-    share = min(1.0, TYPICAL_CHANGE_SAMPLE / max(1, grid.width * grid.height))
-    sample = []
-    for window, valid, change in _change_blocks(before, after):
-        draw = np.random.default_rng([int(window.row_off), int(window.col_off)]).random(int(valid.sum())) < share
-        sample.append(change[draw])
-    typical = TypicalChange.of(np.concatenate(sample))
+    share = TYPICAL_CHANGE_SAMPLE / max(1, grid.width * grid.height)
+    if share >= 1:
+        blocks = list(_change_blocks(before, after))
+        typical = TypicalChange.of(np.concatenate([change for _, _, change in blocks]))
+    else:
+        sample = []
+        for window, valid, change in _change_blocks(before, after):
+            draw = np.random.default_rng([int(window.row_off), int(window.col_off)]).random(len(change)) < share
+            sample.append(change[draw])
+        typical = TypicalChange.of(np.concatenate(sample))
+        blocks = _change_blocks(before, after)
     magnitude = np.full(grid.shape, np.nan, np.float32)
-    for window, valid, change in _change_blocks(before, after):
+    for window, valid, change in blocks:
         block = np.full(valid.shape, np.nan, np.float32)
         block[valid] = typical.magnitude(change)
         magnitude[window.row_off:window.row_off + window.height, window.col_off:window.col_off + window.width] = block
@@ -153,7 +160,7 @@ def _write(path, grid, data: np.ndarray, dtype: str, nodata, description: str) -
 @asset(partitions_def=year_region_partitions,
        deps=[AssetDep("embeddings", partition_mapping=_to_reference()),
              *(AssetDep(raw, partition_mapping=_to_reference()) for raw in RAW_INPUTS)],
-       group_name="change", kinds={"geotiff", "geojson"}, code_version="change-1")
+       group_name="change", kinds={"geotiff", "geojson"}, code_version="change-2")
 def change_map(context: AssetExecutionContext, config: ChangeConfig, storage: TesseraStorage) -> MaterializeResult:
     """Calibrated change score of every pixel since the reference year (`score.tif`), the changed
     pixels (`changed.tif`), changed patches (`patches.geojson`), and the baseline's changed pixels."""

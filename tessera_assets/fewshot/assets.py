@@ -41,7 +41,7 @@ class LabelsConfig(Config):
 def fewshot_samples(context: AssetExecutionContext, config: LabelsConfig, storage: TesseraStorage,
                     label_source: LabelSource) -> MaterializeResult:
     """Every labelled pixel of the materialised embeddings partitions with its embedding and, where
-    the raw partitions exist, a raw-input baseline feature vector; and as many unlabelled pixels
+    the raw partitions exist, a raw-input baseline feature vector; and about 2,000 unlabelled pixels
     beside them (`unlabelled.parquet`), which the head self-trains on where labels are few."""
     files = label_source.files(storage, config.labels_path)
     features = [f for file in files for f in label_source.read(file)]
@@ -92,9 +92,9 @@ class ClassifierConfig(Config):
     seed: int = 0
 
 
-def read_samples(context: AssetExecutionContext, storage: TesseraStorage, name: str = SAMPLES_FILE):
-    """The samples table (or the unlabelled pixels' table) of the run that made `fewshot_samples`."""
-    return pq.read_table(storage.fetch("fewshot", "samples", upstream_run(context, "fewshot_samples"), name))
+def read_samples(storage: TesseraStorage, run: str, name: str = SAMPLES_FILE):
+    """The samples table (or the unlabelled pixels' table) that run `run` of `fewshot_samples` made."""
+    return pq.read_table(storage.fetch("fewshot", "samples", run, name))
 
 
 @asset(deps=[fewshot_samples], group_name="fewshot", kinds={"scikitlearn"}, code_version="classifier-4")
@@ -102,12 +102,13 @@ def fewshot_classifier(context: AssetExecutionContext, config: ClassifierConfig,
     """The k-shot protocol on embeddings and on the raw-input baseline, then the head fitted on every
     label; each with the unlabelled pixels drawn beside the labels, its own features of them."""
     started = time.perf_counter()
-    table = read_samples(context, storage)
+    run = upstream_run(context, "fewshot_samples")
+    table = read_samples(storage, run)
     y = np.array(table["label"].to_pylist())
     groups = np.array(table["group"].to_pylist())
     features = feature_sets(table)
     try:
-        unlabelled = feature_sets(read_samples(context, storage, UNLABELLED_FILE))
+        unlabelled = feature_sets(read_samples(storage, run, UNLABELLED_FILE))
     except PartitionNotMaterialisedError:
         context.log.warning("the samples were made before unlabelled pixels were drawn beside them, so the head does "
                             "not self-train where labels are few: materialise fewshot_samples again for that")

@@ -51,7 +51,7 @@ def fewshot_regressor(context: AssetExecutionContext, config: RegressorConfig, s
     the raw-input baseline, beside what each sample's class alone predicts), then the head fitted
     on every labelled pixel."""
     started = time.perf_counter()
-    table = read_samples(context, storage)
+    table = read_samples(storage, upstream_run(context, "fewshot_samples"))
     if "value" not in table.column_names or table["value"].null_count == table.num_rows:
         raise LabelsError("the labels carry no values to regress: set `value_field` of the label_source resource "
                           "to their numeric property (e.g. biomass), then materialise fewshot_samples again")

@@ -274,6 +274,34 @@ def test_samples_classifier_and_map(fewshot_env):
     assert set(report["classes"]) == set(meta["class_area_ha"])
 
 
+def test_the_unlabelled_pixels_are_the_partitions_own_and_never_a_place_labelled_in_any_year(fewshot_env):
+    """Labels of one place in two years: neither year's unlabelled pixels hold a labelled place,
+    each carries that pixel's own embedding, and the same labels draw the same pixels again."""
+    import dataclasses
+
+    from model.quantise import dequantise
+    from resources.labelled_samples import gather_samples
+
+    env, _, _, _, labels = fewshot_env
+    storage = env.resources["storage"]
+    years = (TINY_YEAR - 1, TINY_YEAR)
+    partitions = {(year, TINY_REGION): storage.open_embeddings(year, TINY_REGION) for year in years}
+    features = read_labels(labels)
+    both = [dataclasses.replace(f, year=year) for year in years for f in features]
+    samples = gather_samples(both, partitions)
+    pool = samples.unlabelled
+    assert set(pool["year"]) == set(years) and len(pool["row"]) > 100
+    labelled = set(zip(samples.columns["row"], samples.columns["col"]))
+    assert not labelled & set(zip(pool["row"], pool["col"]))
+    for year in years:
+        q, scales = partitions[(year, TINY_REGION)].read()
+        mine = np.array(pool["year"]) == year
+        rows, cols = np.array(pool["row"])[mine], np.array(pool["col"])[mine]
+        assert np.allclose(samples.unlabelled_x[mine], dequantise(q[rows, cols], scales[rows, cols]))
+    again = gather_samples(both, partitions).unlabelled
+    assert again["row"] == pool["row"] and again["col"] == pool["col"]
+
+
 def test_label_problems_are_named(fewshot_env, tmp_path):
     env, instance, _, _, labels = fewshot_env
     far = tmp_path / "far.csv"
