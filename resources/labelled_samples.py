@@ -95,41 +95,47 @@ def gather_samples(features: list[LabelFeature], partitions: dict[tuple[int, str
     encoders = {key: partitions[key].encoder_id for key, pixels in wanted.items() if pixels}
     chosen = single_encoder(set(encoders.values()), encoder_id, "the labelled embeddings partitions")
     samples = LabelledSamples(chosen, labels_outside=sum(n == 0 for n in covered))
-    used = {key: pixels for key, pixels in wanted.items() if pixels and encoders[key] == chosen}
-    blocks = {key: _label_blocks(partitions[key], pixels) for key, pixels in used.items()}
+    used = {key: _rows_cols(pixels) for key, pixels in wanted.items() if pixels and encoders[key] == chosen}
+    blocks = {key: _label_blocks(partitions[key], *places) for key, places in used.items()}
     per_block = math.ceil(UNLABELLED_PIXELS / max(1, sum(len(b) for b in blocks.values())))
     # a place labelled in any year is never an unlabelled pixel of another: no test pixel is seen
-    labelled: dict[str, set[tuple[int, int]]] = {}
-    for (_, region), pixels in used.items():
-        labelled.setdefault(region, set()).update((p[0], p[1]) for p in pixels)
-    for (year, region), pixels in used.items():
-        _add_partition(samples, year, region, partitions[(year, region)], pixels, raw(year, region) if raw else None,
-                       blocks[(year, region)], per_block, labelled[region])
+    labelled = {region: np.concatenate([used[key] for key in used if key[1] == region], axis=1)
+                for region in {region for _, region in used}}
+    for (year, region), places in used.items():
+        _add_partition(samples, year, region, partitions[(year, region)], wanted[(year, region)], places,
+                       raw(year, region) if raw else None, blocks[(year, region)], per_block, labelled[region])
     return samples
 
 
-def _label_blocks(embeddings: EmbeddingPartition, pixels: list[tuple[int, int, LabelFeature]]) -> list:
-    """(window, indices of `pixels` inside it) of each 512-pixel block that holds labels."""
-    rows = np.array([p[0] for p in pixels])
-    cols = np.array([p[1] for p in pixels])
+def _rows_cols(pixels: list[tuple[int, int, LabelFeature]]) -> np.ndarray:
+    """(2, N): the rows and columns of labelled pixels."""
+    return np.array([[p[0] for p in pixels], [p[1] for p in pixels]], int).reshape(2, -1)
+
+
+def _inside(window, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Which of the pixels at (rows, cols) lie in `window`."""
+    r0, c0 = int(window.row_off), int(window.col_off)
+    return (rows >= r0) & (rows < r0 + window.height) & (cols >= c0) & (cols < c0 + window.width)
+
+
+def _label_blocks(embeddings: EmbeddingPartition, rows: np.ndarray, cols: np.ndarray) -> list:
+    """(window, indices of the labelled pixels inside it) of each 512-pixel block that holds labels."""
     found = []
     for window in embeddings.grid.blocks(512):
-        r0, c0 = int(window.row_off), int(window.col_off)
-        inside = np.nonzero((rows >= r0) & (rows < r0 + window.height) & (cols >= c0) & (cols < c0 + window.width))[0]
+        inside = np.nonzero(_inside(window, rows, cols))[0]
         if len(inside):
             found.append((window, inside))
     return found
 
 
 def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings: EmbeddingPartition,
-                   pixels: list[tuple[int, int, LabelFeature]], raw, blocks: list, per_block: int,
-                   labelled: set[tuple[int, int]]) -> None:
-    """The labelled pixels of one partition and `per_block` unlabelled pixels beside them (drawn
-    the same on every run, none of the region's `labelled` places), one read per block that holds
-    labels."""
+                   pixels: list[tuple[int, int, LabelFeature]], places: np.ndarray, raw, blocks: list,
+                   per_block: int, labelled: np.ndarray) -> None:
+    """The labelled pixels of one partition (`places`: their rows and columns) and `per_block`
+    unlabelled pixels beside them (drawn the same on every run, none of the region's `labelled`
+    places, of any year), one read per block that holds labels."""
     columns = samples.columns
-    rows = np.array([p[0] for p in pixels])
-    cols = np.array([p[1] for p in pixels])
+    rows, cols = places
     for window, inside in blocks:
         r0, c0 = int(window.row_off), int(window.col_off)
         q, scales = embeddings.read(window)
@@ -137,9 +143,9 @@ def _add_partition(samples: LabelledSamples, year: int, region: str, embeddings:
         ok = np.isfinite(scales[rr, cc])
         inside, rr, cc = inside[ok], rr[ok], cc[ok]
         width = int(window.width)
-        taken = [(r - r0) * width + (c - c0) for r, c in labelled
-                 if r0 <= r < r0 + window.height and c0 <= c < c0 + width]
-        with_data = np.setdiff1d(np.flatnonzero(np.isfinite(scales)), np.array(taken, int))
+        here = _inside(window, *labelled)
+        taken = (labelled[0][here] - r0) * width + (labelled[1][here] - c0)
+        with_data = np.setdiff1d(np.flatnonzero(np.isfinite(scales)), taken)
         draw = np.random.default_rng([year, r0, c0, zlib.crc32(region.encode())]).choice(
             with_data, min(per_block, len(with_data)), replace=False)
         ur, uc = np.divmod(np.sort(draw), width)
